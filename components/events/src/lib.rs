@@ -1,0 +1,300 @@
+//! The canonical event envelope (`POST /v1/events`).
+//!
+//! Each event becomes one row of table `events`, keyed by `event_id`: a
+//! UUIDv5 of the tenant and the event's `idempotencyKey` when it has one (so
+//! a replay finds the same row), else a time-ordered UUIDv7.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sluice_sdk::body;
+use sluice_sdk::{
+    Column, ColumnDefault, ColumnType, Conflict, Index, Outcome, Rejection, Request, RequestError, Row, Table,
+    UpsertPlan, Value,
+};
+use std::borrow::Cow;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+#[cfg(target_family = "wasm")]
+mod component;
+
+pub const TABLE: &str = "events";
+
+/// The namespace of Sluice's UUIDv5 event ids.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c5e_0d7a_4c4e_9f57_2b9d_61a0_e3c1);
+
+/// The columns of a plan, in the order rows list their values.
+const COLUMNS: [&str; 9] = [
+    "event_id",
+    "event_type",
+    "occurred_at",
+    "customer_external_id",
+    "source",
+    "correlation_id",
+    "payload",
+    "metadata",
+    "received_at",
+];
+
+/// The table events go to.
+pub fn tables() -> Vec<Table> {
+    use ColumnType::*;
+    vec![Table {
+        name: TABLE.into(),
+        columns: vec![
+            Column::new("event_id", Uuid).not_null(),
+            Column::new("event_type", Text).not_null(),
+            Column::new("occurred_at", Timestamptz).not_null(),
+            Column::new("customer_external_id", Text),
+            Column::new("source", Text),
+            Column::new("correlation_id", Text),
+            Column::new("payload", Jsonb),
+            Column::new("metadata", Jsonb),
+            Column::new("received_at", Timestamptz).not_null().default(ColumnDefault::Now),
+        ],
+        primary_key: vec!["event_id".into()],
+        indexes: vec![
+            Index::btree("occurred_at", &["-occurred_at"]),
+            Index::btree("type_occurred_at", &["event_type", "-occurred_at"]),
+        ],
+    }]
+}
+
+/// The envelope as it arrives; each field is checked on its own so a reason
+/// can name it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    occurred_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    customer_external_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    correlation_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// Longest accepted value of a short text field, in bytes.
+const MAX_FIELD_BYTES: usize = 1024;
+
+/// A text field: absent and `null` are `None`.
+fn text<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let value: Cow<'a, str> = serde_json::from_str(raw.get()).map_err(|_| format!("{field} must be a string"))?;
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(format!("{field} is longer than {MAX_FIELD_BYTES} bytes"));
+    }
+    if value.contains('\0') {
+        return Err(format!("{field} contains a NUL character"));
+    }
+    Ok(Some(value))
+}
+
+fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, String> {
+    match text(field, raw)? {
+        Some(value) if !value.trim().is_empty() => Ok(value),
+        Some(_) => Err(format!("{field} is empty")),
+        None => Err(format!("{field} is required")),
+    }
+}
+
+/// An object field as JSON text: absent and `null` are SQL null.
+fn object(field: &str, raw: Option<&RawValue>) -> Result<Value, String> {
+    let Some(raw) = raw else { return Ok(Value::Null) };
+    let json = raw.get();
+    if json == "null" {
+        return Ok(Value::Null);
+    }
+    if !json.starts_with('{') {
+        return Err(format!("{field} must be a JSON object"));
+    }
+    if body::has_nul_escape(json) {
+        return Err(format!("{field} contains a \\u0000 escape, which PostgreSQL cannot store"));
+    }
+    Ok(Value::Jsonb(json.to_owned()))
+}
+
+fn timestamp(field: &str, text: &str) -> Result<i64, String> {
+    let at = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|_| format!("{field} must be an RFC 3339 timestamp such as 2026-05-26T14:21:08.493Z, not {text:?}"))?;
+    Ok((at.unix_timestamp_nanos() / 1000) as i64)
+}
+
+/// Makes event ids for one request.
+struct Ids {
+    tenant: Uuid,
+    clock: uuid::Timestamp,
+}
+
+impl Ids {
+    fn new(tenant: &str, received_at: i64) -> Ids {
+        let micros = received_at.max(0) as u64;
+        let context = uuid::ContextV7::new();
+        let clock = uuid::Timestamp::from_unix(context, micros / 1_000_000, (micros % 1_000_000) as u32 * 1000);
+        Ids { tenant: Uuid::new_v5(&NAMESPACE, tenant.as_bytes()), clock }
+    }
+
+    fn id(&self, idempotency_key: Option<&str>) -> Uuid {
+        match idempotency_key {
+            Some(key) => Uuid::new_v5(&self.tenant, key.as_bytes()),
+            None => Uuid::new_v7(self.clock),
+        }
+    }
+}
+
+/// One event's row, or why it was refused.
+fn row(ids: &Ids, index: u32, received_at: i64, raw: &RawValue) -> Result<Row, String> {
+    let envelope: Envelope = match serde_json::from_str(raw.get()) {
+        Ok(envelope) => envelope,
+        Err(_) if !raw.get().starts_with('{') => return Err("an event must be a JSON object".into()),
+        Err(e) => return Err(format!("the event does not parse: {e}")),
+    };
+    let event_type = required("eventType", envelope.event_type)?;
+    let occurred_at = timestamp("occurredAt", &required("occurredAt", envelope.occurred_at)?)?;
+    let idempotency_key = text("idempotencyKey", envelope.idempotency_key)?;
+    let values = vec![
+        Value::uuid(ids.id(idempotency_key.as_deref()).as_u128()),
+        Value::Text(event_type.into_owned()),
+        Value::Timestamptz(occurred_at),
+        Value::text_or_null(text("customerExternalId", envelope.customer_external_id)?),
+        Value::text_or_null(text("source", envelope.source)?),
+        Value::text_or_null(text("correlationId", envelope.correlation_id)?),
+        object("payload", envelope.payload)?,
+        object("metadata", envelope.metadata)?,
+        Value::Timestamptz(received_at),
+    ];
+    Ok(Row { event: index, values })
+}
+
+/// Normalizes one request into a plan for table `events`.
+pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
+    let events = body::events(request)?;
+    let ids = Ids::new(&request.tenant, request.received_at);
+    let mut rows = Vec::with_capacity(events.len());
+    let mut rejections = Vec::new();
+    for (index, raw) in events.iter().enumerate() {
+        let index = index as u32;
+        match row(&ids, index, request.received_at, raw) {
+            Ok(row) => rows.push(row),
+            Err(reason) => rejections.push(Rejection { index, reason }),
+        }
+    }
+    let plans = if rows.is_empty() {
+        Vec::new()
+    } else {
+        vec![UpsertPlan {
+            table: TABLE.into(),
+            columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            conflict: Conflict::DoNothing,
+            rows,
+        }]
+    };
+    Ok(Outcome { events: events.len() as u32, plans, rejections })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_sdk::sql::Upsert;
+
+    pub const EXAMPLE: &str = r#"{"eventType":"order.completed","occurredAt":"2026-05-26T14:21:08.493Z","source":"billing-service","customerExternalId":"acct_8K2zRq","idempotencyKey":"order_38a91f-completed","correlationId":"req_4f30b2","payload":{"orderId":"ord_38a91f","amount":12900,"currency":"USD","items":[{"sku":"PR-PRO-MONTHLY","qty":1,"price":12900}]},"metadata":{"tier":"pro","region":"us-east-1"}}"#;
+
+    fn request(tenant: &str, body: &str) -> Request {
+        Request {
+            tenant: tenant.into(),
+            method: "POST".into(),
+            path: "/v1/events".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            received_at: 1_780_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn maps_the_example_column_by_column() {
+        let outcome = handle(&request("acme", EXAMPLE)).unwrap();
+        assert_eq!(outcome.events, 1);
+        assert!(outcome.rejections.is_empty());
+        let plan = &outcome.plans[0];
+        let v = &plan.rows[0].values;
+        assert_eq!(v[1], Value::Text("order.completed".into()));
+        assert_eq!(v[2], Value::Timestamptz(1_779_805_268_493_000));
+        assert_eq!(v[3], Value::Text("acct_8K2zRq".into()));
+        assert_eq!(v[4], Value::Text("billing-service".into()));
+        assert_eq!(v[5], Value::Text("req_4f30b2".into()));
+        assert!(matches!(&v[6], Value::Jsonb(j) if j.starts_with(r#"{"orderId":"ord_38a91f""#)));
+        assert_eq!(v[7], Value::Jsonb(r#"{"tier":"pro","region":"us-east-1"}"#.into()));
+        assert_eq!(v[8], Value::Timestamptz(1_780_000_000_000_000));
+        // The plan fits the declared table.
+        Upsert::new("public", &tables()[0], &plan.columns, &plan.conflict).unwrap();
+    }
+
+    #[test]
+    fn idempotency_key_gives_a_stable_id_per_tenant() {
+        let id = |tenant: &str| handle(&request(tenant, EXAMPLE)).unwrap().plans[0].rows[0].values[0].clone();
+        assert_eq!(id("acme"), id("acme"));
+        assert_ne!(id("acme"), id("globex"));
+        let Value::Uuid((hi, _)) = id("acme") else { panic!() };
+        assert_eq!((hi >> 12) & 0xf, 5, "a UUIDv5");
+    }
+
+    #[test]
+    fn events_without_a_key_get_distinct_v7_ids() {
+        let body = r#"[{"eventType":"a","occurredAt":"2026-01-01T00:00:00Z"},{"eventType":"a","occurredAt":"2026-01-01T00:00:00Z"}]"#;
+        let outcome = handle(&request("acme", body)).unwrap();
+        let ids: Vec<_> = outcome.plans[0].rows.iter().map(|r| r.values[0].clone()).collect();
+        assert_ne!(ids[0], ids[1]);
+        let Value::Uuid((hi, _)) = ids[0] else { panic!() };
+        assert_eq!((hi >> 12) & 0xf, 7, "a UUIDv7");
+        assert_eq!(hi >> 16, 1_780_000_000_000, "ordered by the time the request arrived (ms)");
+    }
+
+    #[test]
+    fn rejects_each_bad_event_by_index_and_field() {
+        let body = r#"[
+            {"eventType":"ok","occurredAt":"2026-01-01T00:00:00+02:00"},
+            {"occurredAt":"2026-01-01T00:00:00Z"},
+            {"eventType":"x","occurredAt":"yesterday"},
+            {"eventType":5,"occurredAt":"2026-01-01T00:00:00Z"},
+            {"eventType":"x","occurredAt":"2026-01-01T00:00:00Z","payload":[1]},
+            42,
+            {"eventType":"x","occurredAt":"2026-01-01T00:00:00Z","source":"a\u0000b"},
+            {"eventType":"x","occurredAt":"2026-01-01T00:00:00Z","metadata":{"k":"\u0000"}}
+        ]"#;
+        let outcome = handle(&request("acme", body)).unwrap();
+        assert_eq!(outcome.events, 8);
+        assert_eq!(outcome.plans[0].rows.len(), 1);
+        assert_eq!(outcome.plans[0].rows[0].event, 0);
+        let reasons: Vec<(u32, &str)> = outcome.rejections.iter().map(|r| (r.index, r.reason.as_str())).collect();
+        assert_eq!(reasons[0], (1, "eventType is required"));
+        assert_eq!(reasons[1].0, 2);
+        assert!(reasons[1].1.starts_with("occurredAt must be an RFC 3339 timestamp"));
+        assert_eq!(reasons[2], (3, "eventType must be a string"));
+        assert_eq!(reasons[3], (4, "payload must be a JSON object"));
+        assert_eq!(reasons[4], (5, "an event must be a JSON object"));
+        assert_eq!(reasons[5], (6, "source contains a NUL character"));
+        assert!(reasons[6].1.starts_with("metadata contains a \\u0000 escape"));
+    }
+
+    #[test]
+    fn whole_request_errors() {
+        assert!(matches!(handle(&request("t", "{nope")), Err(RequestError::Malformed(_))));
+        let mut r = request("t", "a=b");
+        r.headers = vec![("content-type".into(), "application/x-www-form-urlencoded".into())];
+        assert!(matches!(handle(&r), Err(RequestError::UnsupportedMediaType(_))));
+    }
+}

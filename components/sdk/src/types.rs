@@ -1,0 +1,292 @@
+//! Rust twins of the `sluice:ingest/types` WIT interface.
+//!
+//! The host lifts these straight out of a component (feature `wasmtime`), and
+//! normalizer libraries build them natively, so one normalizer runs unchanged
+//! in the host, in tests and on Spin.
+
+#[cfg(feature = "wasmtime")]
+use wasmtime::component::{ComponentType, Lift, Lower};
+
+/// Microseconds since 1970-01-01T00:00:00Z.
+pub type TimestampMicros = i64;
+
+/// One typed column value.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+pub enum Value {
+    #[cfg_attr(feature = "wasmtime", component(name = "null"))]
+    Null,
+    #[cfg_attr(feature = "wasmtime", component(name = "boolean"))]
+    Boolean(bool),
+    #[cfg_attr(feature = "wasmtime", component(name = "int8"))]
+    Int8(i64),
+    #[cfg_attr(feature = "wasmtime", component(name = "float8"))]
+    Float8(f64),
+    #[cfg_attr(feature = "wasmtime", component(name = "numeric"))]
+    Numeric(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "text"))]
+    Text(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "jsonb"))]
+    Jsonb(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "uuid"))]
+    Uuid((u64, u64)),
+    #[cfg_attr(feature = "wasmtime", component(name = "timestamptz"))]
+    Timestamptz(TimestampMicros),
+    #[cfg_attr(feature = "wasmtime", component(name = "bytea"))]
+    Bytea(Vec<u8>),
+}
+
+impl Value {
+    pub fn uuid(id: u128) -> Value {
+        Value::Uuid(((id >> 64) as u64, id as u64))
+    }
+
+    /// Text, or null when absent.
+    pub fn text_or_null(text: Option<impl Into<String>>) -> Value {
+        text.map_or(Value::Null, |t| Value::Text(t.into()))
+    }
+
+    /// The column type this value fits, or `None` for null (which fits any).
+    pub fn column_type(&self) -> Option<ColumnType> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Boolean(_) => ColumnType::Boolean,
+            Value::Int8(_) => ColumnType::Int8,
+            Value::Float8(_) => ColumnType::Float8,
+            Value::Numeric(_) => ColumnType::Numeric,
+            Value::Text(_) => ColumnType::Text,
+            Value::Jsonb(_) => ColumnType::Jsonb,
+            Value::Uuid(_) => ColumnType::Uuid,
+            Value::Timestamptz(_) => ColumnType::Timestamptz,
+            Value::Bytea(_) => ColumnType::Bytea,
+        })
+    }
+
+    /// A rough count of the bytes this value occupies on the wire.
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Value::Null => 0,
+            Value::Boolean(_) => 1,
+            Value::Int8(_) | Value::Float8(_) | Value::Timestamptz(_) => 8,
+            Value::Uuid(_) => 16,
+            Value::Numeric(s) | Value::Text(s) | Value::Jsonb(s) => s.len(),
+            Value::Bytea(b) => b.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[repr(u8)]
+pub enum ColumnType {
+    #[cfg_attr(feature = "wasmtime", component(name = "boolean"))]
+    Boolean,
+    #[cfg_attr(feature = "wasmtime", component(name = "int8"))]
+    Int8,
+    #[cfg_attr(feature = "wasmtime", component(name = "float8"))]
+    Float8,
+    #[cfg_attr(feature = "wasmtime", component(name = "numeric"))]
+    Numeric,
+    #[cfg_attr(feature = "wasmtime", component(name = "text"))]
+    Text,
+    #[cfg_attr(feature = "wasmtime", component(name = "jsonb"))]
+    Jsonb,
+    #[cfg_attr(feature = "wasmtime", component(name = "uuid"))]
+    Uuid,
+    #[cfg_attr(feature = "wasmtime", component(name = "timestamptz"))]
+    Timestamptz,
+    #[cfg_attr(feature = "wasmtime", component(name = "bytea"))]
+    Bytea,
+}
+
+impl ColumnType {
+    /// The type's name in PostgreSQL, as `format_type` prints it.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ColumnType::Boolean => "boolean",
+            ColumnType::Int8 => "bigint",
+            ColumnType::Float8 => "double precision",
+            ColumnType::Numeric => "numeric",
+            ColumnType::Text => "text",
+            ColumnType::Jsonb => "jsonb",
+            ColumnType::Uuid => "uuid",
+            ColumnType::Timestamptz => "timestamp with time zone",
+            ColumnType::Bytea => "bytea",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+pub enum ColumnDefault {
+    #[cfg_attr(feature = "wasmtime", component(name = "now"))]
+    Now,
+    #[cfg_attr(feature = "wasmtime", component(name = "constant"))]
+    Constant(Value),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Column {
+    pub name: String,
+    #[cfg_attr(feature = "wasmtime", component(name = "type"))]
+    pub ty: ColumnType,
+    pub nullable: bool,
+    pub default: Option<ColumnDefault>,
+}
+
+impl Column {
+    pub fn new(name: &str, ty: ColumnType) -> Column {
+        Column { name: name.to_owned(), ty, nullable: true, default: None }
+    }
+
+    pub fn not_null(mut self) -> Column {
+        self.nullable = false;
+        self
+    }
+
+    pub fn default(mut self, default: ColumnDefault) -> Column {
+        self.default = Some(default);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[repr(u8)]
+pub enum IndexMethod {
+    #[cfg_attr(feature = "wasmtime", component(name = "btree"))]
+    Btree,
+    #[cfg_attr(feature = "wasmtime", component(name = "brin"))]
+    Brin,
+    #[cfg_attr(feature = "wasmtime", component(name = "gin"))]
+    Gin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct IndexColumn {
+    pub name: String,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Index {
+    pub name: String,
+    pub columns: Vec<IndexColumn>,
+    pub method: IndexMethod,
+    pub unique: bool,
+}
+
+impl Index {
+    /// A b-tree index over `columns`, a leading `-` marking a descending one.
+    pub fn btree(name: &str, columns: &[&str]) -> Index {
+        let columns = columns
+            .iter()
+            .map(|c| match c.strip_prefix('-') {
+                Some(name) => IndexColumn { name: name.to_owned(), descending: true },
+                None => IndexColumn { name: (*c).to_owned(), descending: false },
+            })
+            .collect();
+        Index { name: name.to_owned(), columns, method: IndexMethod::Btree, unique: false }
+    }
+
+    pub fn method(mut self, method: IndexMethod) -> Index {
+        self.method = method;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+    #[cfg_attr(feature = "wasmtime", component(name = "primary-key"))]
+    pub primary_key: Vec<String>,
+    pub indexes: Vec<Index>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+pub enum Conflict {
+    #[cfg_attr(feature = "wasmtime", component(name = "do-nothing"))]
+    DoNothing,
+    #[cfg_attr(feature = "wasmtime", component(name = "update"))]
+    Update(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Row {
+    pub event: u32,
+    pub values: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct UpsertPlan {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub conflict: Conflict,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Rejection {
+    pub index: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Request {
+    pub tenant: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    #[cfg_attr(feature = "wasmtime", component(name = "received-at"))]
+    pub received_at: TimestampMicros,
+}
+
+impl Request {
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Outcome {
+    pub events: u32,
+    pub plans: Vec<UpsertPlan>,
+    pub rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+pub enum RequestError {
+    #[cfg_attr(feature = "wasmtime", component(name = "malformed"))]
+    Malformed(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "unsupported-media-type"))]
+    UnsupportedMediaType(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Malformed(m) | RequestError::UnsupportedMediaType(m) => f.write_str(m),
+        }
+    }
+}
