@@ -28,28 +28,29 @@ fn main() {
     println!("cargo:rerun-if-changed={}", workspace.join("components").display());
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
 
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&workspace)
-        .args(["build", "--locked", "--profile", "component", "--target", "wasm32-wasip2"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    for (_, package, _) in COMPONENTS {
-        command.args(["--package", package]);
-    }
-    // The outer build's flags are for the host, not for wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
-        command.env_remove(var);
-    }
-    let status = command.status().expect("run cargo to build the components");
-    assert!(status.success(), "building the components for wasm32-wasip2 failed");
-
+    // One cargo run per component: built together, cargo would unify the
+    // features of a normalizer that another component embeds as a library.
+    // Each result is copied out at once, as the next run may relink it.
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let mut code = String::new();
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for (name, package, stem) in COMPONENTS {
-        let path = target_dir.join("wasm32-wasip2/component").join(format!("{stem}.wasm"));
-        assert!(path.exists(), "{} was not built", path.display());
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(&workspace)
+            .args(["build", "--locked", "--profile", "component", "--target", "wasm32-wasip2"])
+            .args(["--package", package])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        // The outer build's flags are for the host, not for wasm.
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+            command.env_remove(var);
+        }
+        let status = command.status().expect("run cargo to build the components");
+        assert!(status.success(), "building {package} for wasm32-wasip2 failed");
+        let built = target_dir.join("wasm32-wasip2/component").join(format!("{stem}.wasm"));
+        let path = out.join(format!("{stem}.wasm"));
+        fs::copy(&built, &path).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
         code.push_str(&format!(
             "/// The `{package}` component.\npub const {name}: &[u8] = include_bytes!({:?});\n",
             path.display().to_string()

@@ -3,7 +3,7 @@
 wit_bindgen::generate!({
     world: "normalizer",
     path: "../../wit",
-    with: { "sluice:ingest/types": sluice_sdk::types },
+    with: { "sluice:ingest/types@0.1.0": sluice_sdk::types },
 });
 
 struct Events;

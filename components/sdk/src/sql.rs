@@ -90,14 +90,14 @@ impl Table {
                 return Err(format!("table {name:?} declares column {:?} twice", column.name));
             }
             if let Some(ColumnDefault::Constant(value)) = &column.default {
-                if value.column_type().is_some_and(|t| t != column.ty) {
+                if value.column_type().is_some_and(|t| t != column.data_type) {
                     return Err(format!(
                         "the default of column {:?} in table {name:?} is not of type {}",
                         column.name,
-                        column.ty.sql_name()
+                        column.data_type.sql_name()
                     ));
                 }
-                literal(value, column.ty)?;
+                literal(value, column.data_type)?;
             }
         }
         for key in &self.primary_key {
@@ -133,7 +133,7 @@ pub fn index_name(table: &str, index: &str) -> String {
 }
 
 fn column_sql(column: &Column) -> Result<String, String> {
-    let mut sql = format!("{} {}", quote_ident(&column.name), column.ty.sql_name());
+    let mut sql = format!("{} {}", quote_ident(&column.name), column.data_type.sql_name());
     if !column.nullable {
         sql.push_str(" NOT NULL");
     }
@@ -142,7 +142,7 @@ fn column_sql(column: &Column) -> Result<String, String> {
         Some(ColumnDefault::Now) => sql.push_str(" DEFAULT now()"),
         Some(ColumnDefault::Constant(value)) => {
             sql.push_str(" DEFAULT ");
-            sql.push_str(&literal(value, column.ty)?);
+            sql.push_str(&literal(value, column.data_type)?);
         }
     }
     Ok(sql)
@@ -238,7 +238,7 @@ impl Upsert {
             if columns[..i].contains(column) {
                 return Err(format!("a plan for table {name:?} lists column {column:?} twice"));
             }
-            types.push(declared.ty);
+            types.push(declared.data_type);
         }
         for column in &table.columns {
             if !column.nullable && column.default.is_none() && !columns.contains(&column.name) {

@@ -129,15 +129,15 @@ pub enum ColumnDefault {
 #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
 pub struct Column {
     pub name: String,
-    #[cfg_attr(feature = "wasmtime", component(name = "type"))]
-    pub ty: ColumnType,
+    #[cfg_attr(feature = "wasmtime", component(name = "data-type"))]
+    pub data_type: ColumnType,
     pub nullable: bool,
     pub default: Option<ColumnDefault>,
 }
 
 impl Column {
-    pub fn new(name: &str, ty: ColumnType) -> Column {
-        Column { name: name.to_owned(), ty, nullable: true, default: None }
+    pub fn new(name: &str, data_type: ColumnType) -> Column {
+        Column { name: name.to_owned(), data_type, nullable: true, default: None }
     }
 
     pub fn not_null(mut self) -> Column {

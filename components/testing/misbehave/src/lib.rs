@@ -1,16 +1,16 @@
 //! A normalizer that misbehaves when the request asks it to, and otherwise
-//! acts as the events normalizer. The path's last segment picks the fault:
+//! acts as the events normalizer. The `x-misbehave` header picks the fault:
 //! `trap` panics, `loop` never returns, `alloc` allocates without bound,
 //! `huge` returns a plan of 100 MB.
 
 #[cfg(target_family = "wasm")]
 mod component {
-    use sluice_sdk::{Conflict, Outcome, Request, RequestError, Row, Table, UpsertPlan, Value};
+    use sluice_sdk::{Conflict, Row, UpsertPlan, Value};
 
     wit_bindgen::generate!({
         world: "normalizer",
         path: "../../../wit",
-        with: { "sluice:ingest/types": sluice_sdk::types },
+        with: { "sluice:ingest/types@0.1.0": sluice_sdk::types },
     });
 
     struct Misbehave;
@@ -21,7 +21,7 @@ mod component {
         }
 
         fn handle(request: Request) -> Result<Outcome, RequestError> {
-            match request.path.rsplit('/').next().unwrap_or("") {
+            match request.header("x-misbehave").unwrap_or("") {
                 "trap" => panic!("misbehaving on purpose"),
                 "loop" => {
                     let mut n: u64 = 0;

@@ -1,0 +1,10 @@
+//! The Sluice host: HTTP in, WebAssembly normalizers, batched idempotent
+//! upserts out to PostgreSQL.
+
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod http;
+pub mod ingest;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,301 @@
+//! Running normalizer components: one wasmtime `Engine` with a pooling
+//! allocator, a pre-instantiated component per normalizer, and a fresh
+//! instance per request under an epoch deadline and a memory cap.
+
+use crate::config::Limits;
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use sluice_sdk::{Outcome, Request, RequestError, Table};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a component call failed. The message names the component and the
+/// limit, never request data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentFailure {
+    /// It ran past its deadline.
+    Deadline(String),
+    /// It tried to grow its memory past the cap.
+    Memory(String),
+    /// It trapped (a panic, an invalid operation).
+    Trap(String),
+    /// No instance slot came free in time.
+    Busy(String),
+}
+
+impl std::fmt::Display for ComponentFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentFailure::Deadline(m)
+            | ComponentFailure::Memory(m)
+            | ComponentFailure::Trap(m)
+            | ComponentFailure::Busy(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Per-instance state: an empty WASI context (no files, sockets,
+/// environment or arguments) and the memory limiter.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Refuses growth past `max` bytes and remembers that it did.
+struct MemoryCap {
+    max: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            wasmtime::bail!("memory limit reached");
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The wasmtime engine and everything shared by all components.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+}
+
+/// One loaded normalizer component, ready to instantiate.
+pub struct Normalizer {
+    pub name: String,
+    /// SHA-256 of the component's bytes.
+    pub digest: String,
+    pub tables: Vec<Table>,
+    pre: InstancePre<State>,
+    exports: Exports,
+}
+
+/// The contract's exports, looked up once per component.
+#[derive(Clone, Copy)]
+struct Exports {
+    tables: ComponentExportIndex,
+    handle: ComponentExportIndex,
+}
+
+type TablesFn = (Vec<Table>,);
+type HandleResult = (Result<Outcome, RequestError>,);
+
+impl Runtime {
+    pub fn new(limits: &Limits, cache_dir: &Path) -> Result<Arc<Runtime>> {
+        let instances = limits.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .max_memory_size(limits.component_memory_bytes);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("configure wasmtime"))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::Error::from(e).context("link WASI"))?;
+
+        // Epochs advance on one thread; it ends when the engine is dropped.
+        let weak = engine.weak();
+        std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            limits: limits.clone(),
+            slots: Arc::new(Semaphore::new(instances as usize)),
+        }))
+    }
+
+    /// Compiles (or loads from the cache) a component, checks it implements
+    /// the normalizer world, and reads the tables it declares.
+    pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Arc<Normalizer>> {
+        let digest = hex(&Sha256::digest(wasm));
+        let component = self.compile_cached(&digest, wasm).with_context(|| format!("compile component {name}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("component {name} imports something Sluice does not provide: {e}"))?;
+        let export = |export: &str| {
+            component.get_export_index(None, export).ok_or_else(|| {
+                anyhow::anyhow!("component {name} does not implement sluice:ingest/normalizer: it has no `{export}` export")
+            })
+        };
+        let exports = Exports { tables: export("tables")?, handle: export("handle")? };
+        let mut normalizer = Normalizer { name: name.to_owned(), digest, tables: Vec::new(), pre, exports };
+        // Typing both exports here refuses a component of another contract
+        // before it serves anything.
+        let tables = self
+            .call(&normalizer, |instance, store| {
+                instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, exports.handle)?;
+                let (tables,) = instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
+                Ok(tables)
+            })
+            .map_err(|e| anyhow::anyhow!("component {name} does not fit the contract: {e}"))?;
+        for table in &tables {
+            table.validate().map_err(|e| anyhow::anyhow!("component {name} declares a bad table: {e}"))?;
+        }
+        normalizer.tables = tables;
+        Ok(Arc::new(normalizer))
+    }
+
+    fn compile_cached(&self, digest: &str, wasm: &[u8]) -> Result<Component> {
+        let mut key = Sha256::new();
+        key.update(digest.as_bytes());
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut HashWriter(&mut key));
+        let path = self.cache_dir.join(format!("{}.cwasm", hex(&key.finalize())));
+        if path.exists() {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the name).
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %path.display(), "recompiling a cached component that did not load: {e:#}"),
+            }
+        }
+        let started = Instant::now();
+        let compiled = self.engine.precompile_component(wasm)?;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "compiled component {digest:.12}");
+        // SAFETY: these bytes were just produced by this engine.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled)? };
+        if let Err(e) = write_atomically(&path, &compiled) {
+            tracing::warn!(path = %path.display(), "could not cache a compiled component: {e:#}");
+        }
+        Ok(component)
+    }
+
+    /// Normalizes one request in a fresh instance, on a blocking thread,
+    /// once an instance slot is free.
+    pub async fn handle(
+        self: &Arc<Self>,
+        normalizer: Arc<Normalizer>,
+        request: Request,
+    ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
+        let busy = || ComponentFailure::Busy(format!("no instance of component {} came free in time", normalizer.name));
+        let wait = Duration::from_millis(self.limits.request_timeout_ms);
+        let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(busy()),
+        };
+        let runtime = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            runtime.handle_blocking(&normalizer, &request)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ComponentFailure::Trap(format!("component call panicked in the host: {e}"))))
+    }
+
+    /// Normalizes one request in a fresh instance on this thread, without
+    /// waiting for a slot (benchmarks, and `handle` once it has one).
+    pub fn handle_blocking(
+        &self,
+        normalizer: &Normalizer,
+        request: &Request,
+    ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
+        let handle = normalizer.exports.handle;
+        self.call(normalizer, |instance, store| {
+            let func = instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, handle)?;
+            Ok(func.call(&mut *store, (request,))?.0)
+        })
+    }
+
+    /// Runs `f` in a fresh instance of `normalizer`.
+    fn call<R>(
+        &self,
+        normalizer: &Normalizer,
+        f: impl FnOnce(Instance, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, ComponentFailure> {
+        let name = &normalizer.name;
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+                limiter: MemoryCap { max: self.limits.component_memory_bytes, hit: false },
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        let ticks = self.limits.component_deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+        store.set_epoch_deadline(ticks);
+        let result = normalizer
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| f(instance, &mut store));
+        result.map_err(|error| {
+            if store.data().limiter.hit {
+                ComponentFailure::Memory(format!(
+                    "component {name} exceeded its memory limit of {} MiB",
+                    self.limits.component_memory_bytes >> 20
+                ))
+            } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                ComponentFailure::Deadline(format!(
+                    "component {name} ran past its deadline of {} ms",
+                    self.limits.component_deadline_ms
+                ))
+            } else {
+                let trap = error.downcast_ref::<Trap>().map(|t| t.to_string()).unwrap_or_else(|| format!("{error:#}"));
+                ComponentFailure::Trap(format!("component {name} failed: {trap}"))
+            }
+        })
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("cache path has no folder")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::hash::Hasher for HashWriter<'_> {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `sluice` binary, real HTTP, a real PostgreSQL.
+
+mod support;
+
+mod events;
+mod lifecycle;

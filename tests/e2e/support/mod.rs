@@ -1,0 +1,243 @@
+//! The end-to-end harness: a real PostgreSQL (`SLUICE_TEST_DATABASE_URL`, or
+//! a throwaway cluster per test process copied from a template), a fresh
+//! database per test, and the real `sluice` binary serving real HTTP.
+
+#![allow(dead_code)]
+
+use sluice::embedded::{Cluster, ClusterOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub const EXAMPLE: &str = r#"{"eventType":"order.completed","occurredAt":"2026-05-26T14:21:08.493Z","source":"billing-service","customerExternalId":"acct_8K2zRq","idempotencyKey":"order_38a91f-completed","correlationId":"req_4f30b2","payload":{"orderId":"ord_38a91f","amount":12900,"currency":"USD","items":[{"sku":"PR-PRO-MONTHLY","qty":1,"price":12900}]},"metadata":{"tier":"pro","region":"us-east-1"}}"#;
+
+/// The server every test of this process uses: its superuser URL.
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("SLUICE_TEST_DATABASE_URL") {
+            return url;
+        }
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let data_dir = tmp.join(format!("pg-{}", std::process::id()));
+        let options = ClusterOptions::throwaway(data_dir.clone(), tmp.join("pg-template"));
+        let cluster = Cluster::start(options).expect("start a throwaway PostgreSQL for the tests");
+        let url = cluster.url();
+        watch_and_clean_up(&data_dir);
+        // The watchdog stops it when this process ends.
+        std::mem::forget(cluster);
+        url
+    })
+}
+
+/// A shell that waits for this process to exit, then stops the cluster
+/// (SIGINT is PostgreSQL's fast shutdown) and deletes its folder.
+fn watch_and_clean_up(data_dir: &Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         kill -INT $(head -n1 '{dir}/postmaster.pid' 2>/dev/null) 2>/dev/null; sleep 2; rm -rf '{dir}' '{dir}'.*",
+        pid = std::process::id(),
+        dir = data_dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cleanup watchdog");
+}
+
+/// A fresh, empty database on the test server.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let admin = connect(server_url()).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
+        let mut config: tokio_postgres::Config = server_url().parse().unwrap();
+        config.dbname(&name);
+        TestDb { url: url_with_db(server_url(), &name), name }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+/// `url` with its database replaced by `dbname`.
+fn url_with_db(url: &str, dbname: &str) -> String {
+    if url.contains("://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let scheme_end = base.find("://").unwrap() + 3;
+        let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+        let mut out = format!("{}/{dbname}", &base[..host_end]);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    } else {
+        format!("{url} dbname={dbname}")
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to the test server");
+    tokio::spawn(connection);
+    client
+}
+
+/// A running `sluice serve`.
+pub struct Sluice {
+    pub child: Child,
+    pub base: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    _config: tempfile_path::TempPath,
+}
+
+/// Where compiled components are cached across the test processes.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+impl Sluice {
+    /// Starts `sluice serve` on a free port against `db`, with extra TOML.
+    pub fn start(db: Option<&TestDb>, extra_toml: &str) -> Sluice {
+        Sluice::start_in(db, extra_toml, None)
+    }
+
+    pub fn start_in(db: Option<&TestDb>, extra_toml: &str, data_dir: Option<&Path>) -> Sluice {
+        let config = tempfile_path::TempPath::new("toml");
+        let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| config.path().with_extension("data"));
+        let cache = format!("[components]\ncache_dir = {:?}\n", cache_dir());
+        let extra = if extra_toml.contains("[components]") {
+            extra_toml.replace("[components]\n", &cache)
+        } else {
+            format!("{extra_toml}\n{cache}")
+        };
+        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{extra}");
+        std::fs::write(config.path(), toml).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["serve", "--config"])
+            .arg(config.path())
+            .env_remove("SLUICE_DATABASE_URL")
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(db) = db {
+            command.env("SLUICE_DATABASE_URL", &db.url);
+        }
+        let mut child = command.spawn().expect("start sluice");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            let pipe = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = stderr.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let base = loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("sluice listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                Err(_) => panic!("sluice did not start; its log:\n{}", stderr.lock().unwrap()),
+            }
+        };
+        Sluice { child, base, stderr, _config: config }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().tcp_nodelay(true).build().unwrap()
+}
+
+/// Posts `body` as `content_type` and returns the status and JSON answer.
+pub async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+    let response = http().post(url).header("content-type", content_type).body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, json)
+}
+
+/// A temporary file path, removed on drop.
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn new(extension: &str) -> TempPath {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let name = format!("sluice-{}-{}.{extension}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+            TempPath(Path::new(env!("CARGO_TARGET_TMPDIR")).join(name))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir_all(self.0.with_extension("data"));
+        }
+    }
+}
