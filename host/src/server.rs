@@ -78,11 +78,18 @@ async fn database(config: &Config) -> Result<(tokio_postgres::Config, Option<Clu
     if config.database.is_configured() {
         return Ok((config.database.pg_config()?, None));
     }
-    let options = ClusterOptions::persistent(config.data_dir.join("postgres"));
+    let options = ClusterOptions::new(config.data_dir.join("postgres"));
     tracing::info!(data_dir = %options.data_dir.display(), "no database is configured: starting an embedded PostgreSQL");
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(options)).await??;
     let pg = cluster.url().parse::<tokio_postgres::Config>().context("the embedded cluster's URL")?;
-    println!("sluice embedded PostgreSQL at {}", cluster.display_url());
+    println!(
+        "sluice embedded PostgreSQL at postgres://{}@{}:{}/{} (password in {})",
+        crate::embedded::USER,
+        crate::embedded::HOST,
+        cluster.port(),
+        crate::embedded::DATABASE,
+        cluster.password_file().display()
+    );
     Ok((pg, Some(cluster)))
 }
 

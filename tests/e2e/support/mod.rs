@@ -22,33 +22,19 @@ fn server_url() -> &'static str {
             return url;
         }
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let data_dir = tmp.join(format!("pg-{}", std::process::id()));
-        let options = ClusterOptions::throwaway(data_dir.clone(), tmp.join("pg-template"));
+        let options = ClusterOptions {
+            fsync: false,
+            template: Some(tmp.join("pg-template")),
+            remove_on_stop: true,
+            ..ClusterOptions::new(tmp.join(format!("pg-{}", std::process::id())))
+        };
         let cluster = Cluster::start(options).expect("start a throwaway PostgreSQL for the tests");
         let url = cluster.url();
-        watch_and_clean_up(&data_dir);
-        // The watchdog stops it when this process ends.
+        // A static is never dropped: the cluster's watchdog stops it and
+        // removes its files when this process ends.
         std::mem::forget(cluster);
         url
     })
-}
-
-/// A shell that waits for this process to exit, then stops the cluster
-/// (SIGINT is PostgreSQL's fast shutdown) and deletes its folder.
-fn watch_and_clean_up(data_dir: &Path) {
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         kill -INT $(head -n1 '{dir}/postmaster.pid' 2>/dev/null) 2>/dev/null; sleep 2; rm -rf '{dir}' '{dir}'.*",
-        pid = std::process::id(),
-        dir = data_dir.display()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cleanup watchdog");
 }
 
 /// A fresh, empty database on the test server.
