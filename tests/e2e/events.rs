@@ -45,6 +45,14 @@ async fn example_round_trips_and_a_replay_is_a_duplicate() {
     assert_eq!(body, json!({"events": 1, "inserted": 0, "duplicates": 1, "rejected": []}));
     let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(count, 1);
+
+    // The database URL (with its password) was given to the service; it
+    // appears nowhere in its log.
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    if let Some(password) = config.get_password() {
+        let password = std::str::from_utf8(password).unwrap();
+        assert!(!sluice.log().contains(password), "{}", sluice.log());
+    }
 }
 
 fn event(i: usize) -> String {

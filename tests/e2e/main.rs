@@ -4,3 +4,4 @@ mod support;
 
 mod events;
 mod lifecycle;
+mod migrations;
