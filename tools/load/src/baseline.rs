@@ -1,0 +1,191 @@
+//! Mode `baseline`: the same events, normalized natively and written
+//! straight to PostgreSQL with the statement and encoding the host uses, one
+//! transaction per request on one connection per worker.
+
+use crate::generate::{self, Format, Generator};
+use crate::run::{Attempt, Failure, Worker};
+use anyhow::{Context, Result, anyhow, bail};
+use sluice::db::encode::ColumnArray;
+use sluice_sdk::sql::{self, Upsert};
+use sluice_sdk::{Request, Table, UpsertPlan};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Opens a connection; its I/O runs on a task of its own.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {}", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("sluice-load: database connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The events table, as the normalizer declares it.
+pub fn table() -> Table {
+    sluice_events::tables().remove(0)
+}
+
+/// Creates the schema and table (as the host's migration would) when
+/// missing.
+pub async fn prepare_table(client: &Client, schema: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(schema)))
+        .await
+        .context("creating the schema")?;
+    for statement in sql::create_table(schema, &table()).map_err(|e| anyhow!(e))? {
+        client.batch_execute(&statement).await.with_context(|| format!("running {statement}"))?;
+    }
+    Ok(())
+}
+
+pub async fn truncate(client: &Client, schema: &str) -> Result<()> {
+    let target = sql::qualified(schema, sluice_events::TABLE);
+    client.batch_execute(&format!("TRUNCATE {target}")).await.with_context(|| format!("truncating {target}"))
+}
+
+pub async fn count_rows(client: &Client, schema: &str) -> Result<i64> {
+    let target = sql::qualified(schema, sluice_events::TABLE);
+    let row = client.query_one(&format!("SELECT count(*) FROM {target}"), &[]).await?;
+    Ok(row.get(0))
+}
+
+fn request(body: String) -> Request {
+    Request {
+        tenant: "default".into(),
+        method: "POST".into(),
+        path: "/v1/events".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), Format::JsonArray.content_type().into())],
+        body: body.into_bytes(),
+        received_at: generate::now_micros(),
+    }
+}
+
+/// Normalizes `body` into its one plan; every event must make a row.
+fn normalize(body: String) -> Result<(u32, UpsertPlan), String> {
+    let outcome = sluice_events::handle(&request(body)).map_err(|e| e.to_string())?;
+    if let Some(rejection) = outcome.rejections.first() {
+        return Err(format!("event {} rejected: {}", rejection.index, rejection.reason));
+    }
+    let mut plans = outcome.plans.into_iter();
+    match (plans.next(), plans.next()) {
+        (Some(plan), None) => Ok((outcome.events, plan)),
+        _ => Err("expected exactly one plan".into()),
+    }
+}
+
+/// The statement for the normalizer's plans, from one sample event.
+pub fn upsert(schema: &str) -> Result<Arc<Upsert>> {
+    let body = Generator::new("probe", 0).body(1, Format::JsonArray);
+    let (_, plan) = normalize(body).map_err(|e| anyhow!(e))?;
+    let upsert = Upsert::new(schema, &table(), &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
+    Ok(Arc::new(upsert))
+}
+
+pub struct BaselineWorker {
+    client: Client,
+    upsert: Arc<Upsert>,
+    statement: Statement,
+    generator: Generator,
+    events: usize,
+}
+
+impl BaselineWorker {
+    /// Opens the worker's connection and prepares the statement on it (the
+    /// host's `prepare_cached` does the same once per pooled connection).
+    pub async fn connect(url: &str, upsert: Arc<Upsert>, generator: Generator, events: usize) -> Result<BaselineWorker> {
+        let client = connect(url).await?;
+        let statement = client.prepare(&upsert.sql).await.context("preparing the upsert")?;
+        if statement.columns().len() != 1 {
+            bail!("the upsert returns {} columns, not 1", statement.columns().len());
+        }
+        Ok(BaselineWorker { client, upsert, statement, generator, events })
+    }
+
+    /// One transaction writing the plan; returns how many rows were new.
+    async fn write(&mut self, plan: &UpsertPlan) -> Result<u64, tokio_postgres::Error> {
+        let rows = plan.rows.len();
+        let mut columns: Vec<ColumnArray> = self
+            .upsert
+            .param_types
+            .iter()
+            .map(|&param_type| ColumnArray { param_type, values: Vec::with_capacity(rows) })
+            .collect();
+        for row in &plan.rows {
+            for (column, value) in columns.iter_mut().zip(&row.values) {
+                column.values.push(value);
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let tx = self.client.transaction().await?;
+        let written = tx.query(&self.statement, &params).await?.len() as u64;
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+impl Worker for BaselineWorker {
+    async fn send(&mut self) -> Attempt {
+        let body = self.generator.body(self.events, Format::JsonArray);
+        let bytes = body.len() as u64;
+        let (events, plan) = match normalize(body) {
+            Ok(normalized) => normalized,
+            Err(e) => {
+                return Attempt { result: Err(Failure::new("normalize", e)), latency: Default::default(), bytes };
+            }
+        };
+        if plan.columns.len() != self.upsert.param_types.len() {
+            let failure = Failure::new("normalize", "the plan's shape differs from the prepared statement's");
+            return Attempt { result: Err(failure), latency: Default::default(), bytes };
+        }
+        let started = Instant::now();
+        let result = self.write(&plan).await;
+        let latency = started.elapsed();
+        let result = match result {
+            Ok(written) if written == u64::from(events) => Ok(written),
+            Ok(written) => Err(Failure::new("not all inserted", format!("{written} of {events} rows were new"))),
+            Err(e) => Err(db_failure(&e)),
+        };
+        Attempt { result, latency, bytes }
+    }
+}
+
+fn db_failure(e: &tokio_postgres::Error) -> Failure {
+    match e.as_db_error() {
+        Some(db) => Failure::new(format!("SQLSTATE {}", db.code().code()), db.message()),
+        None => Failure::new("database", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+    }
+
+    #[test]
+    fn the_statement_fits_the_plans() {
+        let upsert = upsert("loadtest").unwrap();
+        assert!(upsert.sql.contains(r#"INSERT INTO "loadtest"."events""#));
+        assert_eq!(upsert.param_types.len(), 9);
+    }
+}

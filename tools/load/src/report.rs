@@ -1,0 +1,114 @@
+//! The results, as text for people or one JSON line for scripts.
+
+use crate::run::{Plan, Stats};
+use serde_json::json;
+
+pub struct Setup {
+    pub mode: &'static str,
+    /// The URL, or the database and schema.
+    pub target: String,
+    pub body: &'static str,
+    pub events_per_request: u32,
+    pub concurrency: u32,
+    pub plan: Plan,
+    /// Rows in table `events` after the run, when it was truncated first.
+    pub rows_in_table: Option<i64>,
+}
+
+struct Figures {
+    elapsed_s: f64,
+    requests_per_s: f64,
+    events_per_s: f64,
+    mib_per_s: f64,
+    /// p50, p90, p99, max, mean in ms (zero when nothing was acknowledged).
+    latency_ms: [f64; 5],
+}
+
+fn figures(stats: &Stats) -> Figures {
+    let elapsed_s = stats.elapsed.as_secs_f64().max(1e-9);
+    let h = &stats.latency;
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    let latency_ms = if h.is_empty() {
+        [0.0; 5]
+    } else {
+        [
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.90)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max()),
+            h.mean() / 1000.0,
+        ]
+    };
+    Figures {
+        elapsed_s,
+        requests_per_s: stats.requests_ok as f64 / elapsed_s,
+        events_per_s: stats.events_acknowledged as f64 / elapsed_s,
+        mib_per_s: stats.bytes_sent as f64 / elapsed_s / (1024.0 * 1024.0),
+        latency_ms,
+    }
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (x * scale).round() / scale
+}
+
+pub fn print(setup: &Setup, stats: &Stats, json: bool) {
+    let f = figures(stats);
+    if json {
+        let [p50, p90, p99, max, mean] = f.latency_ms.map(|x| round(x, 3));
+        let line = json!({
+            "mode": setup.mode,
+            "target": setup.target,
+            "body": setup.body,
+            "events_per_request": setup.events_per_request,
+            "concurrency": setup.concurrency,
+            "duration_s": setup.plan.duration.as_secs_f64(),
+            "rate": setup.plan.rate,
+            "elapsed_s": round(f.elapsed_s, 3),
+            "requests": stats.requests,
+            "requests_ok": stats.requests_ok,
+            "events_acknowledged": stats.events_acknowledged,
+            "requests_per_s": round(f.requests_per_s, 2),
+            "events_per_s": round(f.events_per_s, 1),
+            "mib_per_s": round(f.mib_per_s, 2),
+            "latency_ms": { "p50": p50, "p90": p90, "p99": p99, "max": max, "mean": mean },
+            "errors": stats.error_count(),
+            "errors_by_kind": stats.errors,
+            "error_samples": stats.error_samples.iter().map(|(_, sample)| sample).collect::<Vec<_>>(),
+            "unsent": setup.plan.rate.map(|_| stats.unsent),
+            "rows_in_table": setup.rows_in_table,
+        });
+        println!("{line}");
+        return;
+    }
+    let pacing = match setup.plan.rate {
+        Some(rate) => format!("paced at {rate} req/s (latency from due time)"),
+        None => "back to back".to_owned(),
+    };
+    println!("sluice-load {} → {}", setup.mode, setup.target);
+    println!(
+        "  setup       {} events/request, concurrency {}, {:?}, {}, {}",
+        setup.events_per_request, setup.concurrency, setup.plan.duration, setup.body, pacing
+    );
+    println!(
+        "  requests    {} sent, {} acknowledged in {:.2} s ({:.1} req/s, {:.1} MiB/s sent)",
+        stats.requests, stats.requests_ok, f.elapsed_s, f.requests_per_s, f.mib_per_s
+    );
+    println!("  events      {} acknowledged, {:.0} events/s", stats.events_acknowledged, f.events_per_s);
+    let [p50, p90, p99, max, mean] = f.latency_ms;
+    println!("  latency ms  p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}  mean {mean:.2}");
+    if setup.plan.rate.is_some() {
+        println!("  unsent      {} (slots no worker could take before the end)", stats.unsent);
+    }
+    if let Some(rows) = setup.rows_in_table {
+        println!("  table       {rows} rows in events after the run");
+    }
+    println!("  errors      {}", stats.error_count());
+    for (kind, n) in &stats.errors {
+        println!("    {n:>8} × {kind}");
+    }
+    for (_, sample) in &stats.error_samples {
+        println!("    e.g. {sample}");
+    }
+}
