@@ -41,7 +41,7 @@ fn component(c: &mut Criterion) {
             b.iter(|| black_box(sluice_events::handle(r).unwrap()))
         });
         group.bench_with_input(BenchmarkId::new("wasm-fresh-instance", events), &request, |b, r| {
-            b.iter(|| black_box(runtime.handle_blocking(&normalizer, r).unwrap().unwrap()))
+            b.iter(|| black_box(runtime.handle_blocking(&normalizer, r, runtime.default_limits()).unwrap().unwrap()))
         });
     }
     group.finish();

@@ -9,6 +9,17 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// A string that never prints.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -21,6 +32,11 @@ pub struct Config {
     pub batch: BatchConfig,
     pub limits: Limits,
     pub components: ComponentsConfig,
+    /// The bearer token of the admin API (`/admin/…`). Without one the
+    /// admin API is off.
+    pub admin_token: Option<Secret>,
+    /// Tenants to seed the registry with (see docs/tenants.md).
+    pub tenants: Vec<crate::tenants::TenantSpec>,
 }
 
 impl Default for Config {
@@ -32,6 +48,8 @@ impl Default for Config {
             batch: BatchConfig::default(),
             limits: Limits::default(),
             components: ComponentsConfig::default(),
+            admin_token: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -39,7 +57,7 @@ impl Default for Config {
 /// The destination database: `url` (a `postgres://` URI or a libpq
 /// `key=value` DSN), or the split fields, never both. With neither, Sluice
 /// runs its own embedded PostgreSQL.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Option<String>,
@@ -73,6 +91,8 @@ impl Default for DatabaseConfig {
 }
 
 // By hand, so the password and the URL (which may hold one) never print.
+// (Serialize writes them: it is used only for the registry file, which
+// keeps a tenant's own database settings.)
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
@@ -163,6 +183,8 @@ pub struct Limits {
     pub component_deadline_ms: u64,
     /// Most linear memory one component instance may use.
     pub component_memory_bytes: usize,
+    /// Request bytes a tenant may have in flight at once; past it, 429.
+    pub max_in_flight_bytes: usize,
     /// Component instances that may run at once.
     pub max_instances: u32,
 }
@@ -174,6 +196,7 @@ impl Default for Limits {
             request_timeout_ms: 30_000,
             component_deadline_ms: 2_000,
             component_memory_bytes: 256 << 20,
+            max_in_flight_bytes: 256 << 20,
             max_instances: 64,
         }
     }
@@ -218,6 +241,9 @@ impl Config {
         }
         if self.batch.batch_size == 0 || self.batch.batch_size_bytes == 0 {
             bail!("batch.batch_size and batch.batch_size_bytes must be at least 1");
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            bail!("admin_token must be at least 16 characters");
         }
         if self.limits.max_instances == 0 {
             bail!("limits.max_instances must be at least 1");

@@ -1,11 +1,13 @@
 //! The HTTP API.
 
+use crate::config::Secret;
 use crate::db::writer::WriteError;
 use crate::ingest::{IngestError, Tenant};
 use crate::runtime::{ComponentFailure, Runtime};
+use crate::tenants::Registry;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,27 +18,32 @@ use sluice_sdk::{Request, RequestError};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct App {
     pub runtime: Arc<Runtime>,
-    /// The tenant requests without a key go to, from loopback only.
+    pub registry: Arc<Registry>,
+    /// With no tenants registered, requests without a key go to this one,
+    /// from loopback only.
     pub default_tenant: Arc<Tenant>,
+    /// The service database, for readiness.
     pub pool: Pool,
-    pub max_body_bytes: usize,
-    pub request_timeout: Duration,
+    pub admin_token: Option<Secret>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
+        .route("/t/{tenant}/v1/events", post(ingest_for))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(crate::admin::routes(app.clone()))
         .with_state(app)
 }
 
 /// A JSON error body: `{"error": "..."}`.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -61,20 +68,101 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !peer.ip().is_loopback() {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "no tenants are configured, so requests are accepted from loopback only",
-        );
+    match resolve(&app, &headers, None, peer) {
+        Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
+        Err(response) => response,
     }
-    let tenant = app.default_tenant.clone();
+}
+
+async fn ingest_for(
+    State(app): State<Arc<App>>,
+    Path(tenant): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match resolve(&app, &headers, Some(&tenant), peer) {
+        Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
+        Err(response) => response,
+    }
+}
+
+/// The API key of a request: `Authorization: Bearer …` or `X-API-KEY`.
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+/// The tenant a request is for: by its key, checked against the path's
+/// tenant when there is one.
+fn resolve(app: &App, headers: &HeaderMap, path_tenant: Option<&str>, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
+    let snapshot = app.registry.snapshot();
+    if snapshot.tenants.is_empty() {
+        return match path_tenant {
+            Some(id) => Err(error(StatusCode::NOT_FOUND, format!("no tenant {id}"))),
+            None if peer.ip().is_loopback() => Ok(app.default_tenant.clone()),
+            None => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "no tenants are configured, so requests are accepted from loopback only",
+            )),
+        };
+    }
+    let Some(key) = api_key(headers) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "an API key is required: send Authorization: Bearer KEY or X-API-KEY"));
+    };
+    let Some(tenant) = snapshot.by_key(key) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "the API key is not valid"));
+    };
+    match path_tenant {
+        Some(id) if id != tenant.id() => {
+            Err(error(StatusCode::FORBIDDEN, format!("this API key is not a key of tenant {id}")))
+        }
+        _ => Ok(tenant.clone()),
+    }
+}
+
+/// Takes `bytes` from the tenant's in-flight budget until dropped.
+struct InFlight<'a>(&'a AtomicUsize, usize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(app: &App, tenant: Arc<Tenant>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    tenant.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let response = handle(app, &tenant, method, uri, headers, body).await;
+    if response.status().is_server_error() {
+        tenant.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let limits = &tenant.limits;
     let received_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    let body = match read_body(&headers, body, app.max_body_bytes).await {
+    let body = match read_body(&headers, body, limits.max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
+    let in_flight = &tenant.stats.in_flight_bytes;
+    let _in_flight = InFlight(in_flight, body.len());
+    if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("tenant {} has more than {} bytes in flight; retry shortly", tenant.id(), limits.max_in_flight_bytes),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    }
     let request = Request {
-        tenant: tenant.id.clone(),
+        tenant: tenant.id().to_owned(),
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: uri.query().unwrap_or("").to_owned(),
@@ -82,7 +170,8 @@ async fn ingest(
         body,
         received_at,
     };
-    match tokio::time::timeout(app.request_timeout, tenant.ingest(&app.runtime, request)).await {
+    let timeout = Duration::from_millis(limits.request_timeout_ms);
+    match tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await {
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out before its rows were committed"),
         Ok(Ok(tally)) => {
             let status = if tally.events > 0 && tally.rejected.len() as u32 == tally.events {
@@ -97,7 +186,7 @@ async fn ingest(
             error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)
         }
         Ok(Err(IngestError::Component(failure))) => {
-            tracing::warn!(tenant = %tenant.id, "{failure}");
+            tracing::warn!(tenant = %tenant.id(), "{failure}");
             let status = match failure {
                 ComponentFailure::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,7 +194,7 @@ async fn ingest(
             error(status, failure.to_string())
         }
         Ok(Err(IngestError::Write(e))) => {
-            tracing::warn!(tenant = %tenant.id, "write failed: {e}");
+            tracing::warn!(tenant = %tenant.id(), "write failed: {e}");
             let status = match e {
                 WriteError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,22 +2,49 @@
 //! are checked against the tables the component declared, written through
 //! the tenant's batching writer, and tallied per event.
 
-use crate::db::writer::{CheckedPlan, WriteError, Writer};
-use crate::runtime::{ComponentFailure, Normalizer, Runtime};
+use crate::config::Limits;
+use crate::db::writer::{CheckedPlan, WriteError};
+use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
+use crate::tenants::{Destination, TenantSpec};
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use sluice_sdk::sql::Upsert;
 use sluice_sdk::{Conflict, Request, RequestError, Table, UpsertPlan, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-/// A tenant: who sends, which component normalizes, where rows go.
+/// A live tenant: its spec, its current component, where its rows go.
 pub struct Tenant {
-    pub id: String,
-    pub normalizer: Arc<Normalizer>,
+    pub spec: TenantSpec,
     pub schema: String,
-    pub writer: Writer,
-    /// Statements by plan shape, built once.
-    upserts: Mutex<HashMap<(String, Vec<String>, Conflict), Arc<Upsert>>>,
+    pub destination: Arc<Destination>,
+    pub limits: Limits,
+    /// Swapped atomically; a request holds the one it started with.
+    component: Arc<ArcSwap<Loaded>>,
+    pub stats: Arc<TenantStats>,
+    /// Statements by component and plan shape, built once.
+    upserts: Mutex<HashMap<UpsertKey, Arc<Upsert>>>,
+}
+
+type UpsertKey = (String, String, Vec<String>, Conflict);
+
+/// A component as a tenant runs it.
+pub struct Loaded {
+    pub normalizer: Arc<Normalizer>,
+    pub loaded_at: SystemTime,
+}
+
+#[derive(Default)]
+pub struct TenantStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub events_inserted: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_rejected: AtomicU64,
+    /// Request bytes being processed now.
+    pub in_flight_bytes: AtomicUsize,
 }
 
 /// What the response says about a request's events.
@@ -48,14 +75,58 @@ pub enum IngestError {
 }
 
 impl Tenant {
-    pub fn new(id: &str, normalizer: Arc<Normalizer>, schema: &str, writer: Writer) -> Tenant {
-        Tenant { id: id.to_owned(), normalizer, schema: schema.to_owned(), writer, upserts: Mutex::default() }
+    /// A tenant running `normalizer`. With `keep`, it takes over that
+    /// tenant's component slot and counters (a changed spec is the same
+    /// tenant to requests in flight and to its status).
+    pub fn new(
+        spec: TenantSpec,
+        schema: String,
+        destination: Arc<Destination>,
+        limits: Limits,
+        normalizer: Arc<Normalizer>,
+        keep: Option<&Tenant>,
+    ) -> Tenant {
+        let (component, stats) = match keep {
+            Some(old) => {
+                if !Arc::ptr_eq(&old.normalizer(), &normalizer) {
+                    old.swap(normalizer);
+                }
+                (old.component.clone(), old.stats.clone())
+            }
+            None => {
+                let loaded = Loaded { normalizer, loaded_at: SystemTime::now() };
+                (Arc::new(ArcSwap::from_pointee(loaded)), Arc::default())
+            }
+        };
+        Tenant { spec, schema, destination, limits, component, stats, upserts: Mutex::default() }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn normalizer(&self) -> Arc<Normalizer> {
+        self.component.load().normalizer.clone()
+    }
+
+    pub fn loaded(&self) -> Arc<Loaded> {
+        self.component.load_full()
+    }
+
+    /// Switches to another component; requests in flight keep theirs.
+    pub fn swap(&self, normalizer: Arc<Normalizer>) {
+        self.component.store(Arc::new(Loaded { normalizer, loaded_at: SystemTime::now() }));
     }
 
     /// Normalizes and writes one request; answers after the rows commit.
     pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Request) -> Result<Tally, IngestError> {
+        let normalizer = self.normalizer();
+        let limits = CallLimits {
+            deadline_ms: self.limits.component_deadline_ms,
+            memory_bytes: self.limits.component_memory_bytes,
+        };
         let outcome = runtime
-            .handle(self.normalizer.clone(), request)
+            .handle(normalizer.clone(), request, limits)
             .await
             .map_err(IngestError::Component)?
             .map_err(IngestError::Request)?;
@@ -66,8 +137,8 @@ impl Tenant {
             }
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
-            self.check(outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
-        let written = self.writer.write(plans).await.map_err(IngestError::Write)?;
+            self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
+        let written = self.destination.writer.write(plans).await.map_err(IngestError::Write)?;
 
         // An event counts as inserted when any of its rows was written.
         let mut stored: BTreeMap<u32, bool> = BTreeMap::new();
@@ -76,21 +147,31 @@ impl Tenant {
                 *stored.entry(*event).or_default() |= *was_written;
             }
         }
-        Ok(Tally {
+        let tally = Tally {
             events: outcome.events,
             inserted: stored.values().filter(|w| **w).count() as u32,
             duplicates: stored.values().filter(|w| !**w).count() as u32,
             rejected: rejected.into_iter().map(|(index, reason)| Rejected { index, reason }).collect(),
-        })
+        };
+        self.stats.events_inserted.fetch_add(tally.inserted as u64, Ordering::Relaxed);
+        self.stats.events_duplicate.fetch_add(tally.duplicates as u64, Ordering::Relaxed);
+        self.stats.events_rejected.fetch_add(tally.rejected.len() as u64, Ordering::Relaxed);
+        Ok(tally)
     }
 
     /// Checks each plan against the declared tables and each row against
     /// its columns. An event with any bad row is rejected whole: none of its
     /// rows are written. Returns the plans with each row's event.
-    fn check(&self, plans: Vec<UpsertPlan>, events: u32, rejected: &mut BTreeMap<u32, String>) -> Vec<(CheckedPlan, Vec<u32>)> {
+    fn check(
+        &self,
+        normalizer: &Normalizer,
+        plans: Vec<UpsertPlan>,
+        events: u32,
+        rejected: &mut BTreeMap<u32, String>,
+    ) -> Vec<(CheckedPlan, Vec<u32>)> {
         let mut checked = Vec::with_capacity(plans.len());
         for plan in plans {
-            let upsert = self.upsert(&plan);
+            let upsert = self.upsert(normalizer, &plan);
             for row in &plan.rows {
                 let problem = if row.event >= events {
                     Some(format!("the component tied a row to event {} of {events}", row.event))
@@ -119,14 +200,13 @@ impl Tenant {
             .collect()
     }
 
-    fn upsert(&self, plan: &UpsertPlan) -> Result<(Arc<Upsert>, &Table), String> {
-        let table = self
-            .normalizer
+    fn upsert<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<(Arc<Upsert>, &'n Table), String> {
+        let table = normalizer
             .tables
             .iter()
             .find(|t| t.name == plan.table)
             .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?;
-        let key = (plan.table.clone(), plan.columns.clone(), plan.conflict.clone());
+        let key = (normalizer.digest.clone(), plan.table.clone(), plan.columns.clone(), plan.conflict.clone());
         let mut cache = self.upserts.lock().unwrap();
         if let Some(upsert) = cache.get(&key) {
             return Ok((upsert.clone(), table));

@@ -1,6 +1,7 @@
 //! The Sluice host: HTTP in, WebAssembly normalizers, batched idempotent
 //! upserts out to PostgreSQL.
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod embedded;
@@ -8,3 +9,4 @@ pub mod http;
 pub mod ingest;
 pub mod runtime;
 pub mod server;
+pub mod tenants;

@@ -45,6 +45,14 @@ impl std::fmt::Display for ComponentFailure {
     }
 }
 
+/// The limits of one call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub deadline_ms: u64,
+    /// Capped by the pool's `limits.component_memory_bytes`.
+    pub memory_bytes: usize,
+}
+
 /// Per-instance state: an empty WASI context (no files, sockets,
 /// environment or arguments) and the memory limiter.
 struct State {
@@ -172,8 +180,9 @@ impl Runtime {
         let mut normalizer = Normalizer { name: name.to_owned(), digest, tables: Vec::new(), pre, exports };
         // Typing both exports here refuses a component of another contract
         // before it serves anything.
+        let limits = self.default_limits();
         let tables = self
-            .call(&normalizer, |instance, store| {
+            .call(&normalizer, limits, |instance, store| {
                 instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, exports.handle)?;
                 let (tables,) = instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
                 Ok(tables)
@@ -216,6 +225,7 @@ impl Runtime {
         self: &Arc<Self>,
         normalizer: Arc<Normalizer>,
         request: Request,
+        limits: CallLimits,
     ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
         let busy = || ComponentFailure::Busy(format!("no instance of component {} came free in time", normalizer.name));
         let wait = Duration::from_millis(self.limits.request_timeout_ms);
@@ -226,7 +236,7 @@ impl Runtime {
         let runtime = self.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            runtime.handle_blocking(&normalizer, &request)
+            runtime.handle_blocking(&normalizer, &request, limits)
         })
         .await
         .unwrap_or_else(|e| Err(ComponentFailure::Trap(format!("component call panicked in the host: {e}"))))
@@ -238,18 +248,25 @@ impl Runtime {
         &self,
         normalizer: &Normalizer,
         request: &Request,
+        limits: CallLimits,
     ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
         let handle = normalizer.exports.handle;
-        self.call(normalizer, |instance, store| {
+        self.call(normalizer, limits, |instance, store| {
             let func = instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, handle)?;
             Ok(func.call(&mut *store, (request,))?.0)
         })
+    }
+
+    /// The service-wide limits of one call.
+    pub fn default_limits(&self) -> CallLimits {
+        CallLimits { deadline_ms: self.limits.component_deadline_ms, memory_bytes: self.limits.component_memory_bytes }
     }
 
     /// Runs `f` in a fresh instance of `normalizer`.
     fn call<R>(
         &self,
         normalizer: &Normalizer,
+        limits: CallLimits,
         f: impl FnOnce(Instance, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, ComponentFailure> {
         let name = &normalizer.name;
@@ -258,11 +275,11 @@ impl Runtime {
             State {
                 wasi: WasiCtx::builder().build(),
                 table: ResourceTable::new(),
-                limiter: MemoryCap { max: self.limits.component_memory_bytes, hit: false },
+                limiter: MemoryCap { max: limits.memory_bytes.min(self.limits.component_memory_bytes), hit: false },
             },
         );
         store.limiter(|state| &mut state.limiter);
-        let ticks = self.limits.component_deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+        let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
         store.set_epoch_deadline(ticks);
         let result = normalizer
             .pre
@@ -272,12 +289,12 @@ impl Runtime {
             if store.data().limiter.hit {
                 ComponentFailure::Memory(format!(
                     "component {name} exceeded its memory limit of {} MiB",
-                    self.limits.component_memory_bytes >> 20
+                    store.data().limiter.max >> 20
                 ))
             } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 ComponentFailure::Deadline(format!(
                     "component {name} ran past its deadline of {} ms",
-                    self.limits.component_deadline_ms
+                    limits.deadline_ms
                 ))
             } else {
                 let trap = error.downcast_ref::<Trap>().map(|t| t.to_string()).unwrap_or_else(|| format!("{error:#}"));
@@ -287,7 +304,7 @@ impl Runtime {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("cache path has no folder")?;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap().to_string_lossy()));

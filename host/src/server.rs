@@ -1,22 +1,22 @@
 //! `sluice serve`: wires the database, the components, the writer and the
 //! HTTP API together, and takes them down in order.
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
 use crate::db;
 use crate::embedded::{Cluster, ClusterOptions};
 use crate::http::{self, App};
 use crate::ingest::Tenant;
 use crate::runtime::Runtime;
+use crate::tenants::{Registry, TenantSpec};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The environment variable that names the database, over the config file.
 pub const DATABASE_URL_VAR: &str = "SLUICE_DATABASE_URL";
 
 pub async fn serve(config: Config) -> Result<()> {
-    let (pg_config, mut embedded) = database(&config).await?;
+    let (database, mut embedded) = database(&config).await?;
 
     let runtime = Runtime::new(&config.limits, &config.cache_dir())?;
     let events_wasm = match &config.components.events {
@@ -28,23 +28,44 @@ pub async fn serve(config: Config) -> Result<()> {
         tokio::task::spawn_blocking(move || runtime.load("events", &events_wasm)).await??
     };
 
-    let wait = Duration::from_millis(config.database.connect_timeout_ms);
-    let pool = db::pool(pg_config, config.database.pool_size, wait)?;
+    let registry = Arc::new(Registry::new(
+        runtime.clone(),
+        normalizer.clone(),
+        database.clone(),
+        config.limits.clone(),
+        config.batch.clone(),
+        &config.data_dir,
+    ));
+    registry.start(config.tenants.clone()).await?;
+    let destination = registry.service_destination()?;
     {
-        let mut client = pool.get().await.context("connect to the database")?;
-        db::migrate::migrate(&mut client, &config.database.schema, &normalizer.tables).await?;
+        let mut client = destination.pool.get().await.context("connect to the database")?;
+        db::migrate::migrate(&mut client, &database.schema, &normalizer.tables).await?;
     }
-    let (writer, writer_done) = db::writer::Writer::start(pool.clone(), config.batch.clone());
-    let tenant = Arc::new(Tenant::new("default", normalizer, &config.database.schema, writer));
-    tracing::info!("no tenants are configured: the default tenant takes requests without a key, from loopback only");
+    let default_spec = TenantSpec {
+        id: "default".into(),
+        keys: Vec::new(),
+        component: crate::tenants::BUILTIN_EVENTS.into(),
+        database: None,
+        limits: Default::default(),
+    };
+    let default_tenant =
+        Arc::new(Tenant::new(default_spec, database.schema.clone(), destination.clone(), config.limits.clone(), normalizer, None));
+    let tenants = registry.snapshot().tenants.len();
+    if tenants == 0 {
+        tracing::info!("no tenants are configured: the default tenant takes requests without a key, from loopback only");
+    } else {
+        tracing::info!(tenants, "tenants loaded");
+    }
 
     let app = Arc::new(App {
         runtime,
-        default_tenant: tenant,
-        pool,
-        max_body_bytes: config.limits.max_body_bytes,
-        request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+        registry: registry.clone(),
+        default_tenant,
+        pool: destination.pool.clone(),
+        admin_token: config.admin_token.clone(),
     });
+    drop(destination);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
@@ -59,7 +80,7 @@ pub async fn serve(config: Config) -> Result<()> {
     // Every connection is closed, so every request has its answer; the
     // writer drains what is left and stops.
     tracing::info!("stopping: writing what is queued");
-    let _ = writer_done.await;
+    registry.close().await;
     if let Some(cluster) = embedded.as_mut() {
         tokio::task::block_in_place(|| cluster.stop())?;
     }
@@ -68,20 +89,23 @@ pub async fn serve(config: Config) -> Result<()> {
 }
 
 /// The database to use: `SLUICE_DATABASE_URL`, else the config file, else
-/// an embedded cluster under the data folder.
-async fn database(config: &Config) -> Result<(tokio_postgres::Config, Option<Cluster>)> {
+/// an embedded cluster under the data folder. Pool and schema settings come
+/// from the config file in every case.
+async fn database(config: &Config) -> Result<(DatabaseConfig, Option<Cluster>)> {
+    let with_url = |url: String| DatabaseConfig { url: Some(url), ..config.database.clone() };
     if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
-        let db = crate::config::DatabaseConfig { url: Some(url), ..config.database.clone() };
-        let pg = db.pg_config().with_context(|| format!("{DATABASE_URL_VAR}"))?;
-        return Ok((pg, None));
+        let database = with_url(url);
+        database.pg_config().with_context(|| DATABASE_URL_VAR.to_string())?;
+        return Ok((database, None));
     }
     if config.database.is_configured() {
-        return Ok((config.database.pg_config()?, None));
+        config.database.pg_config()?;
+        return Ok((config.database.clone(), None));
     }
     let options = ClusterOptions::new(config.data_dir.join("postgres"));
     tracing::info!(data_dir = %options.data_dir.display(), "no database is configured: starting an embedded PostgreSQL");
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(options)).await??;
-    let pg = cluster.url().parse::<tokio_postgres::Config>().context("the embedded cluster's URL")?;
+    let url = cluster.url();
     println!(
         "sluice embedded PostgreSQL at postgres://{}@{}:{}/{} (password in {})",
         crate::embedded::USER,
@@ -90,7 +114,7 @@ async fn database(config: &Config) -> Result<(tokio_postgres::Config, Option<Clu
         crate::embedded::DATABASE,
         cluster.password_file().display()
     );
-    Ok((pg, Some(cluster)))
+    Ok((with_url(url), Some(cluster)))
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,507 @@
+//! Tenants: who may send, which component normalizes their requests, and
+//! where their rows go. The registry is an immutable snapshot swapped
+//! atomically on every change, so the request path never takes a lock; the
+//! admin API changes it at run time and persists it in
+//! `<data_dir>/tenants.json`.
+
+use crate::config::{BatchConfig, DatabaseConfig, Limits};
+use crate::db::{self, writer::Writer};
+use crate::ingest::Tenant;
+use crate::runtime::{Normalizer, Runtime, hex};
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The component of tenants that name none.
+pub const BUILTIN_EVENTS: &str = "builtin:events";
+
+/// A tenant as the config file and the admin API describe it.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub id: String,
+    /// Ingest API keys, stored as `sha256:<hex>`. The config file may give
+    /// plain keys (e.g. `"${ACME_KEY}"`); they are hashed on load.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// `builtin:events`, `sha256:<digest>` of an uploaded component, or (in
+    /// the config file) the path of a `.wasm` file.
+    #[serde(default = "builtin_events")]
+    pub component: String,
+    /// Where rows go; by default the service's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseConfig>,
+    /// Limits that differ from the service's.
+    #[serde(default)]
+    pub limits: TenantLimits,
+}
+
+// By hand: keys given in the config file are plain until `normalize`.
+impl std::fmt::Debug for TenantSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantSpec")
+            .field("id", &self.id)
+            .field("keys", &self.keys.len())
+            .field("component", &self.component)
+            .field("database", &self.database)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+fn builtin_events() -> String {
+    BUILTIN_EVENTS.into()
+}
+
+/// Per-tenant overrides of the service's limits.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_deadline_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_memory_bytes: Option<usize>,
+    /// Request bytes this tenant may have in flight at once; past it, 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_bytes: Option<usize>,
+}
+
+impl TenantLimits {
+    /// These overrides over the service's limits.
+    pub fn resolve(&self, service: &Limits) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(service.max_body_bytes),
+            request_timeout_ms: self.request_timeout_ms.unwrap_or(service.request_timeout_ms),
+            component_deadline_ms: self.component_deadline_ms.unwrap_or(service.component_deadline_ms),
+            component_memory_bytes: self.component_memory_bytes.unwrap_or(service.component_memory_bytes),
+            max_in_flight_bytes: self.max_in_flight_bytes.unwrap_or(service.max_in_flight_bytes),
+            max_instances: service.max_instances,
+        }
+    }
+}
+
+/// `sha256:<hex>` of an API key.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(key.as_bytes())))
+}
+
+/// A short, stable name for a stored key (for listing and revoking).
+pub fn key_id(hashed: &str) -> &str {
+    &hashed[7..19]
+}
+
+/// A new random API key: `sk_` and 32 random bytes in hex.
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    format!("sk_{}", hex(&bytes))
+}
+
+/// Equal in time independent of where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl TenantSpec {
+    /// Checks the id and normalizes the keys to their hashed form.
+    pub fn normalize(mut self) -> Result<TenantSpec> {
+        if self.id.is_empty()
+            || self.id.len() > 63
+            || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("tenant id {:?} must be 1 to 63 letters, digits, '-' or '_'", self.id);
+        }
+        for key in &mut self.keys {
+            let stored = key.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !stored {
+                if key.len() < 16 {
+                    bail!("tenant {}: an API key must be at least 16 characters", self.id);
+                }
+                *key = hash_key(key);
+            }
+        }
+        self.keys.dedup();
+        Ok(self)
+    }
+}
+
+/// A connection pool and its batching writer, shared by every tenant with
+/// the same database and batch settings.
+pub struct Destination {
+    pub pool: Pool,
+    pub writer: Writer,
+}
+
+/// Pools by connection settings; writers by pool and batch settings.
+#[derive(Default)]
+struct Destinations {
+    pools: HashMap<String, Pool>,
+    writers: HashMap<(String, String), Arc<Destination>>,
+    /// Each fires when its writer has drained and stopped.
+    stopped: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// The immutable view requests read.
+#[derive(Default)]
+pub struct Snapshot {
+    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Key hash → tenant id.
+    keys: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// The tenant an API key belongs to.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<Tenant>> {
+        let hashed = hash_key(key);
+        let (stored, id) = self.keys.get_key_value(&hashed)?;
+        // The map found it by hash; compare again without early exit.
+        constant_time_eq(stored.as_bytes(), hashed.as_bytes()).then(|| self.tenants.get(id)).flatten()
+    }
+}
+
+/// The tenants, and everything needed to change them.
+pub struct Registry {
+    pub runtime: Arc<Runtime>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Serializes changes; requests never take it.
+    changes: tokio::sync::Mutex<()>,
+    destinations: Mutex<Destinations>,
+    service_database: DatabaseConfig,
+    service_limits: Limits,
+    batch: BatchConfig,
+    /// Uploaded components by digest: `<data_dir>/components/<sha256>.wasm`.
+    components_dir: PathBuf,
+    /// The registry on disk.
+    state_file: PathBuf,
+    /// The built-in events component (or the one the config puts in its place).
+    builtin_events: Arc<Normalizer>,
+    /// Loaded components by digest, shared by tenants.
+    loaded: Mutex<HashMap<String, Arc<Normalizer>>>,
+}
+
+impl Registry {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        builtin_events: Arc<Normalizer>,
+        service_database: DatabaseConfig,
+        service_limits: Limits,
+        batch: BatchConfig,
+        data_dir: &Path,
+    ) -> Registry {
+        Registry {
+            runtime,
+            snapshot: ArcSwap::default(),
+            changes: tokio::sync::Mutex::new(()),
+            destinations: Mutex::default(),
+            service_database,
+            service_limits,
+            batch,
+            components_dir: data_dir.join("components"),
+            state_file: data_dir.join("tenants.json"),
+            builtin_events,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// A destination for a tenant outside the registry (the default one).
+    pub fn service_destination(&self) -> Result<Arc<Destination>> {
+        self.destination(&self.service_database)
+    }
+
+    /// Drops every tenant and waits for their writers to write what is
+    /// queued. Call it once no request is in flight.
+    pub async fn close(&self) {
+        self.snapshot.store(Arc::default());
+        let stopped = {
+            let mut destinations = self.destinations.lock().unwrap();
+            destinations.writers.clear();
+            std::mem::take(&mut destinations.stopped)
+        };
+        for writer in stopped {
+            let _ = writer.await;
+        }
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The stored registry, else the config file's tenants. Once the
+    /// registry exists it is the truth: the config seeds only tenants it
+    /// does not know.
+    pub async fn start(&self, configured: Vec<TenantSpec>) -> Result<()> {
+        let _change = self.changes.lock().await;
+        let mut specs: Vec<TenantSpec> = match std::fs::read(&self.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("read the tenant registry {}", self.state_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).context(format!("read {}", self.state_file.display())),
+        };
+        for spec in configured {
+            let spec = spec.normalize()?;
+            match specs.iter().find(|s| s.id == spec.id) {
+                Some(stored) if stored != &spec => tracing::warn!(
+                    tenant = %spec.id,
+                    "the config file's tenant differs from the registry's; the registry wins (change it with the admin API)"
+                ),
+                Some(_) => {}
+                None => specs.push(spec),
+            }
+        }
+        let mut next = Snapshot::default();
+        for spec in specs {
+            let spec = self.store_component_file(spec)?;
+            let tenant = self.build(spec, None).await?;
+            next.insert(tenant).map_err(anyhow::Error::msg)?;
+        }
+        self.publish(next)?;
+        Ok(())
+    }
+
+    /// A config tenant's component given as a file path becomes a stored,
+    /// content-addressed component.
+    fn store_component_file(&self, mut spec: TenantSpec) -> Result<TenantSpec> {
+        if spec.component != BUILTIN_EVENTS && !spec.component.starts_with("sha256:") {
+            let wasm = std::fs::read(&spec.component)
+                .with_context(|| format!("tenant {}: read component {}", spec.id, spec.component))?;
+            spec.component = format!("sha256:{}", self.store_component(&wasm)?);
+        }
+        Ok(spec)
+    }
+
+    fn store_component(&self, wasm: &[u8]) -> Result<String> {
+        let digest = hex(&Sha256::digest(wasm));
+        let path = self.components_dir.join(format!("{digest}.wasm"));
+        if !path.exists() {
+            crate::runtime::write_atomically(&path, wasm)?;
+        }
+        Ok(digest)
+    }
+
+    /// The loaded component a spec names.
+    async fn normalizer(&self, spec: &TenantSpec) -> Result<Arc<Normalizer>> {
+        if spec.component == BUILTIN_EVENTS {
+            return Ok(self.builtin_events.clone());
+        }
+        let digest = spec.component.strip_prefix("sha256:").context("a component is builtin:events or sha256:…")?;
+        if let Some(loaded) = self.loaded.lock().unwrap().get(digest) {
+            return Ok(loaded.clone());
+        }
+        let path = self.components_dir.join(format!("{digest}.wasm"));
+        let wasm = std::fs::read(&path).with_context(|| format!("tenant {}: component {digest} is not stored", spec.id))?;
+        self.load(&spec.id, wasm).await
+    }
+
+    /// Compiles (or loads the cached compilation of) a component, off the
+    /// async threads.
+    async fn load(&self, tenant: &str, wasm: Vec<u8>) -> Result<Arc<Normalizer>> {
+        let runtime = self.runtime.clone();
+        let name = tenant.to_owned();
+        let normalizer = tokio::task::spawn_blocking(move || runtime.load(&name, &wasm)).await??;
+        self.loaded.lock().unwrap().insert(normalizer.digest.clone(), normalizer.clone());
+        Ok(normalizer)
+    }
+
+    fn destination(&self, database: &DatabaseConfig) -> Result<Arc<Destination>> {
+        let pg = database.pg_config()?;
+        // Debug of tokio_postgres::Config redacts the password but the key
+        // must still tell two passwords apart.
+        let pool_key = format!("{pg:?}/{:?}/{}", pg.get_password(), database.pool_size);
+        let batch_key = format!("{:?}", self.batch);
+        let mut destinations = self.destinations.lock().unwrap();
+        if let Some(d) = destinations.writers.get(&(pool_key.clone(), batch_key.clone())) {
+            return Ok(d.clone());
+        }
+        let pool = match destinations.pools.get(&pool_key) {
+            Some(pool) => pool.clone(),
+            None => {
+                let wait = Duration::from_millis(database.connect_timeout_ms);
+                let pool = db::pool(pg, database.pool_size, wait)?;
+                destinations.pools.insert(pool_key.clone(), pool.clone());
+                pool
+            }
+        };
+        let (writer, stopped) = Writer::start(pool.clone(), self.batch.clone());
+        destinations.stopped.push(stopped);
+        let destination = Arc::new(Destination { pool, writer });
+        destinations.writers.insert((pool_key, batch_key), destination.clone());
+        Ok(destination)
+    }
+
+    /// A live tenant for `spec`: its component loaded and its tables
+    /// migrated. `keep` carries the component slot and counters of the
+    /// tenant it replaces, so in-flight and later requests see one tenant.
+    async fn build(&self, spec: TenantSpec, keep: Option<&Tenant>) -> Result<Arc<Tenant>> {
+        let database = spec.database.clone().unwrap_or_else(|| self.service_database.clone());
+        let destination = self.destination(&database)?;
+        let normalizer = match keep {
+            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
+                old.normalizer()
+            }
+            _ => {
+                let normalizer = self.normalizer(&spec).await?;
+                self.migrate(&destination, &database.schema, &normalizer).await?;
+                normalizer
+            }
+        };
+        let limits = spec.limits.resolve(&self.service_limits);
+        Ok(Arc::new(Tenant::new(spec, database.schema, destination, limits, normalizer, keep)))
+    }
+
+    async fn migrate(&self, destination: &Destination, schema: &str, normalizer: &Normalizer) -> Result<()> {
+        let mut client = destination.pool.get().await.context("connect to the tenant's database")?;
+        db::migrate::migrate(&mut client, schema, &normalizer.tables).await
+    }
+
+    fn publish(&self, next: Snapshot) -> Result<()> {
+        let specs: Vec<&TenantSpec> = {
+            let mut specs: Vec<_> = next.tenants.values().map(|t| &t.spec).collect();
+            specs.sort_by(|a, b| a.id.cmp(&b.id));
+            specs
+        };
+        // It may hold a tenant's database password: owner only.
+        crate::runtime::write_atomically(&self.state_file, &serde_json::to_vec_pretty(&specs)?)?;
+        std::fs::set_permissions(&self.state_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        self.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// A copy of the current snapshot, with the tenants shared.
+    fn next(&self) -> Snapshot {
+        let current = self.snapshot.load();
+        Snapshot { tenants: current.tenants.clone(), keys: current.keys.clone() }
+    }
+
+    /// Adds a tenant. Returns it and the plain keys it was given (a new one
+    /// when the spec had none), which are shown this once.
+    pub async fn create(&self, mut spec: TenantSpec) -> Result<(Arc<Tenant>, Vec<String>), RegistryError> {
+        let _change = self.changes.lock().await;
+        if self.snapshot.load().tenants.contains_key(&spec.id) {
+            return Err(RegistryError::Conflict(format!("tenant {} exists", spec.id)));
+        }
+        let mut plain = Vec::new();
+        if spec.keys.is_empty() {
+            let key = new_key();
+            spec.keys.push(key.clone());
+            plain.push(key);
+        } else {
+            plain.extend(spec.keys.iter().filter(|k| !k.starts_with("sha256:")).cloned());
+        }
+        let spec = spec.normalize().map_err(RegistryError::Invalid)?;
+        let spec = self.store_component_file(spec).map_err(RegistryError::Invalid)?;
+        let tenant = self.build(spec, None).await.map_err(RegistryError::Invalid)?;
+        let mut next = self.next();
+        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
+        self.publish(next).map_err(RegistryError::Internal)?;
+        Ok((tenant, plain))
+    }
+
+    /// Replaces a tenant's spec with `change(spec)`.
+    pub async fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut TenantSpec) -> Result<(), RegistryError>,
+    ) -> Result<Arc<Tenant>, RegistryError> {
+        let _change = self.changes.lock().await;
+        let old = self.get(id)?;
+        let mut spec = old.spec.clone();
+        change(&mut spec)?;
+        let spec = spec.normalize().map_err(RegistryError::Invalid)?;
+        let tenant = self.build(spec, Some(&old)).await.map_err(RegistryError::Invalid)?;
+        let mut next = self.next();
+        next.remove(id);
+        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
+        self.publish(next).map_err(RegistryError::Internal)?;
+        Ok(tenant)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), RegistryError> {
+        let _change = self.changes.lock().await;
+        self.get(id)?;
+        let mut next = self.next();
+        next.remove(id);
+        self.publish(next).map_err(RegistryError::Internal)
+    }
+
+    /// Validates `wasm` (it compiles, implements the contract, its tables
+    /// migrate in the tenant's database), stores it, then switches the
+    /// tenant to it at once. Requests in flight finish on the old one.
+    pub async fn swap_component(&self, id: &str, wasm: Vec<u8>) -> Result<Arc<Tenant>, RegistryError> {
+        let _change = self.changes.lock().await;
+        let old = self.get(id)?;
+        let normalizer = self.load(id, wasm.clone()).await.map_err(RegistryError::Invalid)?;
+        self.migrate(&old.destination, &old.schema, &normalizer).await.map_err(RegistryError::Invalid)?;
+        let digest = self.store_component(&wasm).map_err(RegistryError::Internal)?;
+        let mut spec = old.spec.clone();
+        spec.component = format!("sha256:{digest}");
+        // The same tenant object keeps serving; only its component changes.
+        old.swap(normalizer);
+        let tenant = Arc::new(Tenant::new(
+            spec,
+            old.schema.clone(),
+            old.destination.clone(),
+            old.limits.clone(),
+            old.normalizer(),
+            Some(&old),
+        ));
+        let mut next = self.next();
+        next.remove(id);
+        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
+        self.publish(next).map_err(RegistryError::Internal)?;
+        Ok(tenant)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Tenant>, RegistryError> {
+        self.snapshot.load().tenants.get(id).cloned().ok_or_else(|| RegistryError::NotFound(format!("no tenant {id}")))
+    }
+}
+
+impl Snapshot {
+    fn insert(&mut self, tenant: Arc<Tenant>) -> Result<(), String> {
+        for key in &tenant.spec.keys {
+            if let Some(other) = self.keys.get(key)
+                && other != &tenant.spec.id
+            {
+                return Err(format!("an API key of tenant {} is already a key of tenant {other}", tenant.spec.id));
+            }
+        }
+        for key in &tenant.spec.keys {
+            self.keys.insert(key.clone(), tenant.spec.id.clone());
+        }
+        self.tenants.insert(tenant.spec.id.clone(), tenant);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.tenants.remove(id);
+        self.keys.retain(|_, owner| owner != id);
+    }
+}
+
+#[derive(Debug)]
+pub enum RegistryError {
+    NotFound(String),
+    Conflict(String),
+    /// The request or the component is not acceptable; the reason says why.
+    Invalid(anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::NotFound(m) | RegistryError::Conflict(m) => f.write_str(m),
+            RegistryError::Invalid(e) | RegistryError::Internal(e) => write!(f, "{e:#}"),
+        }
+    }
+}
