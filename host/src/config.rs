@@ -113,6 +113,21 @@ impl DatabaseConfig {
         self.host.is_some() || self.port.is_some() || self.user.is_some() || self.password.is_some() || self.dbname.is_some()
     }
 
+    /// These settings over `base`: a tenant that names only a schema or a
+    /// pool size writes to the service's database.
+    pub fn over(&self, base: &DatabaseConfig) -> DatabaseConfig {
+        if self.is_configured() {
+            self.clone()
+        } else {
+            DatabaseConfig {
+                schema: self.schema.clone(),
+                pool_size: self.pool_size,
+                connect_timeout_ms: self.connect_timeout_ms,
+                ..base.clone()
+            }
+        }
+    }
+
     /// Whether a database is configured at all.
     pub fn is_configured(&self) -> bool {
         self.url.is_some() || self.split_fields_given()

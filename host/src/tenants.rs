@@ -342,7 +342,10 @@ impl Registry {
     /// migrated. `keep` carries the component slot and counters of the
     /// tenant it replaces, so in-flight and later requests see one tenant.
     async fn build(&self, spec: TenantSpec, keep: Option<&Tenant>) -> Result<Arc<Tenant>> {
-        let database = spec.database.clone().unwrap_or_else(|| self.service_database.clone());
+        let database = match &spec.database {
+            Some(own) => own.over(&self.service_database),
+            None => self.service_database.clone(),
+        };
         let destination = self.destination(&database)?;
         let normalizer = match keep {
             Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {

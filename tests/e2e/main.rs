@@ -5,3 +5,4 @@ mod support;
 mod events;
 mod lifecycle;
 mod migrations;
+mod tenants;
