@@ -61,11 +61,34 @@ pub fn tables() -> Vec<Table> {
     }]
 }
 
-/// The envelope as it arrives; each field is checked on its own so a reason
-/// can name it.
+/// The envelope read in one pass, when every field has its expected JSON
+/// type (the common case).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    customer_external_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// The envelope with every field raw, read when the one-pass read fails, so
+/// that each field can be checked on its own and a reason can name it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope<'a> {
     #[serde(borrow)]
     event_type: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -84,27 +107,53 @@ struct Envelope<'a> {
     metadata: Option<&'a RawValue>,
 }
 
+impl<'a> RawEnvelope<'a> {
+    /// Reads one raw event, naming the first field of the wrong type.
+    fn read(raw: &'a RawValue) -> Result<Envelope<'a>, String> {
+        let envelope: RawEnvelope = match serde_json::from_str(raw.get()) {
+            Ok(envelope) => envelope,
+            Err(_) if !raw.get().starts_with('{') => return Err("an event must be a JSON object".into()),
+            Err(e) => return Err(format!("the event does not parse: {e}")),
+        };
+        Ok(Envelope {
+            event_type: string("eventType", envelope.event_type)?,
+            occurred_at: string("occurredAt", envelope.occurred_at)?,
+            source: string("source", envelope.source)?,
+            customer_external_id: string("customerExternalId", envelope.customer_external_id)?,
+            idempotency_key: string("idempotencyKey", envelope.idempotency_key)?,
+            correlation_id: string("correlationId", envelope.correlation_id)?,
+            payload: envelope.payload,
+            metadata: envelope.metadata,
+        })
+    }
+}
+
+/// A string field: absent and `null` are `None`.
+fn string<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, String> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| format!("{field} must be a string")),
+    }
+}
+
 /// Longest accepted value of a short text field, in bytes.
 const MAX_FIELD_BYTES: usize = 1024;
 
-/// A text field: absent and `null` are `None`.
-fn text<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, String> {
-    let Some(raw) = raw else { return Ok(None) };
-    if raw.get() == "null" {
-        return Ok(None);
+/// A text field, checked for what PostgreSQL's text type can hold.
+fn text<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, String> {
+    if let Some(value) = &value {
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(format!("{field} is longer than {MAX_FIELD_BYTES} bytes"));
+        }
+        if value.contains('\0') {
+            return Err(format!("{field} contains a NUL character"));
+        }
     }
-    let value: Cow<'a, str> = serde_json::from_str(raw.get()).map_err(|_| format!("{field} must be a string"))?;
-    if value.len() > MAX_FIELD_BYTES {
-        return Err(format!("{field} is longer than {MAX_FIELD_BYTES} bytes"));
-    }
-    if value.contains('\0') {
-        return Err(format!("{field} contains a NUL character"));
-    }
-    Ok(Some(value))
+    Ok(value)
 }
 
-fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, String> {
-    match text(field, raw)? {
+fn required<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, String> {
+    match text(field, value)? {
         Some(value) if !value.trim().is_empty() => Ok(value),
         Some(_) => Err(format!("{field} is empty")),
         None => Err(format!("{field} is required")),
@@ -156,12 +205,7 @@ impl Ids {
 }
 
 /// One event's row, or why it was refused.
-fn row(ids: &Ids, index: u32, received_at: i64, raw: &RawValue) -> Result<Row, String> {
-    let envelope: Envelope = match serde_json::from_str(raw.get()) {
-        Ok(envelope) => envelope,
-        Err(_) if !raw.get().starts_with('{') => return Err("an event must be a JSON object".into()),
-        Err(e) => return Err(format!("the event does not parse: {e}")),
-    };
+fn row(ids: &Ids, index: u32, received_at: i64, envelope: Envelope) -> Result<Row, String> {
     let event_type = required("eventType", envelope.event_type)?;
     let occurred_at = timestamp("occurredAt", &required("occurredAt", envelope.occurred_at)?)?;
     let idempotency_key = text("idempotencyKey", envelope.idempotency_key)?;
@@ -181,13 +225,19 @@ fn row(ids: &Ids, index: u32, received_at: i64, raw: &RawValue) -> Result<Row, S
 
 /// Normalizes one request into a plan for table `events`.
 pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
-    let events = body::events(request)?;
+    let (body, format) = body::text(request)?;
+    // One pass when every event is well typed; else event by event.
+    let envelopes: Vec<Result<Envelope, String>> = match body::parse_all::<Envelope>(body, format) {
+        Some(envelopes) => envelopes.into_iter().map(Ok).collect(),
+        None => body::split(body, format)?.into_iter().map(RawEnvelope::read).collect(),
+    };
     let ids = Ids::new(&request.tenant, request.received_at);
-    let mut rows = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(envelopes.len());
     let mut rejections = Vec::new();
-    for (index, raw) in events.iter().enumerate() {
+    let events = envelopes.len() as u32;
+    for (index, envelope) in envelopes.into_iter().enumerate() {
         let index = index as u32;
-        match row(&ids, index, request.received_at, raw) {
+        match envelope.and_then(|envelope| row(&ids, index, request.received_at, envelope)) {
             Ok(row) => rows.push(row),
             Err(reason) => rejections.push(Rejection { index, reason }),
         }
@@ -202,7 +252,7 @@ pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
             rows,
         }]
     };
-    Ok(Outcome { events: events.len() as u32, plans, rejections })
+    Ok(Outcome { events, plans, rejections })
 }
 
 #[cfg(test)]

@@ -35,10 +35,29 @@ impl Format {
 
 /// The events of the body, each as its raw JSON text, in order.
 pub fn events(request: &Request) -> Result<Vec<&RawValue>, RequestError> {
+    let (text, format) = text(request)?;
+    split(text, format)
+}
+
+/// The body as text, and its format.
+pub fn text(request: &Request) -> Result<(&str, Format), RequestError> {
     let format = Format::of(request)?;
     let text = std::str::from_utf8(&request.body)
         .map_err(|e| RequestError::Malformed(format!("the body is not valid UTF-8: {e}")))?;
-    split(text, format)
+    Ok((text, format))
+}
+
+/// Every event of the body read as `T` in one pass, or `None` when any
+/// event does not fit `T` (the caller then reads them one by one, to say
+/// which event is wrong and why).
+pub fn parse_all<'a, T: serde::Deserialize<'a>>(text: &'a str, format: Format) -> Option<Vec<T>> {
+    match format {
+        Format::Json if text.trim_start().starts_with('[') => serde_json::from_str(text).ok(),
+        Format::Json => serde_json::from_str(text).ok().map(|one| vec![one]),
+        Format::Ndjson => {
+            text.lines().filter(|line| !line.trim().is_empty()).map(|line| serde_json::from_str(line).ok()).collect()
+        }
+    }
 }
 
 /// Splits `text` as `format`.
