@@ -31,7 +31,13 @@ fn request(events: usize) -> Request {
 fn component(c: &mut Criterion) {
     let cache = std::env::temp_dir().join("sluice-bench-cache");
     let runtime = Runtime::new(&Limits::default(), &cache).unwrap();
-    let normalizer = runtime.load("events", sluice_artifacts::EVENTS).unwrap();
+    // SLUICE_BENCH_COMPONENT: another build of the component, e.g. one with
+    // symbols for a profiler.
+    let wasm = match std::env::var_os("SLUICE_BENCH_COMPONENT") {
+        Some(path) => std::fs::read(path).unwrap(),
+        None => sluice_artifacts::EVENTS.to_vec(),
+    };
+    let normalizer = runtime.load("events", &wasm).unwrap();
 
     let mut group = c.benchmark_group("normalize");
     for events in [1usize, 1000] {
