@@ -16,8 +16,16 @@ pub struct HttpWorker {
 }
 
 /// One client for every worker; each worker keeps a connection busy.
-pub fn client(concurrency: usize, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// `headers` (`name: value`) go with every request, e.g. an API key.
+pub fn client(concurrency: usize, timeout: Duration, headers: &[String]) -> anyhow::Result<reqwest::Client> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for header in headers {
+        let (name, value) =
+            header.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {header:?} is not NAME: VALUE"))?;
+        map.insert(reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?);
+    }
     Ok(reqwest::Client::builder()
+        .default_headers(map)
         .tcp_nodelay(true)
         .pool_max_idle_per_host(concurrency)
         .timeout(timeout)

@@ -42,6 +42,10 @@ enum Mode {
         /// The database the service writes to; needed only for --truncate.
         #[arg(long)]
         database_url: Option<String>,
+        /// A header for every request, `NAME: VALUE` (repeatable), e.g.
+        /// `--header "x-api-key: KEY"`.
+        #[arg(long = "header")]
+        headers: Vec<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -126,8 +130,8 @@ fn main() -> ExitCode {
     let result = runtime.enable_all().build().map_err(Into::into).and_then(|rt| {
         rt.block_on(async {
             match cli.mode {
-                Mode::Http { url, ndjson, timeout, database_url, common } => {
-                    http_mode(url, ndjson, timeout, database_url, common).await
+                Mode::Http { url, ndjson, timeout, database_url, headers, common } => {
+                    http_mode(url, ndjson, timeout, database_url, headers, common).await
                 }
                 Mode::Baseline { database_url, common } => baseline_mode(database_url, common).await,
             }
@@ -143,7 +147,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn http_mode(url: String, ndjson: bool, timeout: Duration, database_url: Option<String>, common: Common) -> Result<run::Stats> {
+async fn http_mode(
+    url: String,
+    ndjson: bool,
+    timeout: Duration,
+    database_url: Option<String>,
+    headers: Vec<String>,
+    common: Common,
+) -> Result<run::Stats> {
     let plan = common.plan()?;
     let database = match (&database_url, common.truncate) {
         (Some(db), true) => {
@@ -155,7 +166,7 @@ async fn http_mode(url: String, ndjson: bool, timeout: Duration, database_url: O
         _ => None,
     };
     let format = if ndjson { Format::Ndjson } else { Format::JsonArray };
-    let client = http::client(common.concurrency as usize, timeout)?;
+    let client = http::client(common.concurrency as usize, timeout, &headers)?;
     let run_tag = generate::run_tag();
     let workers = (0..common.concurrency as usize)
         .map(|w| {

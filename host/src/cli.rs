@@ -1,0 +1,893 @@
+//! The `sluice` commands besides `serve`: `component check` validates a
+//! normalizer offline with the engine the service uses, and `tenant …`
+//! manages tenants through the admin API of a running service.
+//!
+//! Every command prints human-readable text on stdout (`--json` prints the
+//! API's answer instead) and reports a failure as `error: <reason>` on
+//! stderr with exit status 1.
+
+use crate::config::Limits;
+use crate::runtime::{Runtime, hex};
+use crate::tenants::{BUILTIN_EVENTS, hash_key, key_id};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use sluice_sdk::sql::{create_table, index_name};
+use sluice_sdk::{ColumnDefault, IndexMethod, Table};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Where the admin API is unless told otherwise.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8080";
+
+/// Prints `error: <reason>` for a failed command; the exit status.
+pub fn exit(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`sluice tenant list | head`).
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+// ---------------------------------------------------------------------------
+// sluice component …
+
+#[derive(Subcommand)]
+pub enum ComponentCommand {
+    /// Validate a normalizer component offline, with the engine the service
+    /// uses: it compiles, implements sluice:ingest/normalizer, and declares
+    /// valid tables. Prints its digest, size, compile time and tables.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The component (a .wasm file built for wasm32-wasip2).
+    pub file: PathBuf,
+    /// The schema the tables' SQL is written for.
+    #[arg(long, default_value = "public")]
+    pub schema: String,
+    /// Also print the SQL that creates the tables and their indexes.
+    #[arg(long)]
+    pub sql: bool,
+    /// Keep the compiled component in this folder (e.g. the service's
+    /// `<data_dir>/cache`) [default: a temporary folder, removed after].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub fn component(command: ComponentCommand) -> Result<()> {
+    match command {
+        ComponentCommand::Check(args) => check(&args),
+    }
+}
+
+/// A temporary folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+fn check(args: &CheckArgs) -> Result<()> {
+    let wasm = std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
+    let name = args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let temp;
+    let cache_dir = match &args.cache_dir {
+        Some(dir) => dir.as_path(),
+        None => {
+            temp = TempDir::new("sluice-check")?;
+            temp.0.as_path()
+        }
+    };
+    let cached_before = count_files(cache_dir);
+    let runtime = Runtime::new(&Limits::default(), cache_dir)?;
+    let started = Instant::now();
+    let normalizer = runtime.load(&name, &wasm)?;
+    let elapsed = started.elapsed();
+    // The compiled form is written only when it was not in the cache.
+    let from_cache = args.cache_dir.is_some() && count_files(cache_dir) == cached_before;
+    let mut ddl = Vec::new();
+    for table in &normalizer.tables {
+        ddl.extend(create_table(&args.schema, table).map_err(|e| anyhow!("component {name}: {e}"))?);
+    }
+    let report = CheckReport {
+        name: &name,
+        digest: &normalizer.digest,
+        size: wasm.len(),
+        elapsed,
+        from_cache,
+        tables: &normalizer.tables,
+        schema: &args.schema,
+        ddl: args.sql.then_some(&ddl[..]),
+    };
+    out(&report.render());
+    Ok(())
+}
+
+/// What `component check` found.
+struct CheckReport<'a> {
+    name: &'a str,
+    digest: &'a str,
+    size: usize,
+    elapsed: Duration,
+    from_cache: bool,
+    tables: &'a [Table],
+    schema: &'a str,
+    ddl: Option<&'a [String]>,
+}
+
+impl CheckReport<'_> {
+    fn render(&self) -> String {
+        let mut s = format!("{}: a valid sluice:ingest/normalizer component\n", self.name);
+        let timing = if self.from_cache {
+            format!("{} (compiled form from the cache)", duration(self.elapsed))
+        } else {
+            duration(self.elapsed)
+        };
+        let names: Vec<&str> = self.tables.iter().map(|t| t.name.as_str()).collect();
+        s += &fields(&[
+            ("digest", format!("sha256:{}", self.digest)),
+            ("size", format!("{} bytes ({})", thousands(self.size as u64), bytes(self.size as u64))),
+            (if self.from_cache { "load" } else { "compile" }, timing),
+            ("tables", if names.is_empty() { "none".into() } else { format!("{} ({})", names.len(), names.join(", ")) }),
+        ]);
+        for table in self.tables {
+            s += &format!("\ntable {}\n", table.name);
+            let rows = table
+                .columns
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.data_type.sql_name().to_owned(),
+                        if c.nullable { "no" } else { "yes" }.to_owned(),
+                        c.default.as_ref().map_or_else(String::new, default_text),
+                    ]
+                })
+                .collect();
+            s += &indent(&render_table(&["COLUMN", "TYPE", "NOT NULL", "DEFAULT"], rows, &[]), "  ");
+            let key = if table.primary_key.is_empty() { "none".into() } else { table.primary_key.join(", ") };
+            let mut extra = vec![("primary key", key)];
+            for index in &table.indexes {
+                let columns: Vec<String> = index
+                    .columns
+                    .iter()
+                    .map(|c| if c.descending { format!("{} DESC", c.name) } else { c.name.clone() })
+                    .collect();
+                let method = match index.method {
+                    IndexMethod::Btree => "btree",
+                    IndexMethod::Brin => "brin",
+                    IndexMethod::Gin => "gin",
+                };
+                let unique = if index.unique { "unique " } else { "" };
+                extra.push((
+                    "index",
+                    format!("{} {unique}{method} ({})", index_name(&table.name, &index.name), columns.join(", ")),
+                ));
+            }
+            s += &indent(&fields(&extra), "  ");
+        }
+        if let Some(ddl) = self.ddl {
+            s += &format!("\n-- the tables in schema {:?}\n", self.schema);
+            for statement in ddl {
+                s += statement;
+                s += ";\n";
+            }
+        }
+        s
+    }
+}
+
+/// A column default as SQL would show it.
+fn default_text(default: &ColumnDefault) -> String {
+    use sluice_sdk::Value;
+    use sluice_sdk::sql::quote_literal;
+    match default {
+        ColumnDefault::Now => "now()".into(),
+        ColumnDefault::Constant(value) => match value {
+            Value::Null => "NULL".into(),
+            Value::Boolean(b) => b.to_string(),
+            Value::Int8(i) => i.to_string(),
+            Value::Float8(f) => f.to_string(),
+            Value::Numeric(n) => n.clone(),
+            Value::Text(t) | Value::Jsonb(t) => quote_literal(t),
+            Value::Uuid((hi, lo)) => {
+                let h = format!("{hi:016x}{lo:016x}");
+                format!("'{}-{}-{}-{}-{}'", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            }
+            Value::Timestamptz(micros) => {
+                let seconds = micros.div_euclid(1_000_000);
+                format!("'{}.{:06}+00'", datetime(seconds), micros.rem_euclid(1_000_000))
+            }
+            Value::Bytea(b) => format!("'\\x{}'", hex(b)),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sluice tenant …
+
+#[derive(Args)]
+pub struct TenantArgs {
+    #[command(flatten)]
+    pub admin: AdminOptions,
+    #[command(subcommand)]
+    pub command: TenantCommand,
+}
+
+#[derive(Args)]
+pub struct AdminOptions {
+    /// The address of the service's admin API.
+    #[arg(long, global = true, value_name = "URL", env = "SLUICE_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    pub admin_url: String,
+    /// The service's admin_token (required; prefer the environment variable:
+    /// arguments are visible to other users in `ps`).
+    #[arg(long, global = true, value_name = "TOKEN", env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Print the API's JSON answer as it came instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// List the tenants: component, keys and counters since the service started.
+    List,
+    /// Show one tenant: component, tables, schema, key ids, limits, counters.
+    Show {
+        /// The tenant id.
+        id: String,
+    },
+    /// Create a tenant. With no --key, Sluice makes one and prints it, once.
+    Create {
+        /// The tenant id: 1 to 63 letters, digits, '-' or '_'.
+        id: String,
+        /// `builtin:events`, or `sha256:<digest>` of a component the service
+        /// already stores [default: builtin:events].
+        #[arg(long, value_name = "COMPONENT")]
+        component: Option<String>,
+        /// Write to this schema of the service's database [default: the
+        /// service's schema].
+        #[arg(long, value_name = "SCHEMA")]
+        schema: Option<String>,
+        /// An API key to accept (at least 16 characters); repeatable.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Delete a tenant: its keys stop working at once (its tables and rows
+    /// stay in the database).
+    Delete {
+        /// The tenant id.
+        id: String,
+    },
+    /// Upload a component and switch the tenant to it. The service validates
+    /// it first (it compiles, implements the contract, its tables migrate);
+    /// if refused, the old component keeps serving.
+    Upload {
+        /// The tenant id.
+        id: String,
+        /// The component (.wasm).
+        file: PathBuf,
+    },
+    /// Add an API key to a tenant. With no --key, Sluice makes one and
+    /// prints it, once.
+    AddKey {
+        /// The tenant id.
+        id: String,
+        /// The key to add (at least 16 characters).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// Revoke an API key by its id (`sluice tenant show ID` lists them).
+    RevokeKey {
+        /// The tenant id.
+        id: String,
+        /// The key's id: 12 hex digits.
+        key_id: String,
+    },
+}
+
+pub async fn tenant(args: TenantArgs) -> Result<()> {
+    let admin = Admin::new(&args.admin)?;
+    let json = args.admin.json;
+    let answer = match &args.command {
+        TenantCommand::List => admin.call(Method::GET, &[], Body::None).await?,
+        TenantCommand::Show { id } => admin.call(Method::GET, &[id], Body::None).await?,
+        TenantCommand::Create { id, component, schema, keys } => {
+            let mut spec = json!({ "id": id });
+            if let Some(component) = component {
+                check_component_name(component)?;
+                spec["component"] = json!(component);
+            }
+            if let Some(schema) = schema {
+                spec["database"] = json!({ "schema": schema });
+            }
+            if !keys.is_empty() {
+                spec["keys"] = json!(keys);
+            }
+            admin.call(Method::POST, &[], Body::Json(spec)).await?
+        }
+        TenantCommand::Delete { id } => admin.call(Method::DELETE, &[id], Body::None).await?,
+        TenantCommand::Upload { id, file } => {
+            let wasm = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+            admin.call(Method::PUT, &[id, "component"], Body::Wasm(wasm)).await?
+        }
+        TenantCommand::AddKey { id, key } => {
+            let body = match key {
+                Some(key) => Body::Json(json!({ "key": key })),
+                None => Body::None,
+            };
+            admin.call(Method::POST, &[id, "keys"], body).await?
+        }
+        TenantCommand::RevokeKey { id, key_id } => admin.call(Method::DELETE, &[id, "keys", key_id], Body::None).await?,
+    };
+    if json {
+        if !answer.text.is_empty() {
+            out(&format!("{}\n", answer.text.trim_end()));
+        }
+        return Ok(());
+    }
+    let value = &answer.json;
+    let text = match &args.command {
+        TenantCommand::List => render_list(value),
+        TenantCommand::Show { .. } => render_show(value),
+        TenantCommand::Create { keys, .. } => render_created(value, keys),
+        TenantCommand::Delete { id } => format!("deleted tenant {id} (its tables and rows stay in the database)\n"),
+        TenantCommand::Upload { id, .. } => render_uploaded(id, value),
+        TenantCommand::AddKey { id, key } => render_added_key(id, value, key.is_some()),
+        TenantCommand::RevokeKey { id, key_id } => format!("revoked key {key_id} of tenant {id}\n"),
+    };
+    out(&text);
+    Ok(())
+}
+
+/// What `create --component` may name: the service reads any other value as
+/// a path on its own machine, which the CLI does not mean to send.
+fn check_component_name(component: &str) -> Result<()> {
+    let digest = component.strip_prefix("sha256:");
+    if component == BUILTIN_EVENTS || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Ok(());
+    }
+    bail!(
+        "--component must be {BUILTIN_EVENTS} or sha256:<64 hex digits> of a stored component; \
+         to use a .wasm file, create the tenant and then run `sluice tenant upload ID FILE.wasm`"
+    )
+}
+
+enum Body {
+    None,
+    Json(Value),
+    Wasm(Vec<u8>),
+}
+
+/// A successful answer of the admin API.
+struct Answer {
+    text: String,
+    /// `null` when the answer has no body (204).
+    json: Value,
+}
+
+/// A client of one service's admin API.
+struct Admin {
+    base: Url,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(options: &AdminOptions) -> Result<Admin> {
+        let Some(token) = options.admin_token.clone().filter(|t| !t.is_empty()) else {
+            bail!("the admin token is required: set SLUICE_ADMIN_TOKEN (or pass --admin-token)");
+        };
+        let base = parse_admin_url(&options.admin_url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // An upload compiles and migrates before it answers.
+            .timeout(Duration::from_secs(600))
+            .build()
+            .context("set up the HTTP client")?;
+        Ok(Admin { base, token, http })
+    }
+
+    /// `METHOD <base>/admin/tenants/<segments…>`: the answer of a 2xx, else
+    /// the API's error message and the status.
+    async fn call(&self, method: Method, segments: &[&str], body: Body) -> Result<Answer> {
+        let url = admin_endpoint(&self.base, segments);
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Wasm(bytes) => request.header("content-type", "application/wasm").body(bytes),
+        };
+        let response = request.send().await.map_err(|e| self.connect_error(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.connect_error(&e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &text, &self.base));
+        }
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| {
+                format!("{} answered HTTP {status} with something other than JSON; is it a Sluice service?", self.base)
+            })?
+        };
+        Ok(Answer { text, json })
+    }
+
+    fn connect_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        let url = self.base.as_str().trim_end_matches('/');
+        let cause = io_cause(e);
+        if e.is_connect() {
+            let why = match cause.map(|io| io.kind()) {
+                Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+                _ => root_cause(e),
+            };
+            anyhow!(
+                "cannot connect to the Sluice admin API at {url}: {why} (is `sluice serve` running there? \
+                 set --admin-url or SLUICE_ADMIN_URL)"
+            )
+        } else if e.is_timeout() {
+            anyhow!("the Sluice admin API at {url} did not answer in time")
+        } else {
+            anyhow!("the request to the Sluice admin API at {url} failed: {}", root_cause(e))
+        }
+    }
+}
+
+/// The admin base URL: `http://host:port[/prefix]`.
+fn parse_admin_url(text: &str) -> Result<Url> {
+    let url = Url::parse(text).map_err(|e| anyhow!("--admin-url {text:?} is not a URL ({e}); e.g. {DEFAULT_ADMIN_URL}"))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(url),
+        "https" => bail!(
+            "--admin-url {text}: this sluice speaks plain HTTP to the admin API (as `sluice serve` does); \
+             reach a TLS endpoint through a tunnel or proxy"
+        ),
+        _ => bail!("--admin-url {text:?} must be an http:// URL, e.g. {DEFAULT_ADMIN_URL}"),
+    }
+}
+
+/// `<base>/admin/tenants/<segments…>`, each segment percent-encoded.
+fn admin_endpoint(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(["admin", "tenants"]).extend(segments);
+    }
+    url
+}
+
+/// The API's `{"error": …}` message (or whatever the body says) and the status.
+fn api_error(status: StatusCode, body: &str, base: &Url) -> anyhow::Error {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| body.trim().chars().take(500).collect());
+    let status = match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    };
+    if message.is_empty() {
+        let base = base.as_str().trim_end_matches('/');
+        anyhow!("the server answered {status} with no message (is {base} a Sluice service with the admin API?)")
+    } else {
+        anyhow!("{message} ({status})")
+    }
+}
+
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = e.source();
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        next = error.source();
+    }
+    None
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Rendering the admin API's answers.
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn u64_of(value: &Value, path: &[&str]) -> u64 {
+    path.iter().try_fold(value, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn strings_of(value: &Value, key: &str) -> Vec<String> {
+    value.get(key).and_then(Value::as_array).map_or_else(Vec::new, |items| {
+        items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+    })
+}
+
+/// The component column: `builtin:events`, or `sha256:` and 12 hex digits.
+fn short_component(tenant: &Value) -> String {
+    let component = str_of(tenant, "component");
+    if component == BUILTIN_EVENTS {
+        return component.to_owned();
+    }
+    let digest = str_of(tenant, "component_digest");
+    let digest = if digest.is_empty() { component.trim_start_matches("sha256:") } else { digest };
+    format!("sha256:{}", &digest[..digest.len().min(12)])
+}
+
+fn render_list(answer: &Value) -> String {
+    let tenants = answer.get("tenants").and_then(Value::as_array).cloned().unwrap_or_default();
+    if tenants.is_empty() {
+        return "no tenants (the service takes requests without a key, from loopback only)\n".into();
+    }
+    let rows = tenants
+        .iter()
+        .map(|t| {
+            vec![
+                str_of(t, "id").to_owned(),
+                short_component(t),
+                strings_of(t, "keys").len().to_string(),
+                thousands(u64_of(t, &["requests"])),
+                thousands(u64_of(t, &["errors"])),
+                thousands(u64_of(t, &["events", "inserted"])),
+                thousands(u64_of(t, &["events", "duplicates"])),
+                thousands(u64_of(t, &["events", "rejected"])),
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "COMPONENT", "KEYS", "REQUESTS", "ERRORS", "INSERTED", "DUPLICATES", "REJECTED"],
+        rows,
+        &[2, 3, 4, 5, 6, 7],
+    )
+}
+
+fn render_show(tenant: &Value) -> String {
+    let component = str_of(tenant, "component");
+    let digest = str_of(tenant, "component_digest");
+    let component = if component == BUILTIN_EVENTS {
+        format!("{BUILTIN_EVENTS} (sha256:{digest})")
+    } else {
+        format!("sha256:{digest}")
+    };
+    let loaded = u64_of(tenant, &["loaded_at_ms"]);
+    let tables = strings_of(tenant, "tables");
+    let keys = strings_of(tenant, "keys");
+    let own = tenant.get("own_database").and_then(Value::as_bool).unwrap_or(false);
+    let limits = match tenant.get("limits").and_then(Value::as_object) {
+        Some(limits) if !limits.is_empty() => {
+            limits.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
+        }
+        _ => "the service's".into(),
+    };
+    fields(&[
+        ("tenant", str_of(tenant, "id").to_owned()),
+        ("component", component),
+        ("loaded at", datetime((loaded / 1000) as i64) + " UTC"),
+        ("tables", if tables.is_empty() { "none".into() } else { tables.join(", ") }),
+        (
+            "database",
+            format!(
+                "schema {} of {}",
+                str_of(tenant, "schema"),
+                if own { "its own database" } else { "the service's database" }
+            ),
+        ),
+        ("keys", if keys.is_empty() { "none".into() } else { format!("{} ({})", keys.len(), keys.join(", ")) }),
+        ("limits", limits),
+        ("requests", thousands(u64_of(tenant, &["requests"]))),
+        ("errors", thousands(u64_of(tenant, &["errors"]))),
+        (
+            "events",
+            format!(
+                "{} inserted, {} duplicates, {} rejected",
+                thousands(u64_of(tenant, &["events", "inserted"])),
+                thousands(u64_of(tenant, &["events", "duplicates"])),
+                thousands(u64_of(tenant, &["events", "rejected"])),
+            ),
+        ),
+        ("in flight", format!("{} bytes", thousands(u64_of(tenant, &["in_flight_bytes"])))),
+    ])
+}
+
+const SHOWN_ONCE: &str = "  (shown this once: Sluice keeps only its SHA-256, so store it now)\n";
+
+/// The line of a new key.
+fn key_line(key: &str) -> String {
+    format!("key {}  {key}\n{SHOWN_ONCE}", key_id(&hash_key(key)))
+}
+
+fn render_created(answer: &Value, given: &[String]) -> String {
+    let tenant = answer.get("tenant").unwrap_or(&Value::Null);
+    let tables = strings_of(tenant, "tables");
+    let mut s = format!(
+        "created tenant {}: component {}, schema {}, tables {}\n",
+        str_of(tenant, "id"),
+        short_component(tenant),
+        str_of(tenant, "schema"),
+        if tables.is_empty() { "none".into() } else { tables.join(", ") }
+    );
+    for key in strings_of(answer, "keys") {
+        if given.contains(&key) {
+            // The caller has it already; print only its id.
+            s += &format!("key {}  (as given)\n", key_id(&hash_key(&key)));
+        } else {
+            s += &key_line(&key);
+        }
+    }
+    s
+}
+
+fn render_added_key(id: &str, answer: &Value, given: bool) -> String {
+    let key = str_of(answer, "key");
+    let mut s = format!("added key {} to tenant {id}\n", str_of(answer, "key_id"));
+    if !given {
+        s += &key_line(key);
+    }
+    s
+}
+
+fn render_uploaded(id: &str, answer: &Value) -> String {
+    let tables = strings_of(answer, "tables");
+    let swap_ms = answer.get("swap_ms").and_then(Value::as_f64).unwrap_or(0.0);
+    format!(
+        "tenant {id} now runs component sha256:{}\n  tables {}\n  validated and swapped in {}\n",
+        str_of(answer, "digest"),
+        if tables.is_empty() { "none".into() } else { tables.join(", ") },
+        duration(Duration::from_secs_f64(swap_ms.max(0.0) / 1000.0))
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Text helpers.
+
+/// Columns separated by two spaces, padded to the widest cell; the columns
+/// in `right` aligned right. No trailing spaces.
+fn render_table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if right.contains(&i) {
+                s.push_str(&pad);
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                s.push_str(&pad);
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut s = line(&mut header.iter().copied());
+    for row in &rows {
+        s += &line(&mut row.iter().map(String::as_str));
+    }
+    s
+}
+
+/// `name  value` lines, the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    pairs.iter().map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_owned() + "\n").collect()
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|l| if l.is_empty() { "\n".into() } else { format!("{prefix}{l}\n") }).collect()
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut s = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            s.push(',');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// A byte count in KiB or MiB.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / (1 << 10) as f64),
+        n => format!("{n} B"),
+    }
+}
+
+fn duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 1000.0 { format!("{:.2} s", ms / 1000.0) } else { format!("{ms:.1} ms") }
+}
+
+/// Seconds since 1970 as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn datetime(seconds: i64) -> String {
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_sdk::{Column, ColumnType, Index, Value as SqlValue};
+
+    #[test]
+    fn tables_align_and_right_align_numbers() {
+        let table = render_table(
+            &["ID", "N"],
+            vec![vec!["acme".into(), "1,234".into()], vec!["a".into(), "5".into()]],
+            &[1],
+        );
+        assert_eq!(table, "ID        N\nacme  1,234\na         5\n");
+    }
+
+    #[test]
+    fn lists_tenants() {
+        let answer = json!({"tenants": [
+            {"id": "acme", "component": "builtin:events", "component_digest": "ab".repeat(32), "keys": ["111111111111"],
+             "requests": 1234567, "errors": 2, "events": {"inserted": 10, "duplicates": 3, "rejected": 1}},
+            {"id": "globex-eu", "component": format!("sha256:{}", "cd".repeat(32)), "component_digest": "cd".repeat(32),
+             "keys": ["222222222222", "333333333333"], "requests": 0, "errors": 0,
+             "events": {"inserted": 0, "duplicates": 0, "rejected": 0}},
+        ]});
+        let text = render_list(&answer);
+        let expected = "\
+ID         COMPONENT             KEYS   REQUESTS  ERRORS  INSERTED  DUPLICATES  REJECTED
+acme       builtin:events           1  1,234,567       2        10           3         1
+globex-eu  sha256:cdcdcdcdcdcd      2          0       0         0           0         0
+";
+        assert_eq!(text, expected);
+        assert!(render_list(&json!({"tenants": []})).starts_with("no tenants"));
+    }
+
+    #[test]
+    fn new_keys_are_shown_once_and_given_ones_not_at_all() {
+        let answer = json!({"tenant": {"id": "acme", "component": "builtin:events", "schema": "acme", "tables": ["events"]},
+                            "keys": ["sk_generated0123456789", "given-key-0123456789"]});
+        let text = render_created(&answer, &["given-key-0123456789".into()]);
+        assert!(text.starts_with("created tenant acme: component builtin:events, schema acme, tables events\n"), "{text}");
+        let generated_id = key_id(&hash_key("sk_generated0123456789")).to_owned();
+        assert!(text.contains(&format!("key {generated_id}  sk_generated0123456789\n")), "{text}");
+        assert!(text.contains("shown this once"));
+        assert!(!text.contains("given-key-0123456789"), "{text}");
+    }
+
+    #[test]
+    fn formats_numbers_and_times() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+        assert_eq!(bytes(300), "300 B");
+        assert_eq!(bytes(2048), "2.0 KiB");
+        assert_eq!(datetime(0), "1970-01-01 00:00:00");
+        assert_eq!(datetime(1_779_805_268), "2026-05-26 14:21:08");
+        assert_eq!(datetime(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(duration(Duration::from_micros(12_345)), "12.3 ms");
+        assert_eq!(duration(Duration::from_millis(1_840)), "1.84 s");
+    }
+
+    #[test]
+    fn builds_admin_urls_and_refuses_others() {
+        let base = parse_admin_url("http://127.0.0.1:8080").unwrap();
+        assert_eq!(admin_endpoint(&base, &[]).as_str(), "http://127.0.0.1:8080/admin/tenants");
+        assert_eq!(admin_endpoint(&base, &["a/b", "keys"]).as_str(), "http://127.0.0.1:8080/admin/tenants/a%2Fb/keys");
+        let prefixed = parse_admin_url("http://h/sluice/").unwrap();
+        assert_eq!(admin_endpoint(&prefixed, &["acme"]).as_str(), "http://h/sluice/admin/tenants/acme");
+        assert!(parse_admin_url("https://h").unwrap_err().to_string().contains("plain HTTP"));
+        assert!(parse_admin_url("127.0.0.1:8080").is_err());
+        assert!(check_component_name("builtin:events").is_ok());
+        assert!(check_component_name(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(check_component_name("./x.wasm").unwrap_err().to_string().contains("sluice tenant upload"));
+    }
+
+    #[test]
+    fn api_errors_carry_the_message_and_status() {
+        let base = parse_admin_url(DEFAULT_ADMIN_URL).unwrap();
+        let e = api_error(StatusCode::CONFLICT, r#"{"error":"tenant acme exists"}"#, &base);
+        assert_eq!(e.to_string(), "tenant acme exists (HTTP 409 Conflict)");
+        let e = api_error(StatusCode::NOT_FOUND, "", &base);
+        assert!(e.to_string().contains("HTTP 404 Not Found with no message"), "{e}");
+    }
+
+    #[test]
+    fn reports_a_component() {
+        let table = Table {
+            name: "events".into(),
+            columns: vec![
+                Column::new("event_id", ColumnType::Uuid).not_null(),
+                Column::new("kind", ColumnType::Text).default(ColumnDefault::Constant(SqlValue::Text("x'y".into()))),
+                Column::new("received_at", ColumnType::Timestamptz).not_null().default(ColumnDefault::Now),
+            ],
+            primary_key: vec!["event_id".into()],
+            indexes: vec![Index::btree("recent", &["-received_at"])],
+        };
+        let tables = [table];
+        let report = CheckReport {
+            name: "x.wasm",
+            digest: "ab",
+            size: 2048,
+            elapsed: Duration::from_millis(1500),
+            from_cache: false,
+            tables: &tables,
+            schema: "public",
+            ddl: None,
+        };
+        let expected = "\
+x.wasm: a valid sluice:ingest/normalizer component
+digest   sha256:ab
+size     2,048 bytes (2.0 KiB)
+compile  1.50 s
+tables   1 (events)
+
+table events
+  COLUMN       TYPE                      NOT NULL  DEFAULT
+  event_id     uuid                      yes
+  kind         text                      no        'x''y'
+  received_at  timestamp with time zone  yes       now()
+  primary key  event_id
+  index        events_recent_idx btree (received_at DESC)
+";
+        assert_eq!(report.render(), expected);
+    }
+}
