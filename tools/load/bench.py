@@ -81,7 +81,14 @@ def main():
             bb = b if events == 1000 else results["1000 events/request, 4 concurrent"]["baseline"]
             s = load("http", http + common, opts.duration)
             results[name] = {"baseline": b, "sluice": s}
-            rows.append((name, "direct SQL, same batches", b, s, s["events_per_s"] / b["events_per_s"]))
+            rows.append((name, "direct SQL (unnest), same batches", b, s, s["events_per_s"] / b["events_per_s"]))
+            if events == 1000:
+                # The other ways to write the same rows, for the same batches.
+                for method, label in [("copy-upsert", "binary COPY to staging + INSERT … ON CONFLICT"),
+                                      ("copy", "raw binary COPY, no conflict handling")]:
+                    m = load("baseline", baseline + common + ["--method", method], opts.duration)
+                    results[name][method] = m
+                    rows.append((name, label, m, s, s["events_per_s"] / m["events_per_s"]))
             if events == 1:
                 rows.append((name, "direct SQL, 1,000 rows/txn", bb, s, s["events_per_s"] / bb["events_per_s"]))
 

@@ -82,3 +82,41 @@ impl ToSql for ColumnArray<'_> {
 
     to_sql_checked!();
 }
+
+/// One value as a parameter of its column's own type (binary COPY). Numeric
+/// values are refused: they travel as text and are cast in SQL.
+#[derive(Debug)]
+pub struct ValueParam<'a>(pub &'a Value);
+
+impl ToSql for ValueParam<'_> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if matches!(self.0, Value::Numeric(_)) {
+            return Err("numeric values cannot be sent in binary; cast them from text".into());
+        }
+        Ok(match encode(self.0, out)? {
+            postgres_protocol::IsNull::Yes => IsNull::Yes,
+            postgres_protocol::IsNull::No => IsNull::No,
+        })
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// The PostgreSQL type of a column (for binary COPY).
+pub fn column_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::Boolean => Type::BOOL,
+        ColumnType::Int8 => Type::INT8,
+        ColumnType::Float8 => Type::FLOAT8,
+        ColumnType::Numeric => Type::NUMERIC,
+        ColumnType::Text => Type::TEXT,
+        ColumnType::Jsonb => Type::JSONB,
+        ColumnType::Uuid => Type::UUID,
+        ColumnType::Timestamptz => Type::TIMESTAMPTZ,
+        ColumnType::Bytea => Type::BYTEA,
+    }
+}

@@ -97,24 +97,76 @@ pub fn upsert(schema: &str) -> Result<Arc<Upsert>> {
     Ok(Arc::new(upsert))
 }
 
+/// How the baseline writes a request's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// The host's statement: `INSERT … SELECT … FROM unnest($1, …) ON CONFLICT DO NOTHING`.
+    Unnest,
+    /// Binary COPY into a temporary staging table, then `INSERT … SELECT …
+    /// ON CONFLICT DO NOTHING` from it.
+    CopyUpsert,
+    /// Raw binary COPY straight into the table: no conflict handling, the
+    /// floor any idempotent write is measured against.
+    Copy,
+}
+
 pub struct BaselineWorker {
     client: Client,
     upsert: Arc<Upsert>,
     statement: Statement,
     generator: Generator,
     events: usize,
+    method: Method,
+    schema: String,
 }
 
 impl BaselineWorker {
     /// Opens the worker's connection and prepares the statement on it (the
     /// host's `prepare_cached` does the same once per pooled connection).
-    pub async fn connect(url: &str, upsert: Arc<Upsert>, generator: Generator, events: usize) -> Result<BaselineWorker> {
+    pub async fn connect(
+        url: &str,
+        upsert: Arc<Upsert>,
+        generator: Generator,
+        events: usize,
+        method: Method,
+        schema: &str,
+    ) -> Result<BaselineWorker> {
         let client = connect(url).await?;
         let statement = client.prepare(&upsert.sql).await.context("preparing the upsert")?;
         if statement.columns().len() != 1 {
             bail!("the upsert returns {} columns, not 1", statement.columns().len());
         }
-        Ok(BaselineWorker { client, upsert, statement, generator, events })
+        if method == Method::CopyUpsert {
+            let target = sql::qualified(schema, &table().name);
+            client
+                .batch_execute(&format!("CREATE TEMP TABLE staging (LIKE {target} INCLUDING DEFAULTS)"))
+                .await
+                .context("creating the staging table")?;
+        }
+        Ok(BaselineWorker { client, upsert, statement, generator, events, method, schema: schema.to_owned() })
+    }
+
+    /// Binary COPY of the plan's rows into `target`.
+    async fn copy(
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        plan: &UpsertPlan,
+    ) -> Result<u64, tokio_postgres::Error> {
+        use futures_util::pin_mut;
+        use sluice::db::encode::{ValueParam, column_type};
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        let table = table();
+        let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let types: Vec<_> = plan.columns.iter().map(|c| column_type(table.column(c).unwrap().data_type)).collect();
+        let sink = tx.copy_in(&format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)")).await?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        for row in &plan.rows {
+            let params: Vec<ValueParam> = row.values.iter().map(ValueParam).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            writer.as_mut().write(&refs).await?;
+        }
+        writer.finish().await
     }
 
     /// One transaction writing the plan; returns how many rows were new.
@@ -133,7 +185,26 @@ impl BaselineWorker {
         }
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let tx = self.client.transaction().await?;
-        let written = tx.query(&self.statement, &params).await?.len() as u64;
+        let written = match self.method {
+            Method::Unnest => tx.query(&self.statement, &params).await?.len() as u64,
+            Method::Copy => Self::copy(&tx, &sql::qualified(&self.schema, &table().name), plan).await?,
+            Method::CopyUpsert => {
+                Self::copy(&tx, "staging", plan).await?;
+                let target = sql::qualified(&self.schema, &table().name);
+                let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
+                let written = tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO {target} ({columns}) SELECT {columns} FROM staging \
+                             ON CONFLICT (event_id) DO NOTHING"
+                        ),
+                        &[],
+                    )
+                    .await?;
+                tx.batch_execute("TRUNCATE staging").await?;
+                written
+            }
+        };
         tx.commit().await?;
         Ok(written)
     }

@@ -56,6 +56,9 @@ enum Mode {
         /// The database to write to.
         #[arg(long)]
         database_url: String,
+        /// How to write each request's rows.
+        #[arg(long, value_enum, default_value = "unnest")]
+        method: baseline::Method,
         #[command(flatten)]
         common: Common,
     },
@@ -133,7 +136,7 @@ fn main() -> ExitCode {
                 Mode::Http { url, ndjson, timeout, database_url, headers, common } => {
                     http_mode(url, ndjson, timeout, database_url, headers, common).await
                 }
-                Mode::Baseline { database_url, common } => baseline_mode(database_url, common).await,
+                Mode::Baseline { database_url, method, common } => baseline_mode(database_url, method, common).await,
             }
         })
     });
@@ -192,7 +195,7 @@ async fn http_mode(
     Ok(stats)
 }
 
-async fn baseline_mode(database_url: String, common: Common) -> Result<run::Stats> {
+async fn baseline_mode(database_url: String, method: baseline::Method, common: Common) -> Result<run::Stats> {
     let plan = common.plan()?;
     let admin = baseline::connect(&database_url).await?;
     baseline::prepare_table(&admin, &common.schema).await?;
@@ -205,14 +208,25 @@ async fn baseline_mode(database_url: String, common: Common) -> Result<run::Stat
     for w in 0..common.concurrency as usize {
         let generator = Generator::new(&run_tag, w);
         workers.push(
-            baseline::BaselineWorker::connect(&database_url, upsert.clone(), generator, common.events_per_request as usize)
-                .await?,
+            baseline::BaselineWorker::connect(
+                &database_url,
+                upsert.clone(),
+                generator,
+                common.events_per_request as usize,
+                method,
+                &common.schema,
+            )
+            .await?,
         );
     }
     let stats = run::run(workers, plan).await;
     let rows = if common.truncate { Some(baseline::count_rows(&admin, &common.schema).await?) } else { None };
     let setup = Setup {
-        mode: "baseline",
+        mode: match method {
+            baseline::Method::Unnest => "baseline",
+            baseline::Method::CopyUpsert => "baseline copy-upsert",
+            baseline::Method::Copy => "baseline copy",
+        },
         target: format!("{} schema {}", baseline::redact(&database_url), common.schema),
         body: Format::JsonArray.content_type(),
         events_per_request: common.events_per_request,
