@@ -69,7 +69,7 @@ pub fn status(tenant: &Tenant) -> Value {
         "tables": loaded.normalizer.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
         "keys": tenant.spec.keys.iter().map(|k| key_id(k)).collect::<Vec<_>>(),
         "schema": tenant.schema,
-        "own_database": tenant.spec.database.is_some(),
+        "database": if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) { "own" } else { "service" },
         "limits": tenant.spec.limits,
         "requests": stats.requests.load(Ordering::Relaxed),
         "errors": stats.errors.load(Ordering::Relaxed),
@@ -193,6 +193,9 @@ async fn add_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Byte
         }
     };
     let key = request.key.unwrap_or_else(new_key);
+    if key.starts_with("sha256:") {
+        return error(StatusCode::BAD_REQUEST, "send the key itself; Sluice hashes it");
+    }
     let hashed = hash_key(&key);
     let result = app
         .registry

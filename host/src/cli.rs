@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
-use sluice_sdk::sql::{create_table, index_name};
+use sluice_sdk::sql::{check_ident, create_table, index_name};
 use sluice_sdk::{ColumnDefault, IndexMethod, Table};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,12 @@ pub fn exit(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let mut reason = format!("{e:#}");
+            // Some compiler errors span lines; a reason is one.
+            if reason.contains('\n') {
+                reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+            }
+            let _ = writeln!(std::io::stderr(), "error: {reason}");
             ExitCode::FAILURE
         }
     }
@@ -46,9 +51,11 @@ fn out(text: &str) {
 
 #[derive(Subcommand)]
 pub enum ComponentCommand {
-    /// Validate a normalizer component offline, with the engine the service
-    /// uses: it compiles, implements sluice:ingest/normalizer, and declares
-    /// valid tables. Prints its digest, size, compile time and tables.
+    /// Validate a normalizer component offline, with the service's engine.
+    ///
+    /// Checks that it compiles, implements sluice:ingest/normalizer and
+    /// declares valid tables; prints its digest, size, compile time and
+    /// tables. Exits 1 with the reason when it does not.
     Check(CheckArgs),
 }
 
@@ -98,7 +105,10 @@ fn count_files(dir: &Path) -> usize {
 
 fn check(args: &CheckArgs) -> Result<()> {
     let wasm = std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
-    let name = args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name =
+        args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned());
+    preflight(&name, &wasm)?;
+    check_ident(&args.schema).map_err(|e| anyhow!("--schema: {e}"))?;
     let temp;
     let cache_dir = match &args.cache_dir {
         Some(dir) => dir.as_path(),
@@ -132,6 +142,20 @@ fn check(args: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// Plainer reasons than the compiler's for files that are not components.
+fn preflight(name: &str, wasm: &[u8]) -> Result<()> {
+    if !wasm.starts_with(b"\0asm") || wasm.len() < 8 {
+        bail!("{name} is not a WebAssembly file (it does not start with \\0asm)");
+    }
+    if wasm[4..8] == [1, 0, 0, 0] {
+        bail!(
+            "{name} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+             (see docs/authoring.md)"
+        );
+    }
+    Ok(())
+}
+
 /// What `component check` found.
 struct CheckReport<'a> {
     name: &'a str,
@@ -157,7 +181,10 @@ impl CheckReport<'_> {
             ("digest", format!("sha256:{}", self.digest)),
             ("size", format!("{} bytes ({})", thousands(self.size as u64), bytes(self.size as u64))),
             (if self.from_cache { "load" } else { "compile" }, timing),
-            ("tables", if names.is_empty() { "none".into() } else { format!("{} ({})", names.len(), names.join(", ")) }),
+            (
+                "tables",
+                if names.is_empty() { "none".into() } else { format!("{} ({})", names.len(), names.join(", ")) },
+            ),
         ]);
         for table in self.tables {
             s += &format!("\ntable {}\n", table.name);
@@ -246,14 +273,21 @@ pub struct TenantArgs {
 #[derive(Args)]
 pub struct AdminOptions {
     /// The address of the service's admin API.
-    #[arg(long, global = true, value_name = "URL", env = "SLUICE_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
+    #[arg(long, global = true, display_order = 100, value_name = "URL", env = "SLUICE_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin_url: String,
     /// The service's admin_token (required; prefer the environment variable:
     /// arguments are visible to other users in `ps`).
-    #[arg(long, global = true, value_name = "TOKEN", env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        display_order = 101,
+        value_name = "TOKEN",
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Print the API's JSON answer as it came instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 102)]
     pub json: bool,
 }
 
@@ -282,23 +316,26 @@ pub enum TenantCommand {
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<String>,
     },
-    /// Delete a tenant: its keys stop working at once (its tables and rows
-    /// stay in the database).
+    /// Delete a tenant: its keys stop working at once.
+    ///
+    /// Its tables and rows stay in the database.
     Delete {
         /// The tenant id.
         id: String,
     },
-    /// Upload a component and switch the tenant to it. The service validates
-    /// it first (it compiles, implements the contract, its tables migrate);
-    /// if refused, the old component keeps serving.
+    /// Upload a component and switch the tenant to it.
+    ///
+    /// The service validates it first (it compiles, implements the contract,
+    /// its tables migrate in the tenant's database) and switches atomically;
+    /// if it refuses it (HTTP 422, with the reason), the old component keeps
+    /// serving.
     Upload {
         /// The tenant id.
         id: String,
         /// The component (.wasm).
         file: PathBuf,
     },
-    /// Add an API key to a tenant. With no --key, Sluice makes one and
-    /// prints it, once.
+    /// Add an API key to a tenant. With no --key, Sluice makes one and prints it, once.
     AddKey {
         /// The tenant id.
         id: String,
@@ -347,7 +384,9 @@ pub async fn tenant(args: TenantArgs) -> Result<()> {
             };
             admin.call(Method::POST, &[id, "keys"], body).await?
         }
-        TenantCommand::RevokeKey { id, key_id } => admin.call(Method::DELETE, &[id, "keys", key_id], Body::None).await?,
+        TenantCommand::RevokeKey { id, key_id } => {
+            admin.call(Method::DELETE, &[id, "keys", key_id], Body::None).await?
+        }
     };
     if json {
         if !answer.text.is_empty() {
@@ -373,7 +412,8 @@ pub async fn tenant(args: TenantArgs) -> Result<()> {
 /// a path on its own machine, which the CLI does not mean to send.
 fn check_component_name(component: &str) -> Result<()> {
     let digest = component.strip_prefix("sha256:");
-    if component == BUILTIN_EVENTS || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if component == BUILTIN_EVENTS || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return Ok(());
     }
     bail!(
@@ -465,7 +505,8 @@ impl Admin {
 
 /// The admin base URL: `http://host:port[/prefix]`.
 fn parse_admin_url(text: &str) -> Result<Url> {
-    let url = Url::parse(text).map_err(|e| anyhow!("--admin-url {text:?} is not a URL ({e}); e.g. {DEFAULT_ADMIN_URL}"))?;
+    let url =
+        Url::parse(text).map_err(|e| anyhow!("--admin-url {text:?} is not a URL ({e}); e.g. {DEFAULT_ADMIN_URL}"))?;
     match url.scheme() {
         "http" if url.host().is_some() => Ok(url),
         "https" => bail!(
@@ -536,9 +577,10 @@ fn u64_of(value: &Value, path: &[&str]) -> u64 {
 }
 
 fn strings_of(value: &Value, key: &str) -> Vec<String> {
-    value.get(key).and_then(Value::as_array).map_or_else(Vec::new, |items| {
-        items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-    })
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or_else(Vec::new, |items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
 }
 
 /// The component column: `builtin:events`, or `sha256:` and 12 hex digits.
@@ -590,7 +632,7 @@ fn render_show(tenant: &Value) -> String {
     let loaded = u64_of(tenant, &["loaded_at_ms"]);
     let tables = strings_of(tenant, "tables");
     let keys = strings_of(tenant, "keys");
-    let own = tenant.get("own_database").and_then(Value::as_bool).unwrap_or(false);
+    let own = str_of(tenant, "database") == "own";
     let limits = match tenant.get("limits").and_then(Value::as_object) {
         Some(limits) if !limits.is_empty() => {
             limits.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
@@ -605,9 +647,9 @@ fn render_show(tenant: &Value) -> String {
         (
             "database",
             format!(
-                "schema {} of {}",
+                "schema {} ({})",
                 str_of(tenant, "schema"),
-                if own { "its own database" } else { "the service's database" }
+                if own { "the tenant's own database" } else { "the service's database" }
             ),
         ),
         ("keys", if keys.is_empty() { "none".into() } else { format!("{} ({})", keys.len(), keys.join(", ")) }),
@@ -773,11 +815,8 @@ mod tests {
 
     #[test]
     fn tables_align_and_right_align_numbers() {
-        let table = render_table(
-            &["ID", "N"],
-            vec![vec!["acme".into(), "1,234".into()], vec!["a".into(), "5".into()]],
-            &[1],
-        );
+        let table =
+            render_table(&["ID", "N"], vec![vec!["acme".into(), "1,234".into()], vec!["a".into(), "5".into()]], &[1]);
         assert_eq!(table, "ID        N\nacme  1,234\na         5\n");
     }
 
@@ -792,9 +831,9 @@ mod tests {
         ]});
         let text = render_list(&answer);
         let expected = "\
-ID         COMPONENT             KEYS   REQUESTS  ERRORS  INSERTED  DUPLICATES  REJECTED
-acme       builtin:events           1  1,234,567       2        10           3         1
-globex-eu  sha256:cdcdcdcdcdcd      2          0       0         0           0         0
+ID         COMPONENT            KEYS   REQUESTS  ERRORS  INSERTED  DUPLICATES  REJECTED
+acme       builtin:events          1  1,234,567       2        10           3         1
+globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0         0
 ";
         assert_eq!(text, expected);
         assert!(render_list(&json!({"tenants": []})).starts_with("no tenants"));
@@ -805,7 +844,10 @@ globex-eu  sha256:cdcdcdcdcdcd      2          0       0         0           0  
         let answer = json!({"tenant": {"id": "acme", "component": "builtin:events", "schema": "acme", "tables": ["events"]},
                             "keys": ["sk_generated0123456789", "given-key-0123456789"]});
         let text = render_created(&answer, &["given-key-0123456789".into()]);
-        assert!(text.starts_with("created tenant acme: component builtin:events, schema acme, tables events\n"), "{text}");
+        assert!(
+            text.starts_with("created tenant acme: component builtin:events, schema acme, tables events\n"),
+            "{text}"
+        );
         let generated_id = key_id(&hash_key("sk_generated0123456789")).to_owned();
         assert!(text.contains(&format!("key {generated_id}  sk_generated0123456789\n")), "{text}");
         assert!(text.contains("shown this once"));

@@ -1,8 +1,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sluice::cli;
 use sluice::config::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Events, logs and database changes into PostgreSQL, through WebAssembly
 /// normalizers.
@@ -25,13 +27,20 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Work with normalizer components offline.
+    Component {
+        #[command(subcommand)]
+        command: cli::ComponentCommand,
+    },
+    /// Manage the tenants of a running service through its admin API.
+    Tenant(cli::TenantArgs),
 }
 
-fn main() -> Result<()> {
-    init_logging();
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => {
+            init_logging("info");
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
@@ -39,16 +48,30 @@ fn main() -> Result<()> {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sluice::server::serve(config))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(sluice::server::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Component { command } => {
+            init_logging("warn");
+            Ok(cli::exit(cli::component(command)))
+        }
+        Command::Tenant(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(cli::tenant(args))))
         }
     }
 }
 
 /// Logs go to stderr: human-readable, or JSON with `SLUICE_LOG_FORMAT=json`;
-/// the level from `SLUICE_LOG` (default `info`).
-fn init_logging() {
+/// the level from `SLUICE_LOG` (default `info` for `serve`, `warn` for the
+/// other commands, whose output is their own).
+fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

@@ -304,11 +304,16 @@ impl Runtime {
     }
 }
 
+/// Writes a file readable by its owner only, all at once: readers see the
+/// old file or the new one, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("cache path has no folder")?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("the path has no folder")?;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap().to_string_lossy()));
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -248,7 +248,7 @@ impl Registry {
             Err(e) => return Err(e).context(format!("read {}", self.state_file.display())),
         };
         for spec in configured {
-            let spec = spec.normalize()?;
+            let spec = self.store_component_file(spec.normalize()?)?;
             match specs.iter().find(|s| s.id == spec.id) {
                 Some(stored) if stored != &spec => tracing::warn!(
                     tenant = %spec.id,
@@ -372,9 +372,8 @@ impl Registry {
             specs.sort_by(|a, b| a.id.cmp(&b.id));
             specs
         };
-        // It may hold a tenant's database password: owner only.
+        // It may hold a tenant's database password: written owner-only.
         crate::runtime::write_atomically(&self.state_file, &serde_json::to_vec_pretty(&specs)?)?;
-        std::fs::set_permissions(&self.state_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         self.snapshot.store(Arc::new(next));
         Ok(())
     }
@@ -392,6 +391,13 @@ impl Registry {
         if self.snapshot.load().tenants.contains_key(&spec.id) {
             return Err(RegistryError::Conflict(format!("tenant {} exists", spec.id)));
         }
+        if spec.component != BUILTIN_EVENTS && !spec.component.starts_with("sha256:") {
+            return Err(RegistryError::Invalid(anyhow::anyhow!(
+                "component must be builtin:events or sha256:<digest> of an uploaded component; \
+                 upload a new one with PUT /admin/tenants/{}/component",
+                spec.id
+            )));
+        }
         let mut plain = Vec::new();
         if spec.keys.is_empty() {
             let key = new_key();
@@ -401,7 +407,6 @@ impl Registry {
             plain.extend(spec.keys.iter().filter(|k| !k.starts_with("sha256:")).cloned());
         }
         let spec = spec.normalize().map_err(RegistryError::Invalid)?;
-        let spec = self.store_component_file(spec).map_err(RegistryError::Invalid)?;
         let tenant = self.build(spec, None).await.map_err(RegistryError::Invalid)?;
         let mut next = self.next();
         next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;

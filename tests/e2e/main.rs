@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cli;
 mod events;
 mod lifecycle;
 mod migrations;

@@ -1,0 +1,238 @@
+//! The CLI: `sluice component check` offline, and `sluice tenant …` against
+//! the admin API of a running service.
+
+use crate::support::{EXAMPLE, Sluice, TestDb, http};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice::tenants::{hash_key, key_id};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ADMIN: &str = "cli-admin-token-0123456789";
+const ACME_KEY: &str = "cli-acme-key-0123456789abcdef";
+
+/// What one run of the binary did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `sluice ARGS` with only the given admin settings in its environment.
+fn sluice(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args(args).env_remove("SLUICE_ADMIN_URL").env_remove("SLUICE_ADMIN_TOKEN").env_remove("SLUICE_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run sluice");
+    Run {
+        code: output.status.code().expect("an exit code"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// A file under the tests' temporary folder, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> TempFile {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn component_check_describes_a_valid_component() {
+    let wasm = TempFile::new("events.wasm", sluice_artifacts::EVENTS);
+    let run = sluice(&["component", "check", wasm.path(), "--sql", "--schema", "ingest"], &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("a valid sluice:ingest/normalizer component"), "{out}");
+    assert!(out.contains(&format!("sha256:{}", sha256(sluice_artifacts::EVENTS))), "{out}");
+    assert!(out.lines().any(|l| l == "table events"), "{out}");
+    let event_id = out.lines().find(|l| l.trim_start().starts_with("event_id ")).expect("a line for event_id");
+    assert_eq!(event_id.split_whitespace().collect::<Vec<_>>(), ["event_id", "uuid", "yes"], "{out}");
+    let received_at = out.lines().find(|l| l.trim_start().starts_with("received_at ")).unwrap();
+    assert!(received_at.ends_with("now()"), "{out}");
+    assert!(out.lines().any(|l| l.trim() == "primary key  event_id"), "{out}");
+    assert!(out.contains("events_occurred_at_idx btree (occurred_at DESC)"), "{out}");
+    assert!(out.contains(r#"CREATE TABLE IF NOT EXISTS "ingest"."events" ("event_id" uuid NOT NULL"#), "{out}");
+    assert!(out.contains(r#"PRIMARY KEY ("event_id"));"#), "{out}");
+    assert!(run.stderr.is_empty(), "nothing logged: {}", run.stderr);
+}
+
+#[test]
+fn component_check_refuses_what_is_not_a_normalizer() {
+    // (file, what the error says)
+    let cases: [(&[u8], &str); 3] = [
+        (b"this is not wasm", "is not a WebAssembly file"),
+        // A component header and then garbage: the compiler's reason.
+        (b"\0asm\x0d\x00\x01\x00garbage", "compile component"),
+        // A valid component of another world.
+        (b"\0asm\x0d\x00\x01\x00", "does not implement sluice:ingest/normalizer: it has no `tables` export"),
+    ];
+    for (i, (bytes, expect)) in cases.into_iter().enumerate() {
+        let wasm = TempFile::new(&format!("bad-{i}.wasm"), bytes);
+        let run = sluice(&["component", "check", wasm.path()], &[]);
+        assert_eq!(run.code, 1, "{expect}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        assert!(run.stderr.contains(expect), "{expect}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    let run = sluice(&["component", "check", "/nonexistent/x.wasm"], &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("read /nonexistent/x.wasm"), "{}", run.stderr);
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    let client = db.client().await;
+    match client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => 0,
+    }
+}
+
+async fn send(url: &str, key: &str) -> u16 {
+    let response = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .bearer_auth(key)
+        .body(EXAMPLE)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// The row of `id` in `sluice tenant list`, split into its cells.
+fn list_row(list: &str, id: &str) -> Vec<String> {
+    let row = list.lines().find(|l| l.split_whitespace().next() == Some(id));
+    row.unwrap_or_else(|| panic!("no row for {id}:\n{list}")).split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_commands_drive_the_admin_api() {
+    let db = TestDb::new().await;
+    let config = format!(
+        "admin_token = \"{ADMIN}\"\n[[tenants]]\nid = \"acme\"\nkeys = [\"{ACME_KEY}\"]\ndatabase = {{ schema = \"acme\" }}\n"
+    );
+    let service = Sluice::start(Some(&db), &config);
+    let env = [("SLUICE_ADMIN_URL", service.base.as_str()), ("SLUICE_ADMIN_TOKEN", ADMIN)];
+    let events = service.url("/v1/events");
+    let mut outputs = String::new();
+    let mut tenant = |args: &[&str]| {
+        let run = sluice(&[&["tenant"], args].concat(), &env);
+        outputs += &run.stdout;
+        outputs += &run.stderr;
+        run
+    };
+
+    let list = tenant(&["list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let header: Vec<&str> = list.stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["ID", "COMPONENT", "KEYS", "REQUESTS", "ERRORS", "INSERTED", "DUPLICATES", "REJECTED"]);
+    assert_eq!(list_row(&list.stdout, "acme"), ["acme", "builtin:events", "1", "0", "0", "0", "0", "0"]);
+
+    // Create: the generated key is printed once, and works.
+    let created = tenant(&["create", "initech", "--schema", "initech"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(created.stdout.starts_with("created tenant initech: component builtin:events, schema initech"));
+    assert!(created.stdout.contains("shown this once"), "{}", created.stdout);
+    let key_line = created.stdout.lines().find(|l| l.starts_with("key ")).expect("a key line");
+    let [_, id, key] = key_line.split_whitespace().collect::<Vec<_>>()[..] else { panic!("{key_line}") };
+    assert_eq!(id, key_id(&hash_key(key)));
+    assert_eq!(send(&events, key).await, 200);
+    assert_eq!(count(&db, "initech.events").await, 1);
+    let list = tenant(&["list"]);
+    assert_eq!(list_row(&list.stdout, "initech"), ["initech", "builtin:events", "1", "1", "0", "1", "0", "0"]);
+
+    // A second key for acme (as JSON), then the first one revoked.
+    let added = tenant(&["add-key", "acme", "--json"]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    let added: Value = serde_json::from_str(&added.stdout).unwrap();
+    let new_key = added["key"].as_str().unwrap().to_owned();
+    assert_eq!(send(&events, &new_key).await, 200);
+    let added = tenant(&["add-key", "acme"]);
+    assert!(added.stdout.starts_with("added key ") && added.stdout.contains("shown this once"), "{}", added.stdout);
+    let shown = tenant(&["show", "acme"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let old_id = key_id(&hash_key(ACME_KEY)).to_owned();
+    assert!(shown.stdout.lines().any(|l| l.starts_with("keys ") && l.contains("3 (") && l.contains(&old_id)));
+    assert!(shown.stdout.contains("schema acme (the service's database)"), "{}", shown.stdout);
+    let revoked = tenant(&["revoke-key", "acme", &old_id]);
+    assert_eq!((revoked.code, revoked.stdout.as_str()), (0, format!("revoked key {old_id} of tenant acme\n").as_str()));
+    assert_eq!(send(&events, ACME_KEY).await, 401);
+    assert_eq!(send(&events, &new_key).await, 200);
+
+    // Upload: a component is swapped in; a bad one is refused with the reason.
+    let component = TempFile::new("misbehave.wasm", sluice_artifacts::MISBEHAVE);
+    let uploaded = tenant(&["upload", "acme", component.path()]);
+    assert_eq!(uploaded.code, 0, "{}", uploaded.stderr);
+    let digest = sha256(sluice_artifacts::MISBEHAVE);
+    assert!(uploaded.stdout.starts_with(&format!("tenant acme now runs component sha256:{digest}\n")));
+    let list = tenant(&["list"]);
+    assert_eq!(list_row(&list.stdout, "acme")[1], format!("sha256:{}", &digest[..12]));
+    let list = tenant(&["list", "--json"]);
+    let list: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list["tenants"][0]["component_digest"], digest.as_str());
+    let garbage = TempFile::new("garbage.wasm", b"not wasm at all");
+    let refused = tenant(&["upload", "acme", garbage.path()]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.starts_with("error: compile component acme"), "{}", refused.stderr);
+    assert!(refused.stderr.trim_end().ends_with("(HTTP 422 Unprocessable Entity)"), "{}", refused.stderr);
+    assert_eq!(send(&events, &new_key).await, 200, "the uploaded component still serves");
+
+    // The API's errors, with their status.
+    let again = tenant(&["create", "initech"]);
+    assert_eq!((again.code, again.stderr.as_str()), (1, "error: tenant initech exists (HTTP 409 Conflict)\n"));
+    let missing = tenant(&["show", "nope"]);
+    assert_eq!((missing.code, missing.stderr.as_str()), (1, "error: no tenant nope (HTTP 404 Not Found)\n"));
+
+    let deleted = tenant(&["delete", "initech"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(send(&events, key).await, 401);
+    assert_eq!(count(&db, "initech.events").await, 1, "its rows stay");
+
+    // A wrong token, and a service that is not there.
+    let wrong = sluice(
+        &["tenant", "list"],
+        &[("SLUICE_ADMIN_URL", &service.base), ("SLUICE_ADMIN_TOKEN", "wrong-token-0123456789")],
+    );
+    assert_eq!(wrong.code, 1);
+    assert!(wrong.stderr.contains("the admin token is missing or wrong (HTTP 401 Unauthorized)"), "{}", wrong.stderr);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let refused = sluice(&["tenant", "list", "--admin-url", &closed], &[("SLUICE_ADMIN_TOKEN", ADMIN)]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains(&format!("cannot connect to the Sluice admin API at {closed}: connection refused"))
+    );
+    let untokened = sluice(&["tenant", "list"], &[("SLUICE_ADMIN_URL", &service.base)]);
+    assert_eq!(untokened.code, 1);
+    assert!(untokened.stderr.contains("the admin token is required"), "{}", untokened.stderr);
+
+    // The token never shows, not even in the help's environment hints.
+    let help = sluice(&["tenant", "list", "--help"], &env);
+    outputs += &help.stdout;
+    assert!(help.stdout.contains("SLUICE_ADMIN_TOKEN"), "{}", help.stdout);
+    assert!(!outputs.contains(ADMIN), "the admin token was printed:\n{outputs}");
+}
