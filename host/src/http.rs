@@ -35,7 +35,7 @@ pub struct App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
-        .route("/t/{tenant}/v1/events", post(ingest_for))
+        .route("/t/{tenant}/v1/events", post(ingest))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(crate::admin::routes(app.clone()))
@@ -60,30 +60,17 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `POST /v1/events` and `POST /t/{tenant}/v1/events`.
 async fn ingest(
     State(app): State<Arc<App>>,
+    path_tenant: Option<Path<String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match resolve(&app, &headers, None, peer) {
-        Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
-        Err(response) => response,
-    }
-}
-
-async fn ingest_for(
-    State(app): State<Arc<App>>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match resolve(&app, &headers, Some(&tenant), peer) {
+    match resolve(&app, &headers, path_tenant.as_deref().map(String::as_str), peer) {
         Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
         Err(response) => response,
     }
