@@ -225,6 +225,7 @@ impl Registry {
         let stopped = {
             let mut destinations = self.destinations.lock().unwrap();
             destinations.writers.clear();
+            destinations.pools.clear();
             std::mem::take(&mut destinations.stopped)
         };
         for writer in stopped {
