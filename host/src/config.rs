@@ -200,6 +200,8 @@ pub struct Limits {
     pub component_memory_bytes: usize,
     /// Request bytes a tenant may have in flight at once; past it, 429.
     pub max_in_flight_bytes: usize,
+    /// Component calls one tenant may run at once; more wait their turn.
+    pub max_concurrent_calls: u32,
     /// Component instances that may run at once.
     pub max_instances: u32,
 }
@@ -212,6 +214,7 @@ impl Default for Limits {
             component_deadline_ms: 2_000,
             component_memory_bytes: 256 << 20,
             max_in_flight_bytes: 256 << 20,
+            max_concurrent_calls: 4,
             max_instances: 64,
         }
     }
@@ -259,6 +262,9 @@ impl Config {
         }
         if self.admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             bail!("admin_token must be at least 16 characters");
+        }
+        if self.limits.max_concurrent_calls == 0 {
+            bail!("limits.max_concurrent_calls must be at least 1");
         }
         if self.limits.max_instances == 0 {
             bail!("limits.max_instances must be at least 1");

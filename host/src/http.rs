@@ -180,6 +180,18 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             };
             error(status, failure.to_string())
         }
+        Ok(Err(IngestError::Resting(rest))) => {
+            let seconds = rest.as_secs().max(1);
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "tenant {}'s component failed repeatedly and is resting; retry in {seconds} s",
+                    tenant.id()
+                ),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+            response
+        }
         Ok(Err(IngestError::Write(e))) => {
             tracing::warn!(tenant = %tenant.id(), "write failed: {e}");
             let status = match e {

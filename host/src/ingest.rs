@@ -9,11 +9,11 @@ use crate::tenants::{Destination, TenantSpec};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sluice_sdk::sql::Upsert;
-use sluice_sdk::{Conflict, Request, RequestError, Table, UpsertPlan, Value};
+use sluice_sdk::{Conflict, Outcome, Request, RequestError, Table, UpsertPlan, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A live tenant: its spec, its current component, where its rows go.
 pub struct Tenant {
@@ -24,11 +24,50 @@ pub struct Tenant {
     /// Swapped atomically; a request holds the one it started with.
     component: Arc<ArcSwap<Loaded>>,
     pub stats: Arc<TenantStats>,
+    /// Component calls running at once for this tenant.
+    calls: Arc<tokio::sync::Semaphore>,
+    /// Consecutive component failures, and until when they bar new calls.
+    penalty: Arc<Mutex<Penalty>>,
     /// Statements by component and plan shape, built once.
     upserts: Mutex<HashMap<UpsertKey, Arc<Upsert>>>,
 }
 
 type UpsertKey = (String, String, Vec<String>, Conflict);
+
+/// A component that fails call after call is given a rest: after
+/// `PENALTY_AFTER` consecutive failures its tenant's requests are held back
+/// for a cool-down that doubles with each further failure, so a broken or
+/// hostile component cannot take the CPU other tenants need.
+#[derive(Default)]
+struct Penalty {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+const PENALTY_AFTER: u32 = 3;
+const PENALTY_FIRST: Duration = Duration::from_millis(100);
+const PENALTY_MAX: Duration = Duration::from_secs(5);
+
+impl Penalty {
+    fn failed(&mut self) {
+        self.failures += 1;
+        if self.failures >= PENALTY_AFTER {
+            let doublings = (self.failures - PENALTY_AFTER).min(16);
+            let rest = (PENALTY_FIRST * 2u32.pow(doublings)).min(PENALTY_MAX);
+            self.until = Some(Instant::now() + rest);
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+
+    /// How long new calls must still wait.
+    fn remaining(&self) -> Option<Duration> {
+        self.until.and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+}
 
 /// A component as a tenant runs it.
 pub struct Loaded {
@@ -71,6 +110,8 @@ pub struct Rejected {
 pub enum IngestError {
     Request(RequestError),
     Component(ComponentFailure),
+    /// The tenant's component failed repeatedly; retry after this long.
+    Resting(Duration),
     Write(WriteError),
 }
 
@@ -86,19 +127,23 @@ impl Tenant {
         normalizer: Arc<Normalizer>,
         keep: Option<&Tenant>,
     ) -> Tenant {
-        let (component, stats) = match keep {
+        let (component, stats, penalty) = match keep {
             Some(old) => {
                 if !Arc::ptr_eq(&old.normalizer(), &normalizer) {
                     old.swap(normalizer);
                 }
-                (old.component.clone(), old.stats.clone())
+                (old.component.clone(), old.stats.clone(), old.penalty.clone())
             }
             None => {
                 let loaded = Loaded { normalizer, loaded_at: SystemTime::now() };
-                (Arc::new(ArcSwap::from_pointee(loaded)), Arc::default())
+                (Arc::new(ArcSwap::from_pointee(loaded)), Arc::default(), Arc::default())
             }
         };
-        Tenant { spec, schema, destination, limits, component, stats, upserts: Mutex::default() }
+        let calls = match keep {
+            Some(old) if old.limits.max_concurrent_calls == limits.max_concurrent_calls => old.calls.clone(),
+            _ => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls as usize)),
+        };
+        Tenant { spec, schema, destination, limits, component, stats, calls, penalty, upserts: Mutex::default() }
     }
 
     pub fn id(&self) -> &str {
@@ -113,23 +158,52 @@ impl Tenant {
         self.component.load_full()
     }
 
-    /// Switches to another component; requests in flight keep theirs.
+    /// Switches to another component; requests in flight keep theirs. The
+    /// new component starts with a clean record.
     pub fn swap(&self, normalizer: Arc<Normalizer>) {
         self.component.store(Arc::new(Loaded { normalizer, loaded_at: SystemTime::now() }));
+        self.penalty.lock().unwrap().succeeded();
+    }
+
+    /// Runs the component on `request` within the tenant's share: at most
+    /// `max_concurrent_calls` at once, none while it is resting.
+    async fn normalize(
+        &self,
+        runtime: &Arc<Runtime>,
+        normalizer: Arc<Normalizer>,
+        request: Request,
+    ) -> Result<Outcome, IngestError> {
+        let resting = self.penalty.lock().unwrap().remaining();
+        if let Some(rest) = resting {
+            // Hold the request for (part of) the rest: a client hammering a
+            // broken component is slowed down instead of answered at once.
+            tokio::time::sleep(rest.min(Duration::from_secs(1))).await;
+            return Err(IngestError::Resting(rest));
+        }
+        let _call = self.calls.acquire().await.expect("the semaphore is never closed");
+        let limits = CallLimits {
+            deadline_ms: self.limits.component_deadline_ms,
+            memory_bytes: self.limits.component_memory_bytes,
+        };
+        let result = runtime.handle(normalizer, request, limits).await;
+        let mut penalty = self.penalty.lock().unwrap();
+        match result {
+            Ok(outcome) => {
+                penalty.succeeded();
+                outcome.map_err(IngestError::Request)
+            }
+            Err(failure @ ComponentFailure::Busy(_)) => Err(IngestError::Component(failure)),
+            Err(failure) => {
+                penalty.failed();
+                Err(IngestError::Component(failure))
+            }
+        }
     }
 
     /// Normalizes and writes one request; answers after the rows commit.
     pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Request) -> Result<Tally, IngestError> {
         let normalizer = self.normalizer();
-        let limits = CallLimits {
-            deadline_ms: self.limits.component_deadline_ms,
-            memory_bytes: self.limits.component_memory_bytes,
-        };
-        let outcome = runtime
-            .handle(normalizer.clone(), request, limits)
-            .await
-            .map_err(IngestError::Component)?
-            .map_err(IngestError::Request)?;
+        let outcome = self.normalize(runtime, normalizer.clone(), request).await?;
         let mut rejected: BTreeMap<u32, String> = BTreeMap::new();
         for rejection in outcome.rejections {
             if rejection.index < outcome.events {

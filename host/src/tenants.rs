@@ -74,6 +74,9 @@ pub struct TenantLimits {
     /// Request bytes this tenant may have in flight at once; past it, 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes: Option<usize>,
+    /// Component calls this tenant may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls: Option<u32>,
 }
 
 impl TenantLimits {
@@ -85,6 +88,7 @@ impl TenantLimits {
             component_deadline_ms: self.component_deadline_ms.unwrap_or(service.component_deadline_ms),
             component_memory_bytes: self.component_memory_bytes.unwrap_or(service.component_memory_bytes),
             max_in_flight_bytes: self.max_in_flight_bytes.unwrap_or(service.max_in_flight_bytes),
+            max_concurrent_calls: self.max_concurrent_calls.unwrap_or(service.max_concurrent_calls).max(1),
             max_instances: service.max_instances,
         }
     }

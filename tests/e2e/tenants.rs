@@ -252,3 +252,40 @@ async fn a_hostile_tenant_fails_only_its_own_requests() {
     }
     let _ = std::fs::remove_file(&wasm);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_keeps_failing_is_rested() {
+    let db = TestDb::new().await;
+    let wasm = crate::support::cache_dir().with_file_name(format!("resting-{}.wasm", std::process::id()));
+    std::fs::write(&wasm, sluice_artifacts::MISBEHAVE).unwrap();
+    let sluice = Sluice::start(Some(&db), &format!("{}\ncomponent = {wasm:?}\n", config()));
+    let trap = || {
+        http()
+            .post(sluice.url("/v1/events"))
+            .header("x-api-key", GLOBEX_KEY)
+            .header("x-misbehave", "trap")
+            .body(EXAMPLE)
+            .send()
+    };
+    // Two failures in a row are just failures ...
+    for _ in 0..2 {
+        assert_eq!(trap().await.unwrap().status().as_u16(), 500);
+    }
+    let (status, _) = send(&sluice.url("/v1/events"), Some(GLOBEX_KEY), EXAMPLE).await;
+    assert_eq!(status, 200, "a success clears the record");
+    // ... three in a row rest the component: the next request is held back
+    // and refused with a Retry-After, without running it.
+    for _ in 0..3 {
+        assert_eq!(trap().await.unwrap().status().as_u16(), 500);
+    }
+    let response = trap().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("resting"), "{answer}");
+    // Other tenants never notice; and after the rest the tenant is served.
+    assert_eq!(send(&sluice.url("/v1/events"), Some(ACME_KEY), EXAMPLE).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(send(&sluice.url("/v1/events"), Some(GLOBEX_KEY), EXAMPLE).await.0, 200);
+    let _ = std::fs::remove_file(&wasm);
+}
