@@ -71,6 +71,8 @@ pub fn status(tenant: &Tenant) -> Value {
         "schema": tenant.schema,
         "database": if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) { "own" } else { "service" },
         "limits": tenant.spec.limits,
+        "batch": tenant.spec.batch,
+        "apis": tenant.spec.apis,
         "requests": stats.requests.load(Ordering::Relaxed),
         "errors": stats.errors.load(Ordering::Relaxed),
         "events": {
@@ -114,6 +116,9 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> Response {
 #[serde(deny_unknown_fields)]
 struct Change {
     component: Option<String>,
+    apis: Option<Vec<crate::tenants::Api>>,
+    #[serde(default, with = "serde_with_null")]
+    batch: Option<Option<crate::config::BatchConfig>>,
     #[serde(default, with = "serde_with_null")]
     database: Option<Option<crate::config::DatabaseConfig>>,
     limits: Option<TenantLimits>,
@@ -143,6 +148,12 @@ async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes
             }
             if let Some(limits) = change.limits {
                 spec.limits = limits;
+            }
+            if let Some(apis) = change.apis {
+                spec.apis = apis;
+            }
+            if let Some(batch) = change.batch {
+                spec.batch = batch;
             }
             Ok(())
         })

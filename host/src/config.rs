@@ -167,7 +167,7 @@ impl DatabaseConfig {
 }
 
 /// How rows from many requests are gathered into one statement.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Most rows in one flush.

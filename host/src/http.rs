@@ -4,7 +4,7 @@ use crate::config::Secret;
 use crate::db::writer::WriteError;
 use crate::ingest::{IngestError, Tenant};
 use crate::runtime::{ComponentFailure, Runtime};
-use crate::tenants::Registry;
+use crate::tenants::{Api, Registry};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -71,6 +71,9 @@ async fn ingest(
     body: Body,
 ) -> Response {
     match resolve(&app, &headers, path_tenant.as_deref().map(String::as_str), peer) {
+        Ok(tenant) if !tenant.spec.apis.contains(&Api::Events) => {
+            error(StatusCode::FORBIDDEN, format!("tenant {} may not use the events API", tenant.id()))
+        }
         Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
         Err(response) => response,
     }

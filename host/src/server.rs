@@ -48,6 +48,8 @@ pub async fn serve(config: Config) -> Result<()> {
         component: crate::tenants::BUILTIN_EVENTS.into(),
         database: None,
         limits: Default::default(),
+        batch: None,
+        apis: crate::tenants::all_apis(),
     };
     let default_tenant =
         Arc::new(Tenant::new(default_spec, database.schema.clone(), destination.clone(), config.limits.clone(), normalizer, None));

@@ -40,6 +40,24 @@ pub struct TenantSpec {
     /// Limits that differ from the service's.
     #[serde(default)]
     pub limits: TenantLimits,
+    /// Batching that differs from the service's (a writer of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchConfig>,
+    /// The APIs this tenant may use; by default all of them.
+    #[serde(default = "all_apis")]
+    pub apis: Vec<Api>,
+}
+
+/// An ingest API a tenant can be allowed.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// `POST /v1/events`
+    Events,
+}
+
+pub fn all_apis() -> Vec<Api> {
+    vec![Api::Events]
 }
 
 // By hand: keys given in the config file are plain until `normalize`.
@@ -51,6 +69,8 @@ impl std::fmt::Debug for TenantSpec {
             .field("component", &self.component)
             .field("database", &self.database)
             .field("limits", &self.limits)
+            .field("batch", &self.batch)
+            .field("apis", &self.apis)
             .finish()
     }
 }
@@ -135,6 +155,11 @@ impl TenantSpec {
             }
         }
         self.keys.dedup();
+        if let Some(batch) = &self.batch
+            && (batch.writers == 0 || batch.batch_size == 0 || batch.batch_size_bytes == 0)
+        {
+            bail!("tenant {}: batch.writers, batch_size and batch_size_bytes must be at least 1", self.id);
+        }
         Ok(self)
     }
 }
@@ -219,7 +244,7 @@ impl Registry {
 
     /// A destination for a tenant outside the registry (the default one).
     pub fn service_destination(&self) -> Result<Arc<Destination>> {
-        self.destination(&self.service_database)
+        self.destination(&self.service_database, &self.batch)
     }
 
     /// Drops every tenant and waits for their writers to write what is
@@ -317,12 +342,12 @@ impl Registry {
         Ok(normalizer)
     }
 
-    fn destination(&self, database: &DatabaseConfig) -> Result<Arc<Destination>> {
+    fn destination(&self, database: &DatabaseConfig, batch: &BatchConfig) -> Result<Arc<Destination>> {
         let pg = database.pg_config()?;
         // Debug of tokio_postgres::Config redacts the password but the key
         // must still tell two passwords apart.
         let pool_key = format!("{pg:?}/{:?}/{}", pg.get_password(), database.pool_size);
-        let batch_key = format!("{:?}", self.batch);
+        let batch_key = format!("{batch:?}");
         let mut destinations = self.destinations.lock().unwrap();
         if let Some(d) = destinations.writers.get(&(pool_key.clone(), batch_key.clone())) {
             return Ok(d.clone());
@@ -336,7 +361,7 @@ impl Registry {
                 pool
             }
         };
-        let (writer, stopped) = Writer::start(pool.clone(), self.batch.clone());
+        let (writer, stopped) = Writer::start(pool.clone(), batch.clone());
         destinations.stopped.push(stopped);
         let destination = Arc::new(Destination { pool, writer });
         destinations.writers.insert((pool_key, batch_key), destination.clone());
@@ -351,7 +376,7 @@ impl Registry {
             Some(own) => own.over(&self.service_database),
             None => self.service_database.clone(),
         };
-        let destination = self.destination(&database)?;
+        let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
         let normalizer = match keep {
             Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
                 old.normalizer()

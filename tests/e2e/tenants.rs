@@ -289,3 +289,25 @@ async fn a_component_that_keeps_failing_is_rested() {
     assert_eq!(send(&sluice.url("/v1/events"), Some(GLOBEX_KEY), EXAMPLE).await.0, 200);
     let _ = std::fs::remove_file(&wasm);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apis_and_batching_are_per_tenant() {
+    let db = TestDb::new().await;
+    let config = format!("{}\napis = []\nbatch = {{ batch_size = 1, writers = 1 }}\n", config());
+    let sluice = Sluice::start(Some(&db), &config);
+    let events = sluice.url("/v1/events");
+    let (status, answer) = send(&events, Some(GLOBEX_KEY), EXAMPLE).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("events API"), "{answer}");
+    assert_eq!(count(&db, "globex.events").await, 0);
+
+    let body = serde_json::to_vec(&json!({"apis": ["events"]})).unwrap();
+    let (status, globex) = admin(reqwest::Method::PATCH, &sluice.url("/admin/tenants/globex"), Some(body)).await;
+    assert_eq!(status, 200, "{globex}");
+    assert_eq!(globex["batch"]["batch_size"], 1);
+    // Its own writer flushes one row at a time; the answer is the same.
+    let two = format!("[{EXAMPLE}, {}]", EXAMPLE.replace("order_38a91f-completed", "another-key"));
+    let (status, answer) = send(&events, Some(GLOBEX_KEY), &two).await;
+    assert_eq!((status, &answer["inserted"]), (200, &json!(2)), "{answer}");
+    assert_eq!(count(&db, "globex.events").await, 2);
+}
