@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--out")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--toml", default="", help="extra lines for the service's config file, e.g. '[batch]\\nwriters = 4'")
     opts = parser.parse_args()
 
     if not opts.no_build:
@@ -50,7 +51,7 @@ def main():
     data = tempfile.mkdtemp(prefix="sluice-bench-")
     os.chmod(data, 0o755)  # the embedded server may run as another user
     with open(os.path.join(data, "sluice.toml"), "w") as f:
-        f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n')
+        f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{opts.toml}\n')
     server = subprocess.Popen(
         [SLUICE, "serve", "--config", os.path.join(data, "sluice.toml")],
         stdout=subprocess.PIPE, stderr=open(os.path.join(data, "sluice.log"), "w"), text=True,
