@@ -8,8 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_sdk::body;
 use sluice_sdk::{
-    Column, ColumnDefault, ColumnType, Conflict, Index, Outcome, Rejection, Request, RequestError, Row, Table,
-    UpsertPlan, Value,
+    Column, ColumnDefault, ColumnType, Conflict, Index, Outcome, Request, RequestError, Row, Table, Value,
 };
 use std::borrow::Cow;
 use time::OffsetDateTime;
@@ -232,27 +231,11 @@ pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
         None => body::split(body, format)?.into_iter().map(RawEnvelope::read).collect(),
     };
     let ids = Ids::new(&request.tenant, request.received_at);
-    let mut rows = Vec::with_capacity(envelopes.len());
-    let mut rejections = Vec::new();
-    let events = envelopes.len() as u32;
-    for (index, envelope) in envelopes.into_iter().enumerate() {
-        let index = index as u32;
-        match envelope.and_then(|envelope| row(&ids, index, request.received_at, envelope)) {
-            Ok(row) => rows.push(row),
-            Err(reason) => rejections.push(Rejection { index, reason }),
-        }
-    }
-    let plans = if rows.is_empty() {
-        Vec::new()
-    } else {
-        vec![UpsertPlan {
-            table: TABLE.into(),
-            columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
-            conflict: Conflict::DoNothing,
-            rows,
-        }]
-    };
-    Ok(Outcome { events, plans, rejections })
+    let rows = envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(index, envelope)| envelope.and_then(|envelope| row(&ids, index as u32, request.received_at, envelope)));
+    Ok(Outcome::one_table(TABLE, &COLUMNS, Conflict::DoNothing, rows))
 }
 
 #[cfg(test)]

@@ -274,6 +274,37 @@ pub struct Outcome {
     pub rejections: Vec<Rejection>,
 }
 
+impl Outcome {
+    /// The outcome of a request whose events each become one row of `table`
+    /// or a rejection, in order: the common shape of a normalizer. Each
+    /// row's `event` must be its position in `events`.
+    pub fn one_table(
+        table: &str,
+        columns: &[&str],
+        conflict: Conflict,
+        events: impl IntoIterator<Item = Result<Row, String>>,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut rows = Vec::new();
+        for event in events {
+            match event {
+                Ok(row) => rows.push(row),
+                Err(reason) => outcome.rejections.push(Rejection { index: outcome.events, reason }),
+            }
+            outcome.events += 1;
+        }
+        if !rows.is_empty() {
+            outcome.plans.push(UpsertPlan {
+                table: table.to_owned(),
+                columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+                conflict,
+                rows,
+            });
+        }
+        outcome
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
 pub enum RequestError {

@@ -20,8 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_sdk::body;
 use sluice_sdk::{
-    Column, ColumnDefault, ColumnType, Conflict, Index, IndexMethod, Outcome, Rejection, Request, RequestError, Row,
-    Table, UpsertPlan, Value,
+    Column, ColumnDefault, ColumnType, Conflict, Index, IndexMethod, Outcome, Request, RequestError, Row, Table, Value,
 };
 use std::borrow::Cow;
 use time::OffsetDateTime;
@@ -177,32 +176,15 @@ fn row(tenant: &Uuid, index: u32, raw: &RawValue) -> Result<Row, String> {
 pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
     let views = body::events(request)?;
     let tenant = Uuid::new_v5(&NAMESPACE, request.tenant.as_bytes());
-    let mut rows = Vec::with_capacity(views.len());
-    let mut rejections = Vec::new();
-    for (index, raw) in views.iter().enumerate() {
-        let index = index as u32;
-        match row(&tenant, index, raw) {
-            Ok(row) => rows.push(row),
-            Err(reason) => rejections.push(Rejection { index, reason }),
-        }
-    }
-    let plans = if rows.is_empty() {
-        Vec::new()
-    } else {
-        vec![UpsertPlan {
-            table: TABLE.into(),
-            columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
-            // A key that exists already is a replay: keep the stored row.
-            conflict: Conflict::DoNothing,
-            rows,
-        }]
-    };
-    Ok(Outcome { events: views.len() as u32, plans, rejections })
+    let rows = views.iter().enumerate().map(|(index, raw)| row(&tenant, index as u32, raw));
+    // A key that exists already is a replay: keep the stored row.
+    Ok(Outcome::one_table(TABLE, &COLUMNS, Conflict::DoNothing, rows))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_sdk::UpsertPlan;
     use sluice_sdk::sql::{Upsert, create_table};
 
     const VIEW: &str = r#"{"url":"https://example.com/pricing","visitor":"v_81f2","at":"2026-05-26T14:21:08.493Z","referrer":"https://news.example/","props":{"plan":"pro","ab":["b"]}}"#;
