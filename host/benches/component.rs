@@ -25,6 +25,7 @@ fn request(events: usize) -> Request {
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.into_bytes(),
         received_at: 1_780_000_000_000_000,
+        settings: "{}".into(),
     }
 }
 

@@ -903,6 +903,7 @@ globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0   
             ],
             primary_key: vec!["event_id".into()],
             indexes: vec![Index::btree("recent", &["-received_at"])],
+            template: false,
         };
         let tables = [table];
         let report = CheckReport {

@@ -37,6 +37,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Tenants to seed the registry with (see docs/tenants.md).
     pub tenants: Vec<crate::tenants::TenantSpec>,
+    /// The component settings of the default tenant (the one that takes
+    /// keyless loopback requests while no tenant is configured).
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             components: ComponentsConfig::default(),
             admin_token: None,
             tenants: Vec::new(),
+            settings: Default::default(),
         }
     }
 }

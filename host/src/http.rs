@@ -159,6 +159,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         headers: component_headers(&headers),
         body,
         received_at,
+        settings: tenant.settings.clone(),
     };
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     match tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await {
@@ -175,6 +176,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         Ok(Err(IngestError::Request(RequestError::UnsupportedMediaType(m)))) => {
             error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)
         }
+        Ok(Err(IngestError::Request(RequestError::NotFound(m)))) => error(StatusCode::NOT_FOUND, m),
         Ok(Err(IngestError::Component(failure))) => {
             tracing::warn!(tenant = %tenant.id(), "{failure}");
             let status = match failure {

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// A live tenant: its spec, its current component, where its rows go.
 pub struct Tenant {
     pub spec: TenantSpec,
+    /// `spec.settings` as the JSON text requests carry.
+    pub settings: String,
     pub schema: String,
     pub destination: Arc<Destination>,
     pub limits: Limits,
@@ -143,7 +145,8 @@ impl Tenant {
             Some(old) if old.limits.max_concurrent_calls == limits.max_concurrent_calls => old.calls.clone(),
             _ => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls as usize)),
         };
-        Tenant { spec, schema, destination, limits, component, stats, calls, penalty, upserts: Mutex::default() }
+        let settings = serde_json::Value::Object(spec.settings.clone()).to_string();
+        Tenant { spec, settings, schema, destination, limits, component, stats, calls, penalty, upserts: Mutex::default() }
     }
 
     pub fn id(&self) -> &str {

@@ -50,6 +50,8 @@ pub async fn serve(config: Config) -> Result<()> {
         limits: Default::default(),
         batch: None,
         apis: crate::tenants::all_apis(),
+        settings: config.settings.clone(),
+        query_tokens: Vec::new(),
     };
     let default_tenant =
         Arc::new(Tenant::new(default_spec, database.schema.clone(), destination.clone(), config.limits.clone(), normalizer, None));

@@ -46,18 +46,32 @@ pub struct TenantSpec {
     /// The APIs this tenant may use; by default all of them.
     #[serde(default = "all_apis")]
     pub apis: Vec<Api>,
+    /// Settings for the tenant's component, passed with every request
+    /// (e.g. Logflare sources, the structured-log table).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Private access tokens of the SQL query API, stored like the keys.
+    /// Ingest keys never authorize queries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_tokens: Vec<String>,
 }
 
 /// An ingest API a tenant can be allowed.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Api {
-    /// `POST /v1/events`
+    /// `POST /v1/events`: canonical events.
     Events,
+    /// `POST /api/logs` and `POST /logs`: Logflare's ingest API.
+    Logflare,
+    /// `POST /v1/logs`: structured log records.
+    Logs,
+    /// `GET|POST /api/query`: read-only SQL.
+    Query,
 }
 
 pub fn all_apis() -> Vec<Api> {
-    vec![Api::Events]
+    vec![Api::Events, Api::Logflare, Api::Logs, Api::Query]
 }
 
 // By hand: keys given in the config file are plain until `normalize`.
@@ -71,6 +85,8 @@ impl std::fmt::Debug for TenantSpec {
             .field("limits", &self.limits)
             .field("batch", &self.batch)
             .field("apis", &self.apis)
+            .field("settings", &self.settings)
+            .field("query_tokens", &self.query_tokens.len())
             .finish()
     }
 }
@@ -145,16 +161,27 @@ impl TenantSpec {
         {
             bail!("tenant id {:?} must be 1 to 63 letters, digits, '-' or '_'", self.id);
         }
-        for key in &mut self.keys {
-            let stored = key.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !stored {
-                if key.len() < 16 {
-                    bail!("tenant {}: an API key must be at least 16 characters", self.id);
+        for (what, keys) in [("an API key", &mut self.keys), ("a query token", &mut self.query_tokens)] {
+            for key in keys.iter_mut() {
+                let stored =
+                    key.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                if !stored {
+                    if key.len() < 16 {
+                        bail!("tenant {}: {what} must be at least 16 characters", self.id);
+                    }
+                    *key = hash_key(key);
                 }
-                *key = hash_key(key);
             }
+            let mut seen = std::collections::HashSet::new();
+            keys.retain(|k| seen.insert(k.clone()));
         }
-        self.keys.dedup();
+        if let Some(token) = self.query_tokens.iter().find(|t| self.keys.contains(t)) {
+            bail!(
+                "tenant {}: query token {} is also an ingest key; a query token must be a secret of its own",
+                self.id,
+                key_id(token)
+            );
+        }
         if let Some(batch) = &self.batch
             && (batch.writers == 0 || batch.batch_size == 0 || batch.batch_size_bytes == 0)
         {
@@ -186,6 +213,8 @@ pub struct Snapshot {
     pub tenants: HashMap<String, Arc<Tenant>>,
     /// Key hash → tenant id.
     keys: HashMap<String, String>,
+    /// Query token hash → tenant id.
+    query_tokens: HashMap<String, String>,
 }
 
 impl Snapshot {
@@ -194,6 +223,13 @@ impl Snapshot {
         let hashed = hash_key(key);
         let (stored, id) = self.keys.get_key_value(&hashed)?;
         // The map found it by hash; compare again without early exit.
+        constant_time_eq(stored.as_bytes(), hashed.as_bytes()).then(|| self.tenants.get(id)).flatten()
+    }
+
+    /// The tenant a private access token of the query API belongs to.
+    pub fn by_query_token(&self, token: &str) -> Option<&Arc<Tenant>> {
+        let hashed = hash_key(token);
+        let (stored, id) = self.query_tokens.get_key_value(&hashed)?;
         constant_time_eq(stored.as_bytes(), hashed.as_bytes()).then(|| self.tenants.get(id)).flatten()
     }
 }
@@ -239,6 +275,15 @@ impl Registry {
             state_file: data_dir.join("tenants.json"),
             builtin_events,
             loaded: Mutex::default(),
+        }
+    }
+
+    /// The database settings a tenant's rows go to: its own over the
+    /// service's.
+    pub fn database_of(&self, spec: &TenantSpec) -> DatabaseConfig {
+        match &spec.database {
+            Some(own) => own.over(&self.service_database),
+            None => self.service_database.clone(),
         }
     }
 
@@ -372,10 +417,7 @@ impl Registry {
     /// migrated. `keep` carries the component slot and counters of the
     /// tenant it replaces, so in-flight and later requests see one tenant.
     async fn build(&self, spec: TenantSpec, keep: Option<&Tenant>) -> Result<Arc<Tenant>> {
-        let database = match &spec.database {
-            Some(own) => own.over(&self.service_database),
-            None => self.service_database.clone(),
-        };
+        let database = self.database_of(&spec);
         let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
         let normalizer = match keep {
             Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
@@ -411,7 +453,11 @@ impl Registry {
     /// A copy of the current snapshot, with the tenants shared.
     fn next(&self) -> Snapshot {
         let current = self.snapshot.load();
-        Snapshot { tenants: current.tenants.clone(), keys: current.keys.clone() }
+        Snapshot {
+            tenants: current.tenants.clone(),
+            keys: current.keys.clone(),
+            query_tokens: current.query_tokens.clone(),
+        }
     }
 
     /// Adds a tenant. Returns it and the plain keys it was given (a new one
@@ -513,8 +559,18 @@ impl Snapshot {
                 return Err(format!("an API key of tenant {} is already a key of tenant {other}", tenant.spec.id));
             }
         }
+        for token in &tenant.spec.query_tokens {
+            if let Some(other) = self.query_tokens.get(token)
+                && other != &tenant.spec.id
+            {
+                return Err(format!("a query token of tenant {} is already a token of tenant {other}", tenant.spec.id));
+            }
+        }
         for key in &tenant.spec.keys {
             self.keys.insert(key.clone(), tenant.spec.id.clone());
+        }
+        for token in &tenant.spec.query_tokens {
+            self.query_tokens.insert(token.clone(), tenant.spec.id.clone());
         }
         self.tenants.insert(tenant.spec.id.clone(), tenant);
         Ok(())
@@ -523,6 +579,7 @@ impl Snapshot {
     fn remove(&mut self, id: &str) {
         self.tenants.remove(id);
         self.keys.retain(|_, owner| owner != id);
+        self.query_tokens.retain(|_, owner| owner != id);
     }
 }
 

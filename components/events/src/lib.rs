@@ -57,6 +57,7 @@ pub fn tables() -> Vec<Table> {
             Index::btree("occurred_at", &["-occurred_at"]),
             Index::btree("type_occurred_at", &["event_type", "-occurred_at"]),
         ],
+        template: false,
     }]
 }
 
@@ -254,6 +255,7 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.as_bytes().to_vec(),
             received_at: 1_780_000_000_000_000,
+            settings: "{}".into(),
         }
     }
 

@@ -119,6 +119,7 @@ mod tests {
             headers: content_type.map(|c| ("content-type".to_owned(), c.to_owned())).into_iter().collect(),
             body: body.as_bytes().to_vec(),
             received_at: 0,
+            settings: "{}".into(),
         }
     }
 

@@ -89,6 +89,9 @@ impl Table {
             if self.columns[..i].iter().any(|c| c.name == column.name) {
                 return Err(format!("table {name:?} declares column {:?} twice", column.name));
             }
+            if column.default == Some(ColumnDefault::Serial) && column.data_type != ColumnType::Int8 {
+                return Err(format!("column {:?} in table {name:?} is serial, so it must be int8", column.name));
+            }
             if let Some(ColumnDefault::Constant(value)) = &column.default {
                 if value.column_type().is_some_and(|t| t != column.data_type) {
                     return Err(format!(
@@ -133,12 +136,16 @@ pub fn index_name(table: &str, index: &str) -> String {
 }
 
 fn column_sql(column: &Column) -> Result<String, String> {
-    let mut sql = format!("{} {}", quote_ident(&column.name), column.data_type.sql_name());
+    let data_type = match column.default {
+        Some(ColumnDefault::Serial) => "bigserial",
+        _ => column.data_type.sql_name(),
+    };
+    let mut sql = format!("{} {data_type}", quote_ident(&column.name));
     if !column.nullable {
         sql.push_str(" NOT NULL");
     }
     match &column.default {
-        None => {}
+        None | Some(ColumnDefault::Serial) => {}
         Some(ColumnDefault::Now) => sql.push_str(" DEFAULT now()"),
         Some(ColumnDefault::Constant(value)) => {
             sql.push_str(" DEFAULT ");
@@ -213,6 +220,30 @@ pub struct Upsert {
     pub param_types: Vec<ColumnType>,
 }
 
+/// The columns a plan's rows conflict on: the primary key when the plan
+/// gives all of it, else the first unique index over not-null columns that
+/// the plan gives (a table whose key is a serial number dedupes on such an
+/// index).
+fn conflict_key<'t>(table: &'t Table, columns: &[String]) -> Result<Vec<String>, String> {
+    let key = &table.primary_key;
+    let Some(missing) = key.iter().find(|k| !columns.contains(k)) else {
+        return Ok(key.clone());
+    };
+    let covered = |index: &&'t crate::types::Index| {
+        index.unique
+            && index.columns.iter().all(|c| {
+                columns.contains(&c.name) && table.column(&c.name).is_some_and(|column| !column.nullable)
+            })
+    };
+    match table.indexes.iter().find(covered) {
+        Some(index) => Ok(index.columns.iter().map(|c| c.name.clone()).collect()),
+        None => Err(format!(
+            "a plan for table {:?} leaves out primary key column {missing:?} and gives no unique index's columns",
+            table.name
+        )),
+    }
+}
+
 /// How a column travels as a parameter: numeric goes as text, then cast,
 /// which leaves the exact decimal parsing to PostgreSQL.
 pub fn param_type(ty: ColumnType) -> ColumnType {
@@ -248,10 +279,7 @@ impl Upsert {
                 ));
             }
         }
-        let key = &table.primary_key;
-        if let Some(missing) = key.iter().find(|k| !columns.contains(k)) {
-            return Err(format!("a plan for table {name:?} leaves out primary key column {missing:?}"));
-        }
+        let key = conflict_key(table, columns)?;
         if let Conflict::Update(set) = conflict {
             for column in set {
                 if !columns.contains(column) {
@@ -289,6 +317,7 @@ impl Upsert {
             );
             return Ok(Upsert { sql, param_types: types.into_iter().map(param_type).collect() });
         }
+        let key = &key;
         let key_selects = key.iter().map(|k| select(position(k))).collect::<Vec<_>>().join(", ");
         let join = key
             .iter()
@@ -345,6 +374,7 @@ mod tests {
             ],
             primary_key: vec!["id".into()],
             indexes: vec![Index::btree("at", &["-at"])],
+            template: false,
         }
     }
 
@@ -403,5 +433,35 @@ mod tests {
         assert!(err(&["id", "bogus"], Conflict::DoNothing).contains("no column \"bogus\""));
         assert!(err(&["id", "id"], Conflict::DoNothing).contains("twice"));
         assert!(err(&["id", "amount"], Conflict::Update(vec!["id".into()])).contains("primary key"));
+    }
+
+    #[test]
+    fn a_serial_key_table_conflicts_on_its_unique_index() {
+        let mut unique = Index::btree("record", &["record_id"]);
+        unique.unique = true;
+        let logs = Table {
+            name: "logs".into(),
+            columns: vec![
+                Column::new("id", Int8).not_null().default(ColumnDefault::Serial),
+                Column::new("record_id", Uuid).not_null(),
+                Column::new("event", Text).not_null(),
+            ],
+            primary_key: vec!["id".into()],
+            indexes: vec![unique],
+            template: false,
+        };
+        let sql = create_table("app", &logs).unwrap();
+        assert!(sql[0].starts_with(r#"CREATE TABLE IF NOT EXISTS "app"."logs" ("id" bigserial NOT NULL, "record_id" uuid"#));
+        let cols = vec!["record_id".to_string(), "event".to_string()];
+        let up = Upsert::new("app", &logs, &cols, &Conflict::DoNothing).unwrap();
+        assert!(up.sql.contains(r#"ON CONFLICT ("record_id") DO NOTHING RETURNING "record_id""#), "{}", up.sql);
+        // Without a unique index there is nothing to conflict on.
+        let mut plain = logs.clone();
+        plain.indexes[0].unique = false;
+        let err = Upsert::new("app", &plain, &cols, &Conflict::DoNothing).unwrap_err();
+        assert!(err.contains("leaves out primary key column \"id\""), "{err}");
+        let mut bad = logs.clone();
+        bad.columns[2].default = Some(ColumnDefault::Serial);
+        assert!(bad.validate().unwrap_err().contains("must be int8"));
     }
 }

@@ -123,6 +123,9 @@ pub enum ColumnDefault {
     Now,
     #[cfg_attr(feature = "wasmtime", component(name = "constant"))]
     Constant(Value),
+    /// The next number of a sequence the table owns (`bigserial`).
+    #[cfg_attr(feature = "wasmtime", component(name = "serial"))]
+    Serial,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,11 +209,18 @@ pub struct Table {
     #[cfg_attr(feature = "wasmtime", component(name = "primary-key"))]
     pub primary_key: Vec<String>,
     pub indexes: Vec<Index>,
+    /// Never created itself; plans name instances of it.
+    pub template: bool,
 }
 
 impl Table {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The table `name` of this template's shape.
+    pub fn instance(&self, name: &str) -> Table {
+        Table { name: name.to_owned(), template: false, ..self.clone() }
     }
 }
 
@@ -234,6 +244,8 @@ pub struct Row {
 #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
 pub struct UpsertPlan {
     pub table: String,
+    /// The declared template `table` is an instance of.
+    pub template: Option<String>,
     pub columns: Vec<String>,
     pub conflict: Conflict,
     pub rows: Vec<Row>,
@@ -257,6 +269,8 @@ pub struct Request {
     pub body: Vec<u8>,
     #[cfg_attr(feature = "wasmtime", component(name = "received-at"))]
     pub received_at: TimestampMicros,
+    /// The tenant's settings for the component: a JSON object.
+    pub settings: String,
 }
 
 impl Request {
@@ -296,6 +310,7 @@ impl Outcome {
         if !rows.is_empty() {
             outcome.plans.push(UpsertPlan {
                 table: table.to_owned(),
+                template: None,
                 columns: columns.iter().map(|c| (*c).to_owned()).collect(),
                 conflict,
                 rows,
@@ -312,12 +327,16 @@ pub enum RequestError {
     Malformed(String),
     #[cfg_attr(feature = "wasmtime", component(name = "unsupported-media-type"))]
     UnsupportedMediaType(String),
+    #[cfg_attr(feature = "wasmtime", component(name = "not-found"))]
+    NotFound(String),
 }
 
 impl std::fmt::Display for RequestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RequestError::Malformed(m) | RequestError::UnsupportedMediaType(m) => f.write_str(m),
+            RequestError::Malformed(m) | RequestError::UnsupportedMediaType(m) | RequestError::NotFound(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 wit_bindgen::generate!({
     world: "normalizer",
     path: "../../wit",
-    with: { "sluice:ingest/types@0.1.0": sluice_sdk::types },
+    with: { "sluice:ingest/types@0.2.0": sluice_sdk::types },
 });
 
 // Each call runs in a fresh instance whose memory is dropped afterwards, so

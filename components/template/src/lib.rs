@@ -68,6 +68,7 @@ pub fn tables() -> Vec<Table> {
             // "What did this visitor look at lately": newest first.
             Index::btree("visitor_viewed_at", &["visitor", "-viewed_at"]),
         ],
+        template: false,
     }]
 }
 
@@ -198,6 +199,7 @@ mod tests {
             headers: vec![("content-type".into(), content_type.into())],
             body: body.as_bytes().to_vec(),
             received_at: 1_780_000_000_000_000,
+            settings: "{}".into(),
         }
     }
 

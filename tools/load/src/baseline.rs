@@ -73,6 +73,7 @@ fn request(body: String) -> Request {
         headers: vec![("content-type".into(), Format::JsonArray.content_type().into())],
         body: body.into_bytes(),
         received_at: generate::now_micros(),
+        settings: "{}".into(),
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             headers: vec![("content-type".into(), content_type.into())],
             body: body.into_bytes(),
             received_at: now_micros(),
+            settings: "{}".into(),
         };
         sluice_events::handle(&request).unwrap()
     }

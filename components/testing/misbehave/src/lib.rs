@@ -10,7 +10,7 @@ mod component {
     wit_bindgen::generate!({
         world: "normalizer",
         path: "../../../wit",
-        with: { "sluice:ingest/types@0.1.0": sluice_sdk::types },
+        with: { "sluice:ingest/types@0.2.0": sluice_sdk::types },
     });
 
     struct Misbehave;
@@ -42,6 +42,7 @@ mod component {
                     Ok(Outcome {
                         events: 1,
                         plans: vec![UpsertPlan {
+                            template: None,
                             table: sluice_events::TABLE.into(),
                             columns: vec!["source".into()],
                             conflict: Conflict::DoNothing,
