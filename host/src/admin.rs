@@ -66,7 +66,8 @@ pub fn status(tenant: &Tenant) -> Value {
         "component": tenant.spec.component,
         "component_digest": loaded.normalizer.digest,
         "loaded_at_ms": loaded.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        "tables": loaded.normalizer.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "tables": loaded.normalizer.tables.iter().filter(|t| !t.template).map(|t| &t.name).collect::<Vec<_>>(),
+        "templates": loaded.normalizer.tables.iter().filter(|t| t.template).map(|t| &t.name).collect::<Vec<_>>(),
         "keys": tenant.spec.keys.iter().map(|k| key_id(k)).collect::<Vec<_>>(),
         "schema": tenant.schema,
         "database": if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) { "own" } else { "service" },
@@ -179,7 +180,8 @@ async fn upload(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes
             tracing::info!(tenant = %id, digest = %loaded.normalizer.digest, "component swapped");
             Json(json!({
                 "digest": loaded.normalizer.digest,
-                "tables": loaded.normalizer.tables.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "tables": loaded.normalizer.tables.iter().filter(|t| !t.template).map(|t| &t.name).collect::<Vec<_>>(),
+        "templates": loaded.normalizer.tables.iter().filter(|t| t.template).map(|t| &t.name).collect::<Vec<_>>(),
                 "swap_ms": started.elapsed().as_secs_f64() * 1000.0,
             }))
             .into_response()

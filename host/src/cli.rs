@@ -125,7 +125,7 @@ fn check(args: &CheckArgs) -> Result<()> {
     // The compiled form is written only when it was not in the cache.
     let from_cache = args.cache_dir.is_some() && count_files(cache_dir) == cached_before;
     let mut ddl = Vec::new();
-    for table in &normalizer.tables {
+    for table in normalizer.tables.iter().filter(|t| !t.template) {
         ddl.extend(create_table(&args.schema, table).map_err(|e| anyhow!("component {name}: {e}"))?);
     }
     let report = CheckReport {
@@ -187,7 +187,10 @@ impl CheckReport<'_> {
             ),
         ]);
         for table in self.tables {
-            s += &format!("\ntable {}\n", table.name);
+            match table.template {
+                true => s += &format!("\ntemplate {} (its tables are created on first use)\n", table.name),
+                false => s += &format!("\ntable {}\n", table.name),
+            }
             let rows = table
                 .columns
                 .iter()
@@ -239,6 +242,7 @@ fn default_text(default: &ColumnDefault) -> String {
     use sluice_sdk::sql::quote_literal;
     match default {
         ColumnDefault::Now => "now()".into(),
+        ColumnDefault::Serial => "a sequence (bigserial)".into(),
         ColumnDefault::Constant(value) => match value {
             Value::Null => "NULL".into(),
             Value::Boolean(b) => b.to_string(),

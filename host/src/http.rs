@@ -34,8 +34,13 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/events", post(ingest))
-        .route("/t/{tenant}/v1/events", post(ingest))
+        .route("/v1/events", post(events))
+        .route("/t/{tenant}/v1/events", post(events))
+        .route("/v1/logs", post(logs))
+        .route("/t/{tenant}/v1/logs", post(logs))
+        .route("/api/logs", post(logflare))
+        .route("/logs", post(logflare))
+        .route("/t/{tenant}/api/logs", post(logflare))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(crate::admin::routes(app.clone()))
@@ -60,8 +65,18 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// `POST /v1/events` and `POST /t/{tenant}/v1/events`.
-async fn ingest(
+/// An ingest route's handler arguments.
+struct Incoming {
+    path_tenant: Option<String>,
+    peer: SocketAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+}
+
+/// `POST /v1/events` and `POST /t/{tenant}/v1/events`: canonical events.
+async fn events(
     State(app): State<Arc<App>>,
     path_tenant: Option<Path<String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -70,17 +85,102 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match resolve(&app, &headers, path_tenant.as_deref().map(String::as_str), peer) {
-        Ok(tenant) if !tenant.spec.apis.contains(&Api::Events) => {
-            error(StatusCode::FORBIDDEN, format!("tenant {} may not use the events API", tenant.id()))
+    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
+    ingest(&app, Api::Events, incoming).await
+}
+
+/// `POST /v1/logs` and `POST /t/{tenant}/v1/logs`: structured log records.
+async fn logs(
+    State(app): State<Arc<App>>,
+    path_tenant: Option<Path<String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
+    ingest(&app, Api::Logs, incoming).await
+}
+
+/// `POST /api/logs`, `POST /logs` and `POST /t/{tenant}/api/logs`:
+/// Logflare's ingest API, answered the way Logflare answers.
+async fn logflare(
+    State(app): State<Arc<App>>,
+    path_tenant: Option<Path<String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
+    ingest(&app, Api::Logflare, incoming).await
+}
+
+async fn ingest(app: &App, api: Api, incoming: Incoming) -> Response {
+    let Incoming { path_tenant, peer, method, mut uri, headers, body } = incoming;
+    // Logflare clients may send the key as `?api_key=`; it is taken out of
+    // the query the component sees.
+    let (query_key, query) = match api {
+        Api::Logflare => take_query_key(uri.query().unwrap_or("")),
+        _ => (None, uri.query().unwrap_or("").to_owned()),
+    };
+    if query_key.is_some() {
+        let path_and_query = if query.is_empty() { uri.path().to_owned() } else { format!("{}?{query}", uri.path()) };
+        uri = path_and_query.parse().unwrap_or(uri);
+    }
+    let key = api_key(&headers).or(query_key.as_deref());
+    let response = match resolve(app, key, path_tenant.as_deref(), peer) {
+        Ok(tenant) if !tenant.spec.apis.contains(&api) => {
+            error(StatusCode::FORBIDDEN, format!("tenant {} may not use the {} API", tenant.id(), api.name()))
         }
-        Ok(tenant) => serve(&app, tenant, method, uri, headers, body).await,
+        Ok(tenant) => serve(app, tenant, method, uri, headers, body).await,
         Err(response) => response,
+    };
+    match api {
+        Api::Logflare => logflare_answer(response).await,
+        _ => response,
     }
 }
 
+/// Splits `api_key=…` out of a query string.
+fn take_query_key(query: &str) -> (Option<String>, String) {
+    let mut key = None;
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if name == "api_key" {
+            key.get_or_insert_with(|| value.into_owned());
+        } else {
+            rest.append_pair(&name, &value);
+        }
+    }
+    (key, rest.finish())
+}
+
+/// Logflare's clients read `message`: `"Logged!"` on success, else the
+/// error. Sluice's counts and `error` stay alongside.
+async fn logflare_answer(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be read");
+    };
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let message = match object.get("error") {
+        Some(serde_json::Value::String(e)) => e.clone(),
+        _ if parts.status.is_success() => "Logged!".to_owned(),
+        _ => "No event was logged: every event was rejected".to_owned(),
+    };
+    object.insert("message".into(), message.into());
+    let body = serde_json::to_vec(&object).expect("JSON values serialize");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
 /// The API key of a request: `Authorization: Bearer …` or `X-API-KEY`.
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+pub fn api_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -90,7 +190,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 
 /// The tenant a request is for: by its key, checked against the path's
 /// tenant when there is one.
-fn resolve(app: &App, headers: &HeaderMap, path_tenant: Option<&str>, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
+fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
     let snapshot = app.registry.snapshot();
     if snapshot.tenants.is_empty() {
         return match path_tenant {
@@ -102,7 +202,7 @@ fn resolve(app: &App, headers: &HeaderMap, path_tenant: Option<&str>, peer: Sock
             )),
         };
     }
-    let Some(key) = api_key(headers) else {
+    let Some(key) = key else {
         return Err(error(StatusCode::UNAUTHORIZED, "an API key is required: send Authorization: Bearer KEY or X-API-KEY"));
     };
     let Some(tenant) = snapshot.by_key(key) else {

@@ -32,6 +32,12 @@ pub struct Tenant {
     penalty: Arc<Mutex<Penalty>>,
     /// Statements by component and plan shape, built once.
     upserts: Mutex<HashMap<UpsertKey, Arc<Upsert>>>,
+    /// Tables made from a component's templates that exist in the
+    /// database, by component digest and table name.
+    instances: Mutex<HashMap<(String, String), Arc<Table>>>,
+    /// Taken while creating an instance table, so concurrent first uses
+    /// create it once.
+    creating: tokio::sync::Mutex<()>,
 }
 
 type UpsertKey = (String, String, Vec<String>, Conflict);
@@ -146,7 +152,20 @@ impl Tenant {
             _ => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls as usize)),
         };
         let settings = serde_json::Value::Object(spec.settings.clone()).to_string();
-        Tenant { spec, settings, schema, destination, limits, component, stats, calls, penalty, upserts: Mutex::default() }
+        Tenant {
+            spec,
+            settings,
+            schema,
+            destination,
+            limits,
+            component,
+            stats,
+            calls,
+            penalty,
+            upserts: Mutex::default(),
+            instances: Mutex::default(),
+            creating: tokio::sync::Mutex::default(),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -213,6 +232,15 @@ impl Tenant {
                 rejected.entry(rejection.index).or_insert(rejection.reason);
             }
         }
+        for plan in &outcome.plans {
+            if let Some(template) = &plan.template
+                && let Err(reason) = self.create_instance(&normalizer, template, &plan.table).await?
+            {
+                for row in &plan.rows {
+                    rejected.entry(row.event.min(outcome.events.saturating_sub(1))).or_insert_with(|| reason.clone());
+                }
+            }
+        }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
             self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
         let written = self.destination.writer.write(plans).await.map_err(IngestError::Write)?;
@@ -277,20 +305,89 @@ impl Tenant {
             .collect()
     }
 
-    fn upsert<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<(Arc<Upsert>, &'n Table), String> {
-        let table = normalizer
-            .tables
-            .iter()
-            .find(|t| t.name == plan.table)
-            .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?;
+    /// Makes sure the table `name` of the component's template `template`
+    /// exists, creating it on first use. `Ok(Err(reason))` when the plan
+    /// cannot have it (its rows are rejected); `Err` when the database
+    /// cannot be reached.
+    async fn create_instance(
+        &self,
+        normalizer: &Normalizer,
+        template: &str,
+        name: &str,
+    ) -> Result<Result<(), String>, IngestError> {
+        let key = (normalizer.digest.clone(), name.to_owned());
+        if self.instances.lock().unwrap().contains_key(&key) {
+            return Ok(Ok(()));
+        }
+        let Some(shape) = normalizer.tables.iter().find(|t| t.name == template && t.template) else {
+            return Ok(Err(format!("the component's plan names template {template:?}, which it does not declare")));
+        };
+        let table = shape.instance(name);
+        if let Err(e) = table.validate() {
+            return Ok(Err(format!("table {name:?} cannot be made from template {template:?}: {e}")));
+        }
+        let _creating = self.creating.lock().await;
+        if self.instances.lock().unwrap().contains_key(&key) {
+            return Ok(Ok(()));
+        }
+        let mut client =
+            self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
+        if let Err(e) = crate::db::migrate::migrate(&mut client, &self.schema, std::slice::from_ref(&table)).await {
+            return match e.downcast_ref::<tokio_postgres::Error>() {
+                Some(pg) if pg.as_db_error().is_none() => Err(IngestError::Write(WriteError::from(
+                    e.downcast::<tokio_postgres::Error>().expect("checked above"),
+                ))),
+                _ => Ok(Err(format!("table {name:?} could not be created: {e:#}"))),
+            };
+        }
+        self.instances.lock().unwrap().insert(key, Arc::new(table));
+        Ok(Ok(()))
+    }
+
+    fn upsert<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<(Arc<Upsert>, TableRef<'n>), String> {
+        let table = match &plan.template {
+            None => TableRef::Declared(
+                normalizer
+                    .tables
+                    .iter()
+                    .find(|t| t.name == plan.table && !t.template)
+                    .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?,
+            ),
+            Some(template) => TableRef::Instance(
+                self.instances
+                    .lock()
+                    .unwrap()
+                    .get(&(normalizer.digest.clone(), plan.table.clone()))
+                    .cloned()
+                    .ok_or_else(|| format!("table {:?} of template {template:?} does not exist", plan.table))?,
+            ),
+        };
         let key = (normalizer.digest.clone(), plan.table.clone(), plan.columns.clone(), plan.conflict.clone());
         let mut cache = self.upserts.lock().unwrap();
         if let Some(upsert) = cache.get(&key) {
             return Ok((upsert.clone(), table));
         }
-        let upsert = Arc::new(Upsert::new(&self.schema, table, &plan.columns, &plan.conflict)?);
+        let upsert = Arc::new(Upsert::new(&self.schema, &table, &plan.columns, &plan.conflict)?);
         cache.insert(key, upsert.clone());
         Ok((upsert, table))
+    }
+}
+
+/// A table a plan writes: declared by the component, or made from one of
+/// its templates.
+enum TableRef<'n> {
+    Declared(&'n Table),
+    Instance(Arc<Table>),
+}
+
+impl std::ops::Deref for TableRef<'_> {
+    type Target = Table;
+
+    fn deref(&self) -> &Table {
+        match self {
+            TableRef::Declared(table) => table,
+            TableRef::Instance(table) => table,
+        }
     }
 }
 

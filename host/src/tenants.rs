@@ -70,6 +70,17 @@ pub enum Api {
     Query,
 }
 
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Events => "events",
+            Api::Logflare => "Logflare logs",
+            Api::Logs => "structured logs",
+            Api::Query => "query",
+        }
+    }
+}
+
 pub fn all_apis() -> Vec<Api> {
     vec![Api::Events, Api::Logflare, Api::Logs, Api::Query]
 }

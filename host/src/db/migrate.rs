@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 /// Brings `tables` into being in `schema`: creates what is missing (tables,
 /// added nullable or defaulted columns, indexes) and refuses what would
 /// need data rewritten or dropped. Hosts starting together take turns.
+/// Templates are skipped: their instances are created on first use.
 pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice:migrate'))", &[]).await?;
@@ -21,7 +22,7 @@ pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Res
             .await
             .with_context(|| format!("create schema {schema:?}"))?;
     }
-    for table in tables {
+    for table in tables.iter().filter(|t| !t.template) {
         let name = qualified(schema, &table.name);
         let existing = tx
             .query(
