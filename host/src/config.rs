@@ -114,7 +114,11 @@ impl std::fmt::Debug for DatabaseConfig {
 
 impl DatabaseConfig {
     fn split_fields_given(&self) -> bool {
-        self.host.is_some() || self.port.is_some() || self.user.is_some() || self.password.is_some() || self.dbname.is_some()
+        self.host.is_some()
+            || self.port.is_some()
+            || self.user.is_some()
+            || self.password.is_some()
+            || self.dbname.is_some()
     }
 
     /// These settings over `base`: a tenant that names only a schema or a
@@ -143,9 +147,9 @@ impl DatabaseConfig {
             Some(_) if self.split_fields_given() => bail!(
                 "database.url and the split fields (host, port, user, password, dbname) are both set; use one or the other"
             ),
-            Some(url) => url.parse::<tokio_postgres::Config>().map_err(|e| {
-                anyhow::anyhow!("database.url is not a valid postgres:// URL or key=value DSN ({e})")
-            })?,
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("database.url is not a valid postgres:// URL or key=value DSN ({e})"))?,
             None => {
                 let mut config = tokio_postgres::Config::new();
                 config.host(self.host.as_deref().unwrap_or("localhost"));
@@ -183,11 +187,20 @@ pub struct BatchConfig {
     pub batch_timeout_ms: u64,
     /// Flushes that may run at once (each on its own connection).
     pub writers: usize,
+    /// Retry a batch that failed on a deadlock (`40P01`) or serialization
+    /// failure (`40001`), as other transient failures are.
+    pub retry_on_deadlock: bool,
 }
 
 impl Default for BatchConfig {
     fn default() -> BatchConfig {
-        BatchConfig { batch_size: 10_000, batch_size_bytes: 16 << 20, batch_timeout_ms: 0, writers: 2 }
+        BatchConfig {
+            batch_size: 10_000,
+            batch_size_bytes: 16 << 20,
+            batch_timeout_ms: 0,
+            writers: 2,
+            retry_on_deadlock: true,
+        }
     }
 }
 

@@ -160,11 +160,7 @@ impl Cluster {
             return Ok(dir);
         }
         let mut looked = Vec::new();
-        match Command::new("pg_config")
-            .arg("--bindir")
-            .stdin(Stdio::null())
-            .output()
-        {
+        match Command::new("pg_config").arg("--bindir").stdin(Stdio::null()).output() {
             Ok(out) if out.status.success() => {
                 let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
                 if missing_program(&dir).is_none() {
@@ -175,10 +171,7 @@ impl Cluster {
             _ => looked.push("`pg_config --bindir` (not found)".into()),
         }
         let mut versioned = Vec::new();
-        for (parent, prefix, suffix) in [
-            ("/usr/lib/postgresql", "", "bin"),
-            ("/usr", "pgsql-", "bin"),
-        ] {
+        for (parent, prefix, suffix) in [("/usr/lib/postgresql", "", "bin"), ("/usr", "pgsql-", "bin")] {
             let Ok(entries) = fs::read_dir(parent) else {
                 continue;
             };
@@ -191,11 +184,7 @@ impl Cluster {
             }
         }
         versioned.sort();
-        if let Some((_, dir)) = versioned
-            .iter()
-            .rev()
-            .find(|(_, d)| missing_program(d).is_none())
-        {
+        if let Some((_, dir)) = versioned.iter().rev().find(|(_, d)| missing_program(d).is_none()) {
             return Ok(dir.clone());
         }
         looked.push("/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin".into());
@@ -220,8 +209,7 @@ impl Cluster {
     pub fn start(options: ClusterOptions) -> Result<Cluster> {
         let started = Instant::now();
         let paths = Paths::new(&options.data_dir)?;
-        let explicit_bindir =
-            options.bindir.is_some() || std::env::var_os(BINDIR_ENV).is_some_and(|v| !v.is_empty());
+        let explicit_bindir = options.bindir.is_some() || std::env::var_os(BINDIR_ENV).is_some_and(|v| !v.is_empty());
         let bindir = match &options.bindir {
             Some(dir) => dir.clone(),
             None => Cluster::find_bindir()?,
@@ -229,22 +217,13 @@ impl Cluster {
         let run_as = server_user()?;
         let server = Server::new(bindir, run_as)?;
         for (name, _) in &options.settings {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
                 bail!("invalid PostgreSQL setting name {name:?}");
             }
         }
 
-        let parent = paths
-            .data
-            .parent()
-            .expect("Paths::new checks it")
-            .to_path_buf();
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("could not create the folder {}", parent.display()))?;
+        let parent = paths.data.parent().expect("Paths::new checks it").to_path_buf();
+        fs::create_dir_all(&parent).with_context(|| format!("could not create the folder {}", parent.display()))?;
         let template = match &options.template {
             Some(t) => Some(absolute_path(t).context("bad template folder")?),
             None => None,
@@ -253,9 +232,8 @@ impl Cluster {
             check_reachable(&parent, run_as)?;
             if let Some(t) = &template {
                 let t_parent = t.parent().expect("absolute_path checks it");
-                fs::create_dir_all(t_parent).with_context(|| {
-                    format!("could not create the folder {}", t_parent.display())
-                })?;
+                fs::create_dir_all(t_parent)
+                    .with_context(|| format!("could not create the folder {}", t_parent.display()))?;
                 check_reachable(t_parent, run_as)?;
             }
         }
@@ -348,10 +326,7 @@ impl Cluster {
 
     /// `postgres://sluice:PASSWORD@127.0.0.1:PORT/sluice`. Contains the password: do not log it.
     pub fn url(&self) -> String {
-        format!(
-            "postgres://{USER}:{}@{HOST}:{}/{DATABASE}",
-            self.password, self.port
-        )
+        format!("postgres://{USER}:{}@{HOST}:{}/{DATABASE}", self.password, self.port)
     }
 
     /// The TCP port on 127.0.0.1 (a new one at each start).
@@ -419,17 +394,12 @@ impl Cluster {
         }
         if self.remove_on_stop && !self.removed && self.lock.is_some() {
             for path in self.paths.removable() {
-                let result = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
+                let result = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
                 match result {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("could not remove {}", path.display()));
+                        return Err(e).with_context(|| format!("could not remove {}", path.display()));
                     }
                 }
             }
@@ -442,12 +412,7 @@ impl Cluster {
     fn start_server(&mut self, settings: &[(String, String)]) -> Result<()> {
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port()?;
-            let mut options = vec![
-                "-p".to_string(),
-                port.to_string(),
-                "-k".into(),
-                String::new(),
-            ];
+            let mut options = vec!["-p".to_string(), port.to_string(), "-k".into(), String::new()];
             for (name, value) in settings {
                 options.push("-c".into());
                 options.push(format!("{name}={value}"));
@@ -467,10 +432,7 @@ impl Cluster {
             if out.status.success() {
                 self.port = port;
                 self.pid = Some(read_postmaster_pid(&self.paths.data).ok_or_else(|| {
-                    anyhow!(
-                        "pg_ctl started the server but {}/postmaster.pid is unreadable",
-                        self.paths.data.display()
-                    )
+                    anyhow!("pg_ctl started the server but {}/postmaster.pid is unreadable", self.paths.data.display())
                 })?);
                 return Ok(());
             }
@@ -519,19 +481,14 @@ if [ "$remove" = remove ]; then rm -rf -- "$@"; fi
             .arg(pid.to_string())
             // SIGINT: fast shutdown; SIGQUIT: immediate (the data is thrown away anyway).
             .arg(if self.remove_on_stop { "QUIT" } else { "INT" })
-            .arg(if self.remove_on_stop {
-                "remove"
-            } else {
-                "keep"
-            })
+            .arg(if self.remove_on_stop { "remove" } else { "keep" })
             .args(self.paths.removable())
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        cmd.spawn()
-            .context("could not start the watchdog process (/bin/sh)")
+        cmd.spawn().context("could not start the watchdog process (/bin/sh)")
     }
 }
 
@@ -594,16 +551,10 @@ fn absolute_path(path: &Path) -> Result<PathBuf> {
         .components()
         .collect();
     if path.parent().is_none() || path.file_name().is_none() {
-        bail!(
-            "{} cannot hold a cluster: name a folder below it",
-            path.display()
-        );
+        bail!("{} cannot hold a cluster: name a folder below it", path.display());
     }
     let text = path.to_string_lossy();
-    if let Some(c) = text
-        .chars()
-        .find(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r'))
-    {
+    if let Some(c) = text.chars().find(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r')) {
         bail!("{text:?} contains {c:?}, which pg_ctl cannot pass on: choose another folder");
     }
     Ok(path)
@@ -622,10 +573,7 @@ fn server_user() -> Result<Option<RunAs>> {
         return Ok(None);
     }
     match nix::unistd::User::from_name("postgres") {
-        Ok(Some(user)) if !user.uid.is_root() => Ok(Some(RunAs {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        })),
+        Ok(Some(user)) if !user.uid.is_root() => Ok(Some(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw() })),
         Ok(_) => bail!(
             "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` \
              user to run it as: create one (installing the PostgreSQL server package does), or run \
@@ -655,11 +603,7 @@ fn check_reachable(dir: &Path, run_as: &RunAs) -> Result<()> {
         return Ok(());
     }
     let ancestors: Vec<&Path> = dir.ancestors().collect();
-    let blocker = ancestors
-        .into_iter()
-        .rev()
-        .find(|a| !reachable(a, run_as))
-        .unwrap_or(dir);
+    let blocker = ancestors.into_iter().rev().find(|a| !reachable(a, run_as)).unwrap_or(dir);
     let mode = fs::metadata(blocker).map(|m| format!("{:o}", m.permissions().mode() & 0o7777));
     bail!(
         "the PostgreSQL server runs as the `postgres` user (it refuses to run as root), and that \
@@ -698,13 +642,7 @@ impl Server {
             .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
             .and_then(|w| w.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|m| m.parse::<u32>().ok())
-            .ok_or_else(|| {
-                anyhow!(
-                    "could not read the version of {}: {:?}",
-                    postgres.display(),
-                    text.trim()
-                )
-            })?;
+            .ok_or_else(|| anyhow!("could not read the version of {}: {:?}", postgres.display(), text.trim()))?;
         if major < OLDEST_SUPPORTED_MAJOR {
             bail!(
                 "{} is PostgreSQL {major}; logical replication needs {OLDEST_SUPPORTED_MAJOR} or newer. {INSTALL_HINT}",
@@ -761,17 +699,11 @@ fn is_cluster(data: &Path) -> bool {
 
 fn read_pg_version(data: &Path) -> Result<String> {
     let path = data.join("PG_VERSION");
-    Ok(fs::read_to_string(&path)
-        .with_context(|| format!("could not read {}", path.display()))?
-        .trim()
-        .to_string())
+    Ok(fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?.trim().to_string())
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool> {
-    Ok(fs::read_dir(dir)
-        .with_context(|| format!("could not list {}", dir.display()))?
-        .next()
-        .is_none())
+    Ok(fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?.next().is_none())
 }
 
 fn lock_data_dir(paths: &Paths) -> Result<File> {
@@ -807,9 +739,7 @@ fn read_password(path: &Path) -> Result<Option<String>> {
 
 fn random_password() -> Result<String> {
     let mut bytes = [0u8; 24];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("could not read /dev/urandom")?;
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("could not read /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -817,11 +747,7 @@ fn random_password() -> Result<String> {
 /// (the current user when `None`), holding `content`.
 fn write_secret(path: &Path, content: &str, owner: Option<&RunAs>) -> Result<()> {
     let write = || -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
         if let Some(owner) = owner {
             std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))?;
         }
@@ -846,15 +772,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A private folder next to `target` (so renames out of it are atomic),
@@ -865,10 +784,7 @@ struct Staging {
 
 impl Staging {
     fn create(target: &Path, run_as: Option<&RunAs>) -> Result<Staging> {
-        let name = target
-            .file_name()
-            .expect("absolute_path checks it")
-            .to_string_lossy();
+        let name = target.file_name().expect("absolute_path checks it").to_string_lossy();
         let prefix = format!(".{name}.tmp-");
         Staging::sweep(target, &prefix);
         let path = target.with_file_name(format!("{prefix}{}", unique_suffix()));
@@ -923,15 +839,7 @@ fn init_cluster(server: &Server, staging: &Path, sync: bool) -> Result<()> {
     let mut pwfile_arg = OsString::from("--pwfile=");
     pwfile_arg.push(&pwfile);
     let mut cmd = server.command("initdb");
-    cmd.arg("-D").arg(&data).arg(pwfile_arg).args([
-        "-U",
-        USER,
-        "-A",
-        "scram-sha-256",
-        "-E",
-        "UTF8",
-        "--no-locale",
-    ]);
+    cmd.arg("-D").arg(&data).arg(pwfile_arg).args(["-U", USER, "-A", "scram-sha-256", "-E", "UTF8", "--no-locale"]);
     if server.major >= 14 {
         cmd.arg("--no-instructions");
     }
@@ -942,54 +850,28 @@ fn init_cluster(server: &Server, staging: &Path, sync: bool) -> Result<()> {
     let _ = fs::remove_file(&pwfile);
     result?;
 
-    single_user(
-        server,
-        &data,
-        &format!("CREATE DATABASE {DATABASE};\n"),
-        sync,
-        None,
-    )?;
+    single_user(server, &data, &format!("CREATE DATABASE {DATABASE};\n"), sync, None)?;
     write_secret(&staging.join("password"), &password, None)
 }
 
 /// Runs `sql` (one statement a line) in single-user mode (the server must
 /// be stopped). `secret` is blanked out of any error.
-fn single_user(
-    server: &Server,
-    data: &Path,
-    sql: &str,
-    sync: bool,
-    secret: Option<&str>,
-) -> Result<()> {
+fn single_user(server: &Server, data: &Path, sql: &str, sync: bool, secret: Option<&str>) -> Result<()> {
     let mut cmd = server.command("postgres");
     cmd.arg("--single").arg("-D").arg(data);
     if !sync {
         cmd.arg("-F");
     }
-    cmd.arg("template1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg("template1").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().context("could not run postgres --single")?;
     let written = child.stdin.take().expect("piped").write_all(sql.as_bytes());
-    let out = child
-        .wait_with_output()
-        .context("could not run postgres --single")?;
+    let out = child.wait_with_output().context("could not run postgres --single")?;
     let mut text = output_text(&out);
     if let Some(secret) = secret {
         text = text.replace(secret, "********");
     }
-    if !out.status.success()
-        || written.is_err()
-        || ["ERROR:", "FATAL:", "PANIC:"]
-            .iter()
-            .any(|e| text.contains(e))
-    {
-        bail!(
-            "postgres --single in {} failed ({}): {text}",
-            data.display(),
-            out.status
-        );
+    if !out.status.success() || written.is_err() || ["ERROR:", "FATAL:", "PANIC:"].iter().any(|e| text.contains(e)) {
+        bail!("postgres --single in {} failed ({}): {text}", data.display(), out.status);
     }
     Ok(())
 }
@@ -1001,8 +883,7 @@ fn reset_password(server: &Server, paths: &Paths, sync: bool) -> Result<String> 
     single_user(server, &paths.data, &sql, sync, Some(&password))?;
     let tmp = sidecar(&paths.password, &format!("tmp-{}", unique_suffix()));
     write_secret(&tmp, &password, None)?;
-    fs::rename(&tmp, &paths.password)
-        .with_context(|| format!("could not write {}", paths.password.display()))?;
+    fs::rename(&tmp, &paths.password).with_context(|| format!("could not write {}", paths.password.display()))?;
     Ok(password)
 }
 
@@ -1029,15 +910,11 @@ fn ensure_template(server: &Server, template: &Path, sync: bool) -> Result<()> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("could not move {} away", template.display()));
+                    return Err(e).with_context(|| format!("could not move {} away", template.display()));
                 }
             }
         } else if !is_empty_dir(template)? {
-            bail!(
-                "{} is not a cluster template (it should hold data/ and password): remove it",
-                template.display()
-            );
+            bail!("{} is not a cluster template (it should hold data/ and password): remove it", template.display());
         }
     }
     let staging = Staging::create(template, server.run_as.as_ref())?;
@@ -1047,25 +924,18 @@ fn ensure_template(server: &Server, template: &Path, sync: bool) -> Result<()> {
     match fs::rename(&staging.path, template) {
         Ok(()) => Ok(()),
         Err(_) if complete(template) => Ok(()), // another process won the race
-        Err(e) => Err(e).with_context(|| {
-            format!(
-                "could not rename {} to {}",
-                staging.path.display(),
-                template.display()
-            )
-        }),
+        Err(e) => {
+            Err(e).with_context(|| format!("could not rename {} to {}", staging.path.display(), template.display()))
+        }
     }
 }
 
 fn copy_template(template: &Path, staging: &Path) -> Result<()> {
     let mut cmd = Command::new("cp");
-    cmd.arg("-a")
-        .arg(template.join("data"))
-        .arg(staging.join("data"))
-        .stdin(Stdio::null());
+    cmd.arg("-a").arg(template.join("data")).arg(staging.join("data")).stdin(Stdio::null());
     run_checked(cmd, "cp -a (copying the template)")?;
-    let password = read_password(&template.join("password"))?
-        .ok_or_else(|| anyhow!("{} has no password", template.display()))?;
+    let password =
+        read_password(&template.join("password"))?.ok_or_else(|| anyhow!("{} has no password", template.display()))?;
     write_secret(&staging.join("password"), &password, None)
 }
 
@@ -1121,21 +991,13 @@ fn log_tail(log: &Path, offset: u64) -> String {
     }
     let text = String::from_utf8_lossy(&bytes);
     let text: &str = &text;
-    let text = if start > offset {
-        text.split_once('\n').map_or("", |(_, rest)| rest)
-    } else {
-        text
-    };
+    let text = if start > offset { text.split_once('\n').map_or("", |(_, rest)| rest) } else { text };
     text.trim_end().to_string()
 }
 
 fn log_tail_note(log: &Path, offset: u64) -> String {
     let tail = log_tail(log, offset);
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; last lines of {}:\n{tail}", log.display())
-    }
+    if tail.is_empty() { String::new() } else { format!("; last lines of {}:\n{tail}", log.display()) }
 }
 
 fn output_text(out: &Output) -> String {
@@ -1158,23 +1020,13 @@ fn output_text(out: &Output) -> String {
 }
 
 fn nonempty_prefix(prefix: &str, text: &str) -> String {
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}{text}")
-    }
+    if text.is_empty() { String::new() } else { format!("{prefix}{text}") }
 }
 
 fn run_checked(mut cmd: Command, what: &str) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not run {what}"))?;
+    let out = cmd.output().with_context(|| format!("could not run {what}"))?;
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}){}",
-            out.status,
-            nonempty_prefix(": ", &output_text(&out))
-        );
+        bail!("{what} failed ({}){}", out.status, nonempty_prefix(": ", &output_text(&out)));
     }
     Ok(out)
 }
@@ -1184,20 +1036,12 @@ fn shell_quote(word: &str) -> String {
 }
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("could not find a free port on 127.0.0.1")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("could not find a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?.port())
 }
 
 fn read_postmaster_pid(data: &Path) -> Option<i32> {
-    fs::read_to_string(data.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|pid| *pid > 0)
+    fs::read_to_string(data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok().filter(|pid| *pid > 0)
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -1211,10 +1055,7 @@ fn process_alive(pid: i32) -> bool {
 
 fn pg_ctl_stop(server: &Server, data: &Path, mode: &str) -> Result<()> {
     let mut cmd = server.command("pg_ctl");
-    cmd.arg("stop")
-        .arg("-D")
-        .arg(data)
-        .args(["-m", mode, "-w", "-s", "-t", PG_CTL_TIMEOUT_SECS]);
+    cmd.arg("stop").arg("-D").arg(data).args(["-m", mode, "-w", "-s", "-t", PG_CTL_TIMEOUT_SECS]);
     run_checked(cmd, &format!("pg_ctl stop -m {mode}")).map(drop)
 }
 
@@ -1225,11 +1066,7 @@ fn processes_in(data: &Path) -> Option<Vec<i32>> {
     let entries = fs::read_dir("/proc").ok()?;
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         if fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == data) {
@@ -1307,8 +1144,7 @@ mod tests {
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
-            let path =
-                std::env::temp_dir().join(format!("sluice-embedded-{name}-{}", unique_suffix()));
+            let path = std::env::temp_dir().join(format!("sluice-embedded-{name}-{}", unique_suffix()));
             fs::create_dir_all(&path).unwrap();
             TempDir(path)
         }
@@ -1326,31 +1162,13 @@ mod tests {
     }
 
     fn throwaway(dir: &Path, template: Option<PathBuf>) -> ClusterOptions {
-        ClusterOptions {
-            fsync: false,
-            template,
-            remove_on_stop: true,
-            ..ClusterOptions::new(dir.join("pg"))
-        }
+        ClusterOptions { fsync: false, template, remove_on_stop: true, ..ClusterOptions::new(dir.join("pg")) }
     }
 
     /// Runs `sql` with the bindir's psql over TCP, password auth.
     fn try_psql(cluster: &Cluster, sql: &str) -> std::result::Result<String, String> {
         let out = Command::new(cluster.bindir().join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                HOST,
-                "-U",
-                USER,
-                "-d",
-                DATABASE,
-            ])
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST, "-U", USER, "-d", DATABASE])
             .args(["-p", &cluster.port().to_string(), "-c", sql])
             .env("PGPASSWORD", cluster.password())
             .env("PGCONNECT_TIMEOUT", "5")
@@ -1378,11 +1196,7 @@ mod tests {
     fn find_bindir_finds_the_server_binaries() {
         let dir = Cluster::find_bindir().unwrap();
         for program in SERVER_PROGRAMS {
-            assert!(
-                dir.join(program).is_file(),
-                "{} has no {program}",
-                dir.display()
-            );
+            assert!(dir.join(program).is_file(), "{} has no {program}", dir.display());
         }
     }
 
@@ -1405,10 +1219,7 @@ mod tests {
     #[test]
     fn fresh_cluster_is_logical_secret_and_keeps_its_data_across_restarts() {
         let dir = TempDir::new("fresh");
-        let options = ClusterOptions {
-            fsync: false,
-            ..ClusterOptions::new(dir.0.join("pg"))
-        };
+        let options = ClusterOptions { fsync: false, ..ClusterOptions::new(dir.0.join("pg")) };
         let mut cluster = Cluster::start(options.clone()).unwrap();
         let port = cluster.port();
         assert_ne!(port, 5432);
@@ -1417,95 +1228,42 @@ mod tests {
         assert_eq!(psql(&cluster, "SHOW fsync"), "off");
         assert_eq!(psql(&cluster, "SHOW listen_addresses"), HOST);
         assert_eq!(psql(&cluster, "SHOW unix_socket_directories"), "");
-        assert!(
-            psql(&cluster, "SHOW max_wal_senders")
-                .parse::<u32>()
-                .unwrap()
-                >= 10
-        );
-        assert!(
-            psql(&cluster, "SHOW max_replication_slots")
-                .parse::<u32>()
-                .unwrap()
-                >= 10
-        );
-        assert_eq!(
-            psql(&cluster, "SELECT current_user || ' ' || current_database()"),
-            "sluice sluice"
-        );
-        assert_eq!(
-            psql(
-                &cluster,
-                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-            ),
-            "t"
-        );
+        assert!(psql(&cluster, "SHOW max_wal_senders").parse::<u32>().unwrap() >= 10);
+        assert!(psql(&cluster, "SHOW max_replication_slots").parse::<u32>().unwrap() >= 10);
+        assert_eq!(psql(&cluster, "SELECT current_user || ' ' || current_database()"), "sluice sluice");
+        assert_eq!(psql(&cluster, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"), "t");
 
         // The secret: in the URL and the 0600 file, never in Debug.
         let password = cluster.password().to_string();
         assert!(password.len() >= 32);
         assert!(cluster.url().contains(&password));
-        assert_eq!(
-            cluster.url(),
-            format!("postgres://sluice:{password}@127.0.0.1:{port}/sluice")
-        );
-        assert_eq!(
-            fs::read_to_string(cluster.password_file()).unwrap().trim(),
-            password
-        );
+        assert_eq!(cluster.url(), format!("postgres://sluice:{password}@127.0.0.1:{port}/sluice"));
+        assert_eq!(fs::read_to_string(cluster.password_file()).unwrap().trim(), password);
         assert_eq!(mode_of(cluster.password_file()), 0o600);
         assert!(!format!("{cluster:?}").contains(&password));
         assert!(!format!("{cluster:#?}").contains(&password));
-        assert!(
-            !dir.0.read_dir().unwrap().any(|e| e
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.'))
-        );
+        assert!(!dir.0.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')));
         // A wrong password is refused.
         let wrong = Command::new(cluster.bindir().join("psql"))
-            .args([
-                "-X",
-                "-h",
-                HOST,
-                "-U",
-                USER,
-                "-d",
-                DATABASE,
-                "-p",
-                &port.to_string(),
-                "-c",
-                "SELECT 1",
-            ])
+            .args(["-X", "-h", HOST, "-U", USER, "-d", DATABASE, "-p", &port.to_string(), "-c", "SELECT 1"])
             .env("PGPASSWORD", "wrong")
             .stdin(Stdio::null())
             .output()
             .unwrap();
         assert!(!wrong.status.success());
 
-        psql(
-            &cluster,
-            "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before restart')",
-        );
+        psql(&cluster, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before restart')");
         cluster.stop().unwrap();
         cluster.stop().unwrap(); // idempotent
         assert!(!cluster.is_running());
         assert!(try_psql(&cluster, "SELECT 1").is_err());
-        assert!(
-            dir.0.join("pg/PG_VERSION").is_file(),
-            "a durable cluster keeps its data"
-        );
+        assert!(dir.0.join("pg/PG_VERSION").is_file(), "a durable cluster keeps its data");
         drop(cluster);
 
         let cluster = Cluster::start(options).unwrap();
         assert_eq!(psql(&cluster, "SELECT v FROM kept"), "before restart");
         assert_eq!(cluster.password(), password);
-        assert!(
-            fs::read_to_string(cluster.log_file())
-                .unwrap()
-                .contains("ready to accept connections")
-        );
+        assert!(fs::read_to_string(cluster.log_file()).unwrap().contains("ready to accept connections"));
     }
 
     #[test]
@@ -1516,11 +1274,7 @@ mod tests {
         let barrier = Arc::new(std::sync::Barrier::new(2));
         let threads: Vec<_> = (0..2)
             .map(|i| {
-                let (barrier, root, template) = (
-                    barrier.clone(),
-                    dir.0.join(format!("c{i}")),
-                    template.clone(),
-                );
+                let (barrier, root, template) = (barrier.clone(), dir.0.join(format!("c{i}")), template.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
                     Cluster::start(throwaway(&root, Some(template))).unwrap()
@@ -1529,33 +1283,12 @@ mod tests {
             .collect();
         let mut clusters: Vec<Cluster> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_ne!(clusters[0].port(), clusters[1].port());
-        assert_eq!(
-            clusters[0].password(),
-            clusters[1].password(),
-            "copies share the template's password"
-        );
-        assert_eq!(
-            fs::read_to_string(template.join("password"))
-                .unwrap()
-                .trim(),
-            clusters[0].password()
-        );
+        assert_eq!(clusters[0].password(), clusters[1].password(), "copies share the template's password");
+        assert_eq!(fs::read_to_string(template.join("password")).unwrap().trim(), clusters[0].password());
         assert_eq!(mode_of(&template.join("password")), 0o600);
         psql(&clusters[0], "CREATE TABLE only_here (v int)");
-        assert_eq!(
-            psql(
-                &clusters[0],
-                "SELECT count(*) FROM pg_tables WHERE tablename = 'only_here'"
-            ),
-            "1"
-        );
-        assert_eq!(
-            psql(
-                &clusters[1],
-                "SELECT count(*) FROM pg_tables WHERE tablename = 'only_here'"
-            ),
-            "0"
-        );
+        assert_eq!(psql(&clusters[0], "SELECT count(*) FROM pg_tables WHERE tablename = 'only_here'"), "1");
+        assert_eq!(psql(&clusters[1], "SELECT count(*) FROM pg_tables WHERE tablename = 'only_here'"), "0");
         for cluster in &clusters {
             assert_eq!(psql(cluster, "SHOW wal_level"), "logical");
             assert_eq!(psql(cluster, "SHOW fsync"), "off");
@@ -1573,10 +1306,7 @@ mod tests {
         clusters[0].stop().unwrap();
         assert!(!data.exists() && !password_file.exists());
         assert!(!sidecar(&data, "lock").exists() && !sidecar(&data, "log").exists());
-        assert!(
-            template.join("data/PG_VERSION").is_file(),
-            "the template stays"
-        );
+        assert!(template.join("data/PG_VERSION").is_file(), "the template stays");
         let data = clusters[1].data_dir().to_path_buf();
         drop(clusters);
         assert!(!data.exists());
@@ -1598,10 +1328,7 @@ mod tests {
         let dir = TempDir::new("in-use");
         let cluster = Cluster::start(throwaway(&dir.0, Some(shared_template()))).unwrap();
         let err = Cluster::start(throwaway(&dir.0, Some(shared_template()))).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("in use by another process"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("in use by another process"), "{err:#}");
         // The refused start removed nothing.
         assert_eq!(psql(&cluster, "SELECT 1"), "1");
     }
@@ -1612,10 +1339,7 @@ mod tests {
         fs::create_dir_all(dir.0.join("pg")).unwrap();
         fs::write(dir.0.join("pg/precious.txt"), "keep me").unwrap();
         let err = Cluster::start(throwaway(&dir.0, None)).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("neither empty nor a PostgreSQL cluster"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("neither empty nor a PostgreSQL cluster"), "{err:#}");
         assert!(dir.0.join("pg/precious.txt").is_file());
     }
 
@@ -1623,37 +1347,20 @@ mod tests {
     fn a_start_failure_reports_the_server_log() {
         let dir = TempDir::new("bad-setting");
         let mut options = throwaway(&dir.0, Some(shared_template()));
-        options
-            .settings
-            .push(("shared_buffers".into(), "not-a-size".into()));
+        options.settings.push(("shared_buffers".into(), "not-a-size".into()));
         let err = format!("{:#}", Cluster::start(options).unwrap_err());
-        assert!(
-            err.contains("last lines of") && err.contains("shared_buffers"),
-            "{err}"
-        );
-        assert!(
-            !dir.0.join("pg").exists(),
-            "a throwaway cluster is removed after a failed start"
-        );
+        assert!(err.contains("last lines of") && err.contains("shared_buffers"), "{err}");
+        assert!(!dir.0.join("pg").exists(), "a throwaway cluster is removed after a failed start");
     }
 
     #[test]
     fn a_killed_server_and_its_stale_postmaster_pid_do_not_block_a_restart() {
         let dir = TempDir::new("killed");
-        let options = ClusterOptions {
-            template: Some(shared_template()),
-            ..ClusterOptions::new(dir.0.join("pg"))
-        };
+        let options = ClusterOptions { template: Some(shared_template()), ..ClusterOptions::new(dir.0.join("pg")) };
         let mut cluster = Cluster::start(options.clone()).unwrap();
-        psql(
-            &cluster,
-            "CREATE TABLE t (v int); INSERT INTO t VALUES (42)",
-        );
+        psql(&cluster, "CREATE TABLE t (v int); INSERT INTO t VALUES (42)");
         let pid = cluster.pid().unwrap();
-        let status = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
         assert!(status.success());
         while process_alive(pid as i32) {
             std::thread::sleep(Duration::from_millis(20));
@@ -1668,10 +1375,7 @@ mod tests {
     #[test]
     fn a_server_left_running_by_a_dead_owner_is_stopped_and_restarted() {
         let dir = TempDir::new("orphan");
-        let options = ClusterOptions {
-            template: Some(shared_template()),
-            ..ClusterOptions::new(dir.0.join("pg"))
-        };
+        let options = ClusterOptions { template: Some(shared_template()), ..ClusterOptions::new(dir.0.join("pg")) };
         let mut first = Cluster::start(options.clone()).unwrap();
         psql(&first, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)");
         // Play an owner that died with its watchdog: the server runs on, unowned.
@@ -1698,16 +1402,10 @@ mod tests {
     #[test]
     fn a_lost_password_file_is_replaced_by_a_new_password() {
         let dir = TempDir::new("lost-password");
-        let options = ClusterOptions {
-            fsync: false,
-            template: Some(shared_template()),
-            ..ClusterOptions::new(dir.0.join("pg"))
-        };
+        let options =
+            ClusterOptions { fsync: false, template: Some(shared_template()), ..ClusterOptions::new(dir.0.join("pg")) };
         let cluster = Cluster::start(options.clone()).unwrap();
-        let (old, password_file) = (
-            cluster.password().to_string(),
-            cluster.password_file().to_path_buf(),
-        );
+        let (old, password_file) = (cluster.password().to_string(), cluster.password_file().to_path_buf());
         drop(cluster);
         fs::remove_file(&password_file).unwrap();
         let cluster = Cluster::start(options).unwrap();
@@ -1735,11 +1433,7 @@ mod tests {
     fn the_watchdog_stops_and_removes_the_cluster_when_its_owner_exits() {
         let dir = TempDir::new("watchdog");
         let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "guardian_child_entry_point",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["guardian_child_entry_point", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir.0)
             .stdin(Stdio::null())
             .output()
@@ -1748,12 +1442,7 @@ mod tests {
         let line = stdout
             .lines()
             .find_map(|l| l.split_once("SLUICE-CHILD ").map(|(_, rest)| rest))
-            .unwrap_or_else(|| {
-                panic!(
-                    "child said: {stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+            .unwrap_or_else(|| panic!("child said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
         let pid: i32 = line.split(' ').next().unwrap().parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while process_alive(pid) || dir.0.join("pg").exists() {

@@ -203,7 +203,10 @@ fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: Socket
         };
     }
     let Some(key) = key else {
-        return Err(error(StatusCode::UNAUTHORIZED, "an API key is required: send Authorization: Bearer KEY or X-API-KEY"));
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "an API key is required: send Authorization: Bearer KEY or X-API-KEY",
+        ));
     };
     let Some(tenant) = snapshot.by_key(key) else {
         return Err(error(StatusCode::UNAUTHORIZED, "the API key is not valid"));
@@ -246,7 +249,11 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
     if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
-            format!("tenant {} has more than {} bytes in flight; retry shortly", tenant.id(), limits.max_in_flight_bytes),
+            format!(
+                "tenant {} has more than {} bytes in flight; retry shortly",
+                tenant.id(),
+                limits.max_in_flight_bytes
+            ),
         );
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return response;
@@ -289,21 +296,22 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             let seconds = rest.as_secs().max(1);
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "tenant {}'s component failed repeatedly and is resting; retry in {seconds} s",
-                    tenant.id()
-                ),
+                format!("tenant {}'s component failed repeatedly and is resting; retry in {seconds} s", tenant.id()),
             );
             response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
             response
         }
         Ok(Err(IngestError::Write(e))) => {
             tracing::warn!(tenant = %tenant.id(), "write failed: {e}");
-            let status = match e {
-                WriteError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Either way nothing was committed: the client should retry
+            // later (an operator must fix an unusable destination first).
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            let seconds = match e {
+                WriteError::Unavailable(_) => 1,
+                WriteError::Unusable(_) => 30,
             };
-            error(status, e.to_string())
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+            response
         }
     }
 }
@@ -313,9 +321,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
 fn component_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            !matches!(name.as_str(), "authorization" | "x-api-key" | "cookie" | "proxy-authorization")
-        })
+        .filter(|(name, _)| !matches!(name.as_str(), "authorization" | "x-api-key" | "cookie" | "proxy-authorization"))
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect()
 }
@@ -323,7 +329,8 @@ fn component_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 /// Reads the body, decompressing gzip or zstd, never holding more than
 /// `limit` bytes of it either way.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"));
+    let too_large =
+        || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"));
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())

@@ -243,13 +243,20 @@ impl Tenant {
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
             self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
-        let written = self.destination.writer.write(plans).await.map_err(IngestError::Write)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
+        let result = self.destination.writer.write(plans, deadline).await.map_err(IngestError::Write)?;
+        for (event, reason) in result.refused {
+            rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}"));
+        }
+        let written = result.written;
 
         // An event counts as inserted when any of its rows was written.
         let mut stored: BTreeMap<u32, bool> = BTreeMap::new();
         for (events, rows) in row_events.iter().zip(&written) {
             for (event, was_written) in events.iter().zip(rows) {
-                *stored.entry(*event).or_default() |= *was_written;
+                if !rejected.contains_key(event) {
+                    *stored.entry(*event).or_default() |= *was_written;
+                }
             }
         }
         let tally = Tally {
@@ -330,8 +337,7 @@ impl Tenant {
         if self.instances.lock().unwrap().contains_key(&key) {
             return Ok(Ok(()));
         }
-        let mut client =
-            self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
+        let mut client = self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
         if let Err(e) = crate::db::migrate::migrate(&mut client, &self.schema, std::slice::from_ref(&table)).await {
             return match e.downcast_ref::<tokio_postgres::Error>() {
                 Some(pg) if pg.as_db_error().is_none() => Err(IngestError::Write(WriteError::from(

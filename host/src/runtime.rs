@@ -173,7 +173,9 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("component {name} imports something Sluice does not provide: {e}"))?;
         let export = |export: &str| {
             component.get_export_index(None, export).ok_or_else(|| {
-                anyhow::anyhow!("component {name} does not implement sluice:ingest/normalizer: it has no `{export}` export")
+                anyhow::anyhow!(
+                    "component {name} does not implement sluice:ingest/normalizer: it has no `{export}` export"
+                )
             })
         };
         let exports = Exports { tables: export("tables")?, handle: export("handle")? };
@@ -184,7 +186,8 @@ impl Runtime {
         let tables = self
             .call(&normalizer, limits, |instance, store| {
                 instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, exports.handle)?;
-                let (tables,) = instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
+                let (tables,) =
+                    instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
                 Ok(tables)
             })
             .map_err(|e| anyhow::anyhow!("component {name} does not fit the contract: {e}"))?;
@@ -205,7 +208,9 @@ impl Runtime {
             // engine with the same compatibility hash (it is in the name).
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), "recompiling a cached component that did not load: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "recompiling a cached component that did not load: {e:#}")
+                }
             }
         }
         let started = Instant::now();
@@ -281,10 +286,7 @@ impl Runtime {
         store.limiter(|state| &mut state.limiter);
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
         store.set_epoch_deadline(ticks);
-        let result = normalizer
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(instance, &mut store));
+        let result = normalizer.pre.instantiate(&mut store).and_then(|instance| f(instance, &mut store));
         result.map_err(|error| {
             if store.data().limiter.hit {
                 ComponentFailure::Memory(format!(

@@ -53,11 +53,19 @@ pub async fn serve(config: Config) -> Result<()> {
         settings: config.settings.clone(),
         query_tokens: Vec::new(),
     };
-    let default_tenant =
-        Arc::new(Tenant::new(default_spec, database.schema.clone(), destination.clone(), config.limits.clone(), normalizer, None));
+    let default_tenant = Arc::new(Tenant::new(
+        default_spec,
+        database.schema.clone(),
+        destination.clone(),
+        config.limits.clone(),
+        normalizer,
+        None,
+    ));
     let tenants = registry.snapshot().tenants.len();
     if tenants == 0 {
-        tracing::info!("no tenants are configured: the default tenant takes requests without a key, from loopback only");
+        tracing::info!(
+            "no tenants are configured: the default tenant takes requests without a key, from loopback only"
+        );
     } else {
         tracing::info!(tenants, "tenants loaded");
     }
@@ -70,9 +78,8 @@ pub async fn serve(config: Config) -> Result<()> {
         admin_token: config.admin_token.clone(),
     });
     drop(destination);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen on {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     // Scripts and tests read this line to find the port.

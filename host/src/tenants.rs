@@ -174,8 +174,9 @@ impl TenantSpec {
         }
         for (what, keys) in [("an API key", &mut self.keys), ("a query token", &mut self.query_tokens)] {
             for key in keys.iter_mut() {
-                let stored =
-                    key.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                let stored = key
+                    .strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
                 if !stored {
                     if key.len() < 16 {
                         bail!("tenant {}: {what} must be at least 16 characters", self.id);
@@ -384,7 +385,8 @@ impl Registry {
             return Ok(loaded.clone());
         }
         let path = self.components_dir.join(format!("{digest}.wasm"));
-        let wasm = std::fs::read(&path).with_context(|| format!("tenant {}: component {digest} is not stored", spec.id))?;
+        let wasm =
+            std::fs::read(&path).with_context(|| format!("tenant {}: component {digest} is not stored", spec.id))?;
         self.load(&spec.id, wasm).await
     }
 
@@ -431,9 +433,7 @@ impl Registry {
         let database = self.database_of(&spec);
         let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
         let normalizer = match keep {
-            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
-                old.normalizer()
-            }
+            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => old.normalizer(),
             _ => {
                 let normalizer = self.normalizer(&spec).await?;
                 self.migrate(&destination, &database.schema, &normalizer).await?;

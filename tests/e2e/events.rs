@@ -56,7 +56,9 @@ async fn example_round_trips_and_a_replay_is_a_duplicate() {
 }
 
 fn event(i: usize) -> String {
-    format!(r#"{{"eventType":"load.test","occurredAt":"2026-05-26T14:21:08Z","idempotencyKey":"k-{i}","payload":{{"i":{i}}}}}"#)
+    format!(
+        r#"{{"eventType":"load.test","occurredAt":"2026-05-26T14:21:08Z","idempotencyKey":"k-{i}","payload":{{"i":{i}}}}}"#
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,13 +192,11 @@ async fn a_failing_component_fails_only_its_request() {
     std::fs::write(&wasm, sluice_artifacts::MISBEHAVE).unwrap();
     let sluice = Sluice::start(
         Some(&db),
-        &format!("[limits]\ncomponent_deadline_ms = 200\ncomponent_memory_bytes = 33554432\n[components]\nevents = {wasm:?}\n"),
+        &format!(
+            "[limits]\ncomponent_deadline_ms = 200\ncomponent_memory_bytes = 33554432\n[components]\nevents = {wasm:?}\n"
+        ),
     );
-    for (fault, expect) in [
-        ("trap", "failed"),
-        ("loop", "deadline of 200 ms"),
-        ("alloc", "memory limit of 32 MiB"),
-    ] {
+    for (fault, expect) in [("trap", "failed"), ("loop", "deadline of 200 ms"), ("alloc", "memory limit of 32 MiB")] {
         let response = crate::support::http()
             .post(sluice.url("/v1/events"))
             .header("content-type", "application/json")

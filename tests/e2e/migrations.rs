@@ -53,7 +53,8 @@ async fn adds_new_nullable_columns_and_missing_indexes() {
     migrate(&mut client, "public", &[table]).await.unwrap();
     let cols = columns(&client, "public.events").await;
     assert_eq!(cols.last().unwrap(), &("tenant_note".to_string(), "text".to_string(), false));
-    let restored: bool = client.query_one("SELECT to_regclass('events_occurred_at_idx') IS NOT NULL", &[]).await.unwrap().get(0);
+    let restored: bool =
+        client.query_one("SELECT to_regclass('events_occurred_at_idx') IS NOT NULL", &[]).await.unwrap().get(0);
     assert!(restored);
 }
 

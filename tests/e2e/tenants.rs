@@ -115,8 +115,10 @@ async fn the_admin_api_needs_its_token_and_rotates_keys() {
     assert_eq!(send(&events, Some(&new_key), EXAMPLE).await.0, 200);
     // ... until the old one is revoked.
     let (_, acme) = admin(reqwest::Method::GET, &sluice.url("/admin/tenants/acme"), None).await;
-    let old_id = acme["keys"].as_array().unwrap().iter().find(|k| **k != added["key_id"]).unwrap().as_str().unwrap().to_owned();
-    let (status, _) = admin(reqwest::Method::DELETE, &sluice.url(&format!("/admin/tenants/acme/keys/{old_id}")), None).await;
+    let old_id =
+        acme["keys"].as_array().unwrap().iter().find(|k| **k != added["key_id"]).unwrap().as_str().unwrap().to_owned();
+    let (status, _) =
+        admin(reqwest::Method::DELETE, &sluice.url(&format!("/admin/tenants/acme/keys/{old_id}")), None).await;
     assert_eq!(status, 204);
     assert_eq!(send(&events, Some(ACME_KEY), EXAMPLE).await.0, 401);
     assert_eq!(send(&events, Some(&new_key), EXAMPLE).await.0, 200);
@@ -185,9 +187,12 @@ async fn swaps_under_load_fail_nothing_and_survive_a_restart() {
     // as the events normalizer unless asked to misbehave).
     let components = [sluice_artifacts::MISBEHAVE.to_vec(), sluice_artifacts::EVENTS.to_vec()];
     for swap in 0..10 {
-        let (status, answer) =
-            admin(reqwest::Method::PUT, &sluice.url("/admin/tenants/acme/component"), Some(components[swap % 2].clone()))
-                .await;
+        let (status, answer) = admin(
+            reqwest::Method::PUT,
+            &sluice.url("/admin/tenants/acme/component"),
+            Some(components[swap % 2].clone()),
+        )
+        .await;
         assert_eq!(status, 200, "{answer}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -46,7 +46,10 @@ fn element_oid(ty: ColumnType) -> u32 {
 
 /// Encodes one element. The value's type was checked against the column
 /// before it got here.
-fn encode(value: &Value, out: &mut BytesMut) -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+fn encode(
+    value: &Value,
+    out: &mut BytesMut,
+) -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
     match value {
         Value::Null => return Ok(postgres_protocol::IsNull::Yes),
         Value::Boolean(b) => wire::bool_to_sql(*b, out),
@@ -72,7 +75,13 @@ fn encode(value: &Value, out: &mut BytesMut) -> Result<postgres_protocol::IsNull
 impl ToSql for ColumnArray<'_> {
     fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         let dimension = wire::ArrayDimension { len: i32::try_from(self.values.len())?, lower_bound: 1 };
-        wire::array_to_sql(Some(dimension), element_oid(self.param_type), self.values.iter(), |v, out| encode(v, out), out)?;
+        wire::array_to_sql(
+            Some(dimension),
+            element_oid(self.param_type),
+            self.values.iter(),
+            |v, out| encode(v, out),
+            out,
+        )?;
         Ok(IsNull::No)
     }
 

@@ -13,10 +13,7 @@ use tokio_postgres::Client;
 pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice:migrate'))", &[]).await?;
-    let schema_exists = tx
-        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
-        .await?
-        .is_some();
+    let schema_exists = tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await?.is_some();
     if !schema_exists {
         tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))
             .await

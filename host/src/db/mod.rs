@@ -12,7 +12,8 @@ use std::time::Duration;
 /// A pool of `size` connections. Connections are opened lazily, so this
 /// succeeds while the server is down.
 pub fn pool(config: tokio_postgres::Config, size: usize, wait: Duration) -> Result<Pool> {
-    let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager =
+        Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)

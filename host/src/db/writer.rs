@@ -12,7 +12,7 @@ use crate::config::BatchConfig;
 use deadpool_postgres::Pool;
 use sluice_sdk::UpsertPlan;
 use sluice_sdk::sql::Upsert;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -32,36 +32,82 @@ pub struct CheckedPlan {
 /// a duplicate (false)?
 pub type Written = Vec<Vec<bool>>;
 
+/// What became of one job's rows.
+#[derive(Debug, Default)]
+pub struct JobResult {
+    pub written: Written,
+    /// Events whose rows the database refused (by bisection), with why;
+    /// none of their rows were written.
+    pub refused: Vec<(u32, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteError {
-    /// The database refused the data (SQLSTATE class 22 or 23).
-    Rejected(String),
-    /// The database could not be reached or failed; the write may be retried.
+    /// The database could not be reached, or kept failing transiently,
+    /// until the request's deadline. Retrying later is right.
     Unavailable(String),
+    /// The destination refuses every row — a missing table or column, a
+    /// missing privilege — until an operator fixes it.
+    Unusable(String),
 }
 
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::Rejected(m) => write!(f, "the database refused the rows: {m}"),
             WriteError::Unavailable(m) => write!(f, "the database is unavailable: {m}"),
+            WriteError::Unusable(m) => write!(f, "the destination cannot take rows: {m}"),
         }
+    }
+}
+
+/// How a failed write is handled, by SQLSTATE and connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection loss, `08` connection exceptions, `53` insufficient
+    /// resources, `57P01`–`57P03` shutdown, `57014` cancelled, `55P03`
+    /// lock not available, pool timeouts: the same batch is retried.
+    Transient,
+    /// `40001` serialization failure and `40P01` deadlock: retried when
+    /// `retry_on_deadlock` is on.
+    Conflict,
+    /// The data: `22` data exceptions, `23` integrity violations, `54`
+    /// program limits (a value too large) and anything else row-specific.
+    /// The bad rows are found by bisection; the rest are written.
+    Data,
+    /// The destination: `42` syntax/undefined/privilege, `3D`/`3F` missing
+    /// database or schema, `0A` not supported, `25` read-only. Every row
+    /// would fail the same way; no point bisecting.
+    Destination,
+}
+
+impl Failure {
+    pub fn of(e: &tokio_postgres::Error) -> Failure {
+        let Some(db) = e.as_db_error() else { return Failure::Transient };
+        let code = db.code().code();
+        match &code[..2] {
+            "08" | "53" | "57" | "58" | "XX" => Failure::Transient,
+            "55" if code == "55P03" => Failure::Transient,
+            "40" if code == "40001" || code == "40P01" => Failure::Conflict,
+            "40" => Failure::Transient,
+            "42" | "3D" | "3F" | "0A" | "25" | "28" | "2B" => Failure::Destination,
+            _ => Failure::Data,
+        }
+    }
+}
+
+/// `message (SQLSTATE code)`, or the error as it shows itself.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> WriteError {
-        match e.as_db_error() {
-            Some(db) => {
-                let code = db.code().code();
-                let message = format!("{} (SQLSTATE {code})", db.message());
-                if code.starts_with("22") || code.starts_with("23") {
-                    WriteError::Rejected(message)
-                } else {
-                    WriteError::Unavailable(message)
-                }
-            }
-            None => WriteError::Unavailable(e.to_string()),
+        match Failure::of(&e) {
+            Failure::Destination => WriteError::Unusable(describe(&e)),
+            _ => WriteError::Unavailable(describe(&e)),
         }
     }
 }
@@ -79,7 +125,9 @@ struct Job {
     plans: Vec<CheckedPlan>,
     rows: usize,
     bytes: usize,
-    reply: oneshot::Sender<Result<Written, WriteError>>,
+    /// When the request stops waiting: retries end there.
+    deadline: Instant,
+    reply: oneshot::Sender<Result<JobResult, WriteError>>,
 }
 
 /// The queue in front of one destination. Cloning shares it.
@@ -101,10 +149,11 @@ impl Writer {
         (Writer { jobs }, done)
     }
 
-    /// Writes the plans and answers once they are committed.
-    pub async fn write(&self, plans: Vec<CheckedPlan>) -> Result<Written, WriteError> {
+    /// Writes the plans and answers once they are committed, retrying
+    /// transient failures until `deadline`.
+    pub async fn write(&self, plans: Vec<CheckedPlan>, deadline: Instant) -> Result<JobResult, WriteError> {
         if plans.is_empty() {
-            return Ok(Vec::new());
+            return Ok(JobResult::default());
         }
         let rows = plans.iter().map(|p| p.plan.rows.len()).sum();
         let bytes = plans
@@ -114,7 +163,7 @@ impl Writer {
             .sum();
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { plans, rows, bytes, reply })
+            .send(Job { plans, rows, bytes, deadline, reply })
             .await
             .map_err(|_| WriteError::Unavailable("the writer has stopped".into()))?;
         answer.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the writer stopped before answering".into())))
@@ -140,14 +189,15 @@ impl Batcher {
                 self.push(job, &mut linger_ends, linger);
             }
             while flushing.len() < self.batch.writers && !self.pending.is_empty() {
-                let full = self.pending_rows >= self.batch.batch_size || self.pending_bytes >= self.batch.batch_size_bytes;
+                let full =
+                    self.pending_rows >= self.batch.batch_size || self.pending_bytes >= self.batch.batch_size_bytes;
                 let due = linger.is_zero() || closed || linger_ends.is_some_and(|t| t <= Instant::now());
                 if !(full || due) {
                     break;
                 }
                 let jobs = self.take();
                 linger_ends = (!self.pending.is_empty()).then(|| Instant::now() + linger);
-                flushing.spawn(flush(self.pool.clone(), jobs));
+                flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock));
             }
             if closed && self.pending.is_empty() && flushing.is_empty() {
                 return;
@@ -178,7 +228,9 @@ impl Batcher {
         let mut jobs = Vec::new();
         let (mut rows, mut bytes) = (0, 0);
         while let Some(job) = self.pending.front() {
-            if !jobs.is_empty() && (rows + job.rows > self.batch.batch_size || bytes + job.bytes > self.batch.batch_size_bytes) {
+            if !jobs.is_empty()
+                && (rows + job.rows > self.batch.batch_size || bytes + job.bytes > self.batch.batch_size_bytes)
+            {
                 break;
             }
             let job = self.pending.pop_front().unwrap();
@@ -192,34 +244,145 @@ impl Batcher {
     }
 }
 
-/// Writes the jobs in one transaction. When that fails and there was more
-/// than one job, each is tried alone so one bad request fails only itself.
-async fn flush(pool: Pool, jobs: Vec<Job>) {
-    let result = write_batch(&pool, &jobs).await;
-    match result {
-        Ok(written) => {
-            for (job, written) in jobs.into_iter().zip(written) {
-                let _ = job.reply.send(Ok(written));
+/// An event of a job: the unit that is written or refused whole.
+type Unit = (usize, u32);
+
+/// Writes the jobs in one transaction, retrying transient failures with
+/// backoff until every job's deadline has passed. When the data is refused,
+/// bisects the batch by event: halves that commit are written, and an event
+/// that fails alone is refused with the database's reason.
+async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
+    let mut results: Vec<JobResult> = jobs
+        .iter()
+        .map(|j| JobResult {
+            written: j.plans.iter().map(|p| vec![false; p.plan.rows.len()]).collect(),
+            refused: vec![],
+        })
+        .collect();
+    let units: Vec<Unit> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| {
+            let mut events: Vec<u32> = job.plans.iter().flat_map(|p| p.plan.rows.iter().map(|r| r.event)).collect();
+            events.sort_unstable();
+            events.dedup();
+            events.into_iter().map(move |e| (j, e))
+        })
+        .collect();
+    let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
+    let batch = Batch { pool: &pool, jobs: &jobs, total: units.len(), deadline, retry_on_deadlock };
+    let outcome = batch.write_bisecting(units, &mut results).await;
+    for (job, result) in jobs.into_iter().zip(results) {
+        let _ = job.reply.send(match &outcome {
+            Ok(()) => Ok(result),
+            Err(e) => Err(e.clone()),
+        });
+    }
+}
+
+/// The jobs of one flush and how to write them.
+struct Batch<'a> {
+    pool: &'a Pool,
+    jobs: &'a [Job],
+    /// Units in the whole batch.
+    total: usize,
+    deadline: Instant,
+    retry_on_deadlock: bool,
+}
+
+impl Batch<'_> {
+    /// Writes `units`, splitting them while the database refuses the data.
+    async fn write_bisecting(&self, units: Vec<Unit>, results: &mut [JobResult]) -> Result<(), WriteError> {
+        let mut pending = vec![units];
+        while let Some(units) = pending.pop() {
+            match self.write_retrying(&units).await {
+                Ok(written) => {
+                    for (j, p, r) in written {
+                        results[j].written[p][r] = true;
+                    }
+                }
+                Err(Err(e)) => return Err(e),
+                Err(Ok(reason)) if units.len() == 1 => {
+                    let (j, event) = units[0];
+                    results[j].refused.push((event, reason));
+                }
+                Err(Ok(_)) => {
+                    let mut first = units;
+                    let second = first.split_off(first.len() / 2);
+                    // Depth first, in order: the second half waits its turn.
+                    pending.push(second);
+                    pending.push(first);
+                }
             }
         }
-        Err(_) if jobs.len() > 1 => {
-            for job in jobs {
-                let result = write_batch(&pool, std::slice::from_ref(&job)).await;
-                let _ = job.reply.send(result.map(|mut w| w.remove(0)));
+        Ok(())
+    }
+
+    /// Writes `units` in one transaction, retrying transient failures (and
+    /// conflicts, when allowed) with jittered exponential backoff until the
+    /// deadline. `Err(Ok(reason))`: the data was refused; `Err(Err(e))`: the
+    /// write cannot be done now.
+    async fn write_retrying(&self, units: &[Unit]) -> Result<Vec<(usize, usize, usize)>, Result<String, WriteError>> {
+        let (jobs, deadline) = (self.jobs, self.deadline);
+        let chosen: Option<HashSet<Unit>> = (units.len() < self.total).then(|| units.iter().copied().collect());
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let error = match write_units(self.pool, jobs, chosen.as_ref()).await {
+                Ok(written) => return Ok(written),
+                Err(error) => error,
+            };
+            let (failure, message) = match &error {
+                Attempt::Pool(e) => (Failure::Transient, e.to_string()),
+                Attempt::Database(e) => (Failure::of(e), describe(e)),
+            };
+            match failure {
+                Failure::Data => return Err(Ok(message)),
+                Failure::Destination => return Err(Err(WriteError::Unusable(message))),
+                Failure::Conflict if !self.retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
+                Failure::Transient | Failure::Conflict => {}
             }
-        }
-        Err(e) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
+            // Nobody waits any more, or the next try would end past the deadline.
+            let abandoned = units.iter().all(|&(j, _)| jobs[j].reply.is_closed());
+            let jitter = Duration::from_micros(u64::from(rand_u32()) % (backoff.as_micros() as u64 / 2 + 1));
+            let wait = backoff / 2 + jitter;
+            if abandoned || Instant::now() + wait >= deadline {
+                return Err(Err(WriteError::Unavailable(message)));
             }
+            tracing::warn!(retry_in_ms = wait.as_millis() as u64, "write failed, retrying: {message}");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
 
-async fn write_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Written>, WriteError> {
-    let mut written: Vec<Written> =
-        jobs.iter().map(|j| j.plans.iter().map(|p| vec![false; p.plan.rows.len()]).collect()).collect();
+/// The first wait between retries; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    u32::from_ne_bytes(bytes)
+}
+
+enum Attempt {
+    Pool(deadpool_postgres::PoolError),
+    Database(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Attempt {
+    fn from(e: tokio_postgres::Error) -> Attempt {
+        Attempt::Database(e)
+    }
+}
+
+/// One transaction writing the rows of the `chosen` events (all when
+/// `None`); returns (job, plan, row) of each row written.
+async fn write_units(
+    pool: &Pool,
+    jobs: &[Job],
+    chosen: Option<&HashSet<Unit>>,
+) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     // Plans of the same shape, from any job, share one statement.
     let mut groups: Vec<(&Upsert, Vec<(usize, usize)>)> = Vec::new();
     let mut by_sql: HashMap<&str, usize> = HashMap::new();
@@ -233,30 +396,35 @@ async fn write_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Written>, WriteErr
         }
     }
 
-    let mut client = pool.get().await?;
+    let mut client = pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => Attempt::Database(e),
+        other => Attempt::Pool(other),
+    })?;
     let tx = client.transaction().await?;
+    let mut written = Vec::new();
     for (upsert, members) in &groups {
-        let total: usize = members.iter().map(|&(j, p)| jobs[j].plans[p].plan.rows.len()).sum();
-        let mut columns: Vec<ColumnArray> = upsert
-            .param_types
-            .iter()
-            .map(|&param_type| ColumnArray { param_type, values: Vec::with_capacity(total) })
-            .collect();
-        let mut origin = Vec::with_capacity(total);
+        let mut columns: Vec<ColumnArray> =
+            upsert.param_types.iter().map(|&param_type| ColumnArray { param_type, values: Vec::new() }).collect();
+        let mut origin = Vec::new();
         for &(j, p) in members {
             for (r, row) in jobs[j].plans[p].plan.rows.iter().enumerate() {
+                if chosen.is_some_and(|c| !c.contains(&(j, row.event))) {
+                    continue;
+                }
                 for (column, value) in columns.iter_mut().zip(&row.values) {
                     column.values.push(value);
                 }
                 origin.push((j, p, r));
             }
         }
+        if origin.is_empty() {
+            continue;
+        }
         let statement = tx.prepare_cached(&upsert.sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         for row in tx.query(&statement, &params).await? {
             let position: i64 = row.get(0);
-            let (j, p, r) = origin[(position - 1) as usize];
-            written[j][p][r] = true;
+            written.push(origin[(position - 1) as usize]);
         }
     }
     tx.commit().await?;

@@ -80,7 +80,8 @@ fn url_with_db(url: &str, dbname: &str) -> String {
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to the test server");
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to the test server");
     tokio::spawn(connection);
     client
 }

@@ -1,0 +1,90 @@
+//! Delivery when the database refuses rows or the destination breaks.
+
+use crate::support::{Sluice, TestDb, http};
+use serde_json::{Value, json};
+
+fn event(event_type: &str, key: &str) -> Value {
+    json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
+}
+
+async fn send(url: &str, body: &Value) -> (u16, Option<String>, Value) {
+    let response = http().post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, response.json().await.unwrap())
+}
+
+/// One bad row must not sink its batch: bisection finds the events the
+/// database refuses, the others commit, and each refused event is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_database_refuses_are_isolated_and_reported() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let client = db.client().await;
+    // Create the table, then give it a rule some events break (SQLSTATE 23514).
+    let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("warmup", "w")])).await;
+    assert_eq!(status, 200);
+    client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
+
+    let kinds = ["ok", "bad", "ok", "ok", "ok", "bad", "ok", "ok", "ok", "ok", "ok", "bad"];
+    let body: Vec<Value> = kinds.iter().enumerate().map(|(i, k)| event(k, &format!("k{i}"))).collect();
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["inserted"], 9, "{answer}");
+    let rejected: Vec<u64> = answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(rejected, [1, 5, 11], "{answer}");
+    let reason = answer["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("no_bad") && reason.contains("23514"), "{reason}");
+    let stored: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 9);
+
+    // Requests flushed together are isolated from each other as well.
+    let url = sluice.url("/v1/events");
+    let sends = (0..8).map(|i| {
+        let url = url.clone();
+        let kind = if i % 4 == 0 { "bad" } else { "ok" };
+        async move { send(&url, &json!([event(kind, &format!("c{i}"))])).await }
+    });
+    let answers = futures_join(sends).await;
+    for (i, (status, _, answer)) in answers.iter().enumerate() {
+        if i % 4 == 0 {
+            assert_eq!((*status, answer["rejected"][0]["index"].as_u64()), (400, Some(0)), "{answer}");
+        } else {
+            assert_eq!((*status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+        }
+    }
+}
+
+/// A destination that refuses everything answers 503 with Retry-After and
+/// the reason, and the service keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_destination_answers_503_and_the_service_recovers() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let client = db.client().await;
+    let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
+    assert_eq!(status, 200);
+    client.batch_execute("ALTER TABLE events RENAME TO events_away").await.unwrap();
+    let (status, retry_after, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(retry_after.is_some());
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("events") && message.contains("42P01"), "{message}");
+    // Put right, the same request goes through.
+    client.batch_execute("ALTER TABLE events_away RENAME TO events").await.unwrap();
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+}
+
+async fn futures_join<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+    F: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
