@@ -217,6 +217,9 @@ pub struct Limits {
     pub component_memory_bytes: usize,
     /// Request bytes a tenant may have in flight at once; past it, 429.
     pub max_in_flight_bytes: usize,
+    /// Request bytes the whole service may have in flight at once; past
+    /// it, 503. With `max_body_bytes` it bounds the memory requests take.
+    pub max_in_flight_bytes_total: usize,
     /// Component calls one tenant may run at once; more wait their turn.
     pub max_concurrent_calls: u32,
     /// Component instances that may run at once.
@@ -231,6 +234,7 @@ impl Default for Limits {
             component_deadline_ms: 2_000,
             component_memory_bytes: 256 << 20,
             max_in_flight_bytes: 256 << 20,
+            max_in_flight_bytes_total: 1 << 30,
             max_concurrent_calls: 4,
             max_instances: 64,
         }

@@ -30,6 +30,8 @@ pub struct App {
     /// The service database, for readiness.
     pub pool: Pool,
     pub admin_token: Option<Secret>,
+    /// Request bytes being processed now, across tenants.
+    pub in_flight_bytes: AtomicUsize,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -244,6 +246,15 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         Ok(body) => body,
         Err(response) => return response,
     };
+    let _in_flight_total = InFlight(&app.in_flight_bytes, body.len());
+    if app.in_flight_bytes.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes_total {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    }
     let in_flight = &tenant.stats.in_flight_bytes;
     let _in_flight = InFlight(in_flight, body.len());
     if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes {

@@ -76,6 +76,7 @@ pub async fn serve(config: Config) -> Result<()> {
         default_tenant,
         pool: destination.pool.clone(),
         admin_token: config.admin_token.clone(),
+        in_flight_bytes: Default::default(),
     });
     drop(destination);
     let listener =

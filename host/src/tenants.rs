@@ -137,6 +137,7 @@ impl TenantLimits {
             max_in_flight_bytes: self.max_in_flight_bytes.unwrap_or(service.max_in_flight_bytes),
             max_concurrent_calls: self.max_concurrent_calls.unwrap_or(service.max_concurrent_calls).max(1),
             max_instances: service.max_instances,
+            max_in_flight_bytes_total: service.max_in_flight_bytes_total,
         }
     }
 }

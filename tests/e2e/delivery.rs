@@ -88,3 +88,17 @@ where
     }
     out
 }
+
+/// Past the service's in-flight cap a request is turned away with 503 and
+/// Retry-After before it costs anything more; smaller ones still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_in_flight_cap_answers_503_with_retry_after() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "[limits]\nmax_in_flight_bytes_total = 2000\n");
+    let big: Vec<Value> = (0..30).map(|i| event("big", &format!("b{i}"))).collect();
+    let (status, retry_after, answer) = send(&sluice.url("/v1/events"), &json!(big)).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("2000 bytes in flight"), "{answer}");
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("small", "s")])).await;
+    assert_eq!(status, 200, "{answer}");
+}
