@@ -97,6 +97,8 @@ pub struct ClusterOptions {
     /// when the cluster stops (also when the owning process dies). For
     /// throwaway clusters.
     pub remove_on_stop: bool,
+    /// The TCP port on 127.0.0.1; `None` picks a free one at each start.
+    pub port: Option<u16>,
 }
 
 impl ClusterOptions {
@@ -109,6 +111,7 @@ impl ClusterOptions {
             settings: Vec::new(),
             bindir: None,
             remove_on_stop: false,
+            port: None,
         }
     }
 }
@@ -311,7 +314,7 @@ impl Cluster {
         prepare_log(&cluster.paths.log, cluster.server.run_as.as_ref())?;
         let mut settings = base_settings(options.fsync);
         settings.extend(options.settings.iter().cloned());
-        cluster.start_server(&settings)?;
+        cluster.start_server(&settings, options.port)?;
         cluster.remove_on_stop = options.remove_on_stop;
         cluster.guardian = Some(cluster.spawn_guardian()?);
         tracing::info!(
@@ -409,9 +412,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn start_server(&mut self, settings: &[(String, String)]) -> Result<()> {
+    fn start_server(&mut self, settings: &[(String, String)], fixed_port: Option<u16>) -> Result<()> {
         for attempt in 1..=START_ATTEMPTS {
-            let port = free_port()?;
+            let port = match fixed_port {
+                Some(port) => port,
+                None => free_port()?,
+            };
             let mut options = vec!["-p".to_string(), port.to_string(), "-k".into(), String::new()];
             for (name, value) in settings {
                 options.push("-c".into());
@@ -441,7 +447,7 @@ impl Cluster {
             if read_postmaster_pid(&self.paths.data).is_some_and(process_alive) {
                 let _ = pg_ctl_stop(&self.server, &self.paths.data, "immediate");
             }
-            if attempt < START_ATTEMPTS && tail.contains("could not bind") {
+            if attempt < START_ATTEMPTS && fixed_port.is_none() && tail.contains("could not bind") {
                 tracing::info!(port, "port taken meanwhile; retrying on another one");
                 continue;
             }

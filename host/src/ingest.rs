@@ -6,6 +6,7 @@ use crate::config::Limits;
 use crate::db::writer::{CheckedPlan, WriteError};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sluice_sdk::sql::Upsert;
@@ -81,6 +82,16 @@ impl Penalty {
 pub struct Loaded {
     pub normalizer: Arc<Normalizer>,
     pub loaded_at: SystemTime,
+    /// Its tables exist in the tenant's schema. False while the database
+    /// was unreachable when the component was loaded; the first request
+    /// after it comes back migrates.
+    pub migrated: std::sync::atomic::AtomicBool,
+}
+
+impl Loaded {
+    fn new(normalizer: Arc<Normalizer>, migrated: bool) -> Loaded {
+        Loaded { normalizer, loaded_at: SystemTime::now(), migrated: migrated.into() }
+    }
 }
 
 #[derive(Default)]
@@ -133,17 +144,18 @@ impl Tenant {
         destination: Arc<Destination>,
         limits: Limits,
         normalizer: Arc<Normalizer>,
+        migrated: bool,
         keep: Option<&Tenant>,
     ) -> Tenant {
         let (component, stats, penalty) = match keep {
             Some(old) => {
                 if !Arc::ptr_eq(&old.normalizer(), &normalizer) {
-                    old.swap(normalizer);
+                    old.swap(normalizer, migrated);
                 }
                 (old.component.clone(), old.stats.clone(), old.penalty.clone())
             }
             None => {
-                let loaded = Loaded { normalizer, loaded_at: SystemTime::now() };
+                let loaded = Loaded::new(normalizer, migrated);
                 (Arc::new(ArcSwap::from_pointee(loaded)), Arc::default(), Arc::default())
             }
         };
@@ -182,8 +194,8 @@ impl Tenant {
 
     /// Switches to another component; requests in flight keep theirs. The
     /// new component starts with a clean record.
-    pub fn swap(&self, normalizer: Arc<Normalizer>) {
-        self.component.store(Arc::new(Loaded { normalizer, loaded_at: SystemTime::now() }));
+    pub fn swap(&self, normalizer: Arc<Normalizer>, migrated: bool) {
+        self.component.store(Arc::new(Loaded::new(normalizer, migrated)));
         self.penalty.lock().unwrap().succeeded();
     }
 
@@ -224,8 +236,13 @@ impl Tenant {
 
     /// Normalizes and writes one request; answers after the rows commit.
     pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Request) -> Result<Tally, IngestError> {
-        let normalizer = self.normalizer();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
+        let loaded = self.loaded();
+        let normalizer = loaded.normalizer.clone();
         let outcome = self.normalize(runtime, normalizer.clone(), request).await?;
+        if !loaded.migrated.load(Ordering::Acquire) {
+            self.migrate_late(&loaded, deadline).await?;
+        }
         let mut rejected: BTreeMap<u32, String> = BTreeMap::new();
         for rejection in outcome.rejections {
             if rejection.index < outcome.events {
@@ -243,7 +260,6 @@ impl Tenant {
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
             self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
         let result = self.destination.writer.write(plans, deadline).await.map_err(IngestError::Write)?;
         for (event, reason) in result.refused {
             rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}"));
@@ -310,6 +326,33 @@ impl Tenant {
             })
             .filter(|(p, _)| !p.plan.rows.is_empty())
             .collect()
+    }
+
+    /// Creates the component's tables now that the database answers,
+    /// trying until `deadline` while it still does not.
+    async fn migrate_late(&self, loaded: &Loaded, deadline: tokio::time::Instant) -> Result<(), IngestError> {
+        let _creating = self.creating.lock().await;
+        while !loaded.migrated.load(Ordering::Acquire) {
+            let attempt = async {
+                let mut client = self.destination.pool.get().await.context("connect to the tenant's database")?;
+                crate::db::migrate::migrate(&mut client, &self.schema, &loaded.normalizer.tables).await
+            };
+            match attempt.await {
+                Ok(()) => {
+                    tracing::info!(tenant = %self.id(), "the database answers again: tables migrated");
+                    loaded.migrated.store(true, Ordering::Release);
+                }
+                Err(e) if crate::db::is_unreachable(&e) => {
+                    let wait = Duration::from_millis(250);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(IngestError::Write(WriteError::Unavailable(format!("{e:#}"))));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(IngestError::Write(WriteError::Unusable(format!("{e:#}")))),
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the table `name` of the component's template `template`

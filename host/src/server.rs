@@ -38,10 +38,17 @@ pub async fn serve(config: Config) -> Result<()> {
     ));
     registry.start(config.tenants.clone()).await?;
     let destination = registry.service_destination()?;
-    {
-        let mut client = destination.pool.get().await.context("connect to the database")?;
-        db::migrate::migrate(&mut client, &database.schema, &normalizer.tables).await?;
-    }
+    let migrated = match registry.migrate(&destination, &database.schema, &normalizer).await {
+        Ok(()) => true,
+        // Serve anyway: /readyz says not ready, requests wait for the
+        // database up to their deadline, and the first after it answers
+        // creates the tables.
+        Err(e) if db::is_unreachable(&e) => {
+            tracing::warn!("the database is unreachable; serving anyway, not ready until it answers: {e:#}");
+            false
+        }
+        Err(e) => return Err(e),
+    };
     let default_spec = TenantSpec {
         id: "default".into(),
         keys: Vec::new(),
@@ -59,6 +66,7 @@ pub async fn serve(config: Config) -> Result<()> {
         destination.clone(),
         config.limits.clone(),
         normalizer,
+        migrated,
         None,
     ));
     let tenants = registry.snapshot().tenants.len();
@@ -77,6 +85,7 @@ pub async fn serve(config: Config) -> Result<()> {
         pool: destination.pool.clone(),
         admin_token: config.admin_token.clone(),
         in_flight_bytes: Default::default(),
+        queries: crate::query::Queries::new(config.query.clone()),
     });
     drop(destination);
     let listener =

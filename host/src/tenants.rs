@@ -433,19 +433,32 @@ impl Registry {
     async fn build(&self, spec: TenantSpec, keep: Option<&Tenant>) -> Result<Arc<Tenant>> {
         let database = self.database_of(&spec);
         let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
-        let normalizer = match keep {
-            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => old.normalizer(),
+        let (normalizer, migrated) = match keep {
+            // The kept component slot keeps its own record of migration.
+            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
+                (old.normalizer(), true)
+            }
             _ => {
                 let normalizer = self.normalizer(&spec).await?;
-                self.migrate(&destination, &database.schema, &normalizer).await?;
-                normalizer
+                let migrated = match self.migrate(&destination, &database.schema, &normalizer).await {
+                    Ok(()) => true,
+                    Err(e) if db::is_unreachable(&e) => {
+                        tracing::warn!(
+                            tenant = %spec.id,
+                            "the database is unreachable; the tables are created when it answers: {e:#}"
+                        );
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+                (normalizer, migrated)
             }
         };
         let limits = spec.limits.resolve(&self.service_limits);
-        Ok(Arc::new(Tenant::new(spec, database.schema, destination, limits, normalizer, keep)))
+        Ok(Arc::new(Tenant::new(spec, database.schema, destination, limits, normalizer, migrated, keep)))
     }
 
-    async fn migrate(&self, destination: &Destination, schema: &str, normalizer: &Normalizer) -> Result<()> {
+    pub async fn migrate(&self, destination: &Destination, schema: &str, normalizer: &Normalizer) -> Result<()> {
         let mut client = destination.pool.get().await.context("connect to the tenant's database")?;
         db::migrate::migrate(&mut client, schema, &normalizer.tables).await
     }
@@ -541,13 +554,14 @@ impl Registry {
         let mut spec = old.spec.clone();
         spec.component = format!("sha256:{digest}");
         // The same tenant object keeps serving; only its component changes.
-        old.swap(normalizer);
+        old.swap(normalizer, true);
         let tenant = Arc::new(Tenant::new(
             spec,
             old.schema.clone(),
             old.destination.clone(),
             old.limits.clone(),
             old.normalizer(),
+            true,
             Some(&old),
         ));
         let mut next = self.next();

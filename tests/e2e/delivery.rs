@@ -2,6 +2,9 @@
 
 use crate::support::{Sluice, TestDb, http};
 use serde_json::{Value, json};
+use sluice::embedded::{Cluster, ClusterOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn event(event_type: &str, key: &str) -> Value {
     json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
@@ -101,4 +104,81 @@ async fn the_service_in_flight_cap_answers_503_with_retry_after() {
     assert!(answer["error"].as_str().unwrap().contains("2000 bytes in flight"), "{answer}");
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("small", "s")])).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// Polls `url` until it answers `status`, for at most `within`.
+async fn until_status(url: &str, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = http().get(url).send().await.map(|r| r.status().as_u16());
+        if answer.as_ref().ok() == Some(&status) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{url} still answers {answer:?} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL down at start and again mid-run: the service stays up, says
+/// it is not ready, answers 503 once a request's deadline passes, and
+/// resumes by itself when the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_rides_out_database_outages() {
+    // A server of its own, on a fixed port, so it can stop and come back.
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join(format!("outage-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = ClusterOptions {
+        fsync: false,
+        template: Some(tmp.join("pg-template")),
+        port: Some(port),
+        ..ClusterOptions::new(dir.join("pg"))
+    };
+    let mut cluster = Cluster::start(options.clone()).unwrap();
+    let db = TestDb { url: cluster.url(), name: "sluice".into() };
+    cluster.stop().unwrap();
+
+    let sluice = Sluice::start(Some(&db), "[limits]\nrequest_timeout_ms = 1500\n");
+    until_status(&sluice.url("/readyz"), 503, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let (status, retry_after, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(retry_after.is_some());
+    assert!(started.elapsed() < Duration::from_secs(10), "answered within its deadline");
+
+    // The server comes up: the service is ready and writes, tables created late.
+    let mut cluster = Cluster::start(options.clone()).unwrap();
+    until_status(&sluice.url("/readyz"), 200, Duration::from_secs(10)).await;
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+
+    // Down mid-run, with connections open in the pool.
+    cluster.stop().unwrap();
+    until_status(&sluice.url("/readyz"), 503, Duration::from_secs(5)).await;
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
+    assert_eq!(status, 503, "{answer}");
+    // A request sent while it is down commits once it is back within the deadline.
+    let url = sluice.url("/v1/events");
+    let pending = tokio::spawn(async move { send(&url, &json!([event("a", "3")])).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cluster = Cluster::start(options).unwrap();
+    let (status, _, answer) = pending.await.unwrap();
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+    let back = until_status(&sluice.url("/readyz"), 200, Duration::from_secs(10)).await;
+    assert!(back < Duration::from_secs(5), "ready {back:?} after the server");
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+
+    let client = db.client().await;
+    let keys: Vec<String> = client
+        .query("SELECT event_id::text FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys.len(), 3, "each acknowledged event once: {keys:?}");
+    drop(client);
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

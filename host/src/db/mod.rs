@@ -22,3 +22,16 @@ pub fn pool(config: tokio_postgres::Config, size: usize, wait: Duration) -> Resu
         .recycle_timeout(Some(wait))
         .build()?)
 }
+
+/// Whether `e` says the database could not be reached (or is starting or
+/// stopping), rather than that it refused what was asked.
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let pg = match cause.downcast_ref::<deadpool_postgres::PoolError>() {
+            Some(deadpool_postgres::PoolError::Backend(pg)) => Some(pg),
+            Some(_) => return true,
+            None => cause.downcast_ref::<tokio_postgres::Error>(),
+        };
+        pg.is_some_and(|pg| writer::Failure::of(pg) == writer::Failure::Transient)
+    })
+}
