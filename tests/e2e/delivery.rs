@@ -182,3 +182,94 @@ async fn the_service_rides_out_database_outages() {
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends batches of events with idempotency keys until `stop`, recording
+/// each batch that was acknowledged and each that was not.
+async fn client_loop(url: String, next: std::sync::Arc<std::sync::atomic::AtomicU32>, stop: Instant) -> (Vec<u32>, Vec<u32>) {
+    let (mut acked, mut unsure) = (Vec::new(), Vec::new());
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    while Instant::now() < stop {
+        let batch = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match client.post(&url).json(&batch_body(batch)).send().await {
+            Ok(r) if r.status() == 200 => acked.push(batch),
+            Ok(_) | Err(_) => {
+                unsure.push(batch);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (acked, unsure)
+}
+
+const BATCH: u32 = 20;
+
+/// The events of batch `batch`, each carrying its key in the payload too
+/// (so the check reads the stored rows, not just their count).
+fn batch_body(batch: u32) -> Value {
+    let events = (0..BATCH).map(|i| {
+        let key = format!("b{batch}-{i}");
+        json!({"eventType": "crash", "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {"k": key}})
+    });
+    json!(events.collect::<Vec<_>>())
+}
+
+/// An event acknowledged with success is committed: the host is killed
+/// with SIGKILL at random moments under load, ten times; the client
+/// retries everything it was not sure of with the same idempotency keys.
+/// At the end every event is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_sigkill() {
+    let db = TestDb::new().await;
+    let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}", std::process::id()));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (mut acked, mut unsure) = (Vec::new(), Vec::new());
+    for round in 0..11u64 {
+        let mut sluice = Sluice::start_in(Some(&db), "", Some(&data_dir));
+        // Vary when the kill lands: 150 to 650 ms into the load.
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+        let run_for = Duration::from_millis(150 + (seed.wrapping_mul(round + 7) % 500));
+        let stop = Instant::now() + run_for + Duration::from_millis(100);
+        let clients: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(client_loop(sluice.url("/v1/events"), next.clone(), stop)))
+            .collect();
+        if round < 10 {
+            tokio::time::sleep(run_for).await;
+            sluice.child.kill().unwrap();
+            sluice.child.wait().unwrap();
+        }
+        for client in clients {
+            let (a, u) = client.await.unwrap();
+            acked.extend(a);
+            unsure.extend(u);
+        }
+        if round == 10 {
+            // Retry everything not acknowledged, with the same keys.
+            let client = http();
+            for &batch in &unsure {
+                let answer = client.post(sluice.url("/v1/events")).json(&batch_body(batch)).send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+            }
+        }
+    }
+    assert!(acked.len() > 10, "enough load was acknowledged: {}", acked.len());
+    assert!(!unsure.is_empty(), "the kills landed mid-request");
+    let client = db.client().await;
+    // Every batch sent — acknowledged, or unsure and retried — is there in
+    // full, and no event twice (a duplicate key would show as more rows).
+    let keys: Vec<String> = client
+        .query("SELECT payload->>'k' FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "an event was stored twice");
+    for batch in acked.iter().chain(&unsure) {
+        for i in 0..BATCH {
+            assert!(distinct.contains(&format!("b{batch}-{i}")), "event b{batch}-{i} is missing");
+        }
+    }
+    assert_eq!(keys.len(), (acked.len() + unsure.len()) * BATCH as usize);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
