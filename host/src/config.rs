@@ -40,6 +40,8 @@ pub struct Config {
     /// The component settings of the default tenant (the one that takes
     /// keyless loopback requests while no tenant is configured).
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The SQL query API (`/api/query`, see docs/query.md).
+    pub query: crate::query::QueryConfig,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             admin_token: None,
             tenants: Vec::new(),
             settings: Default::default(),
+            query: Default::default(),
         }
     }
 }
@@ -290,6 +293,7 @@ impl Config {
         if self.limits.max_instances == 0 {
             bail!("limits.max_instances must be at least 1");
         }
+        self.query.validate()?;
         Ok(())
     }
 

@@ -32,6 +32,8 @@ pub struct App {
     pub admin_token: Option<Secret>,
     /// Request bytes being processed now, across tenants.
     pub in_flight_bytes: AtomicUsize,
+    /// The SQL query API's settings and connection pools.
+    pub queries: crate::query::Queries,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -46,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(crate::admin::routes(app.clone()))
+        .merge(crate::query::routes(app.clone()))
         .with_state(app)
 }
 

@@ -8,6 +8,7 @@ pub mod db;
 pub mod embedded;
 pub mod http;
 pub mod ingest;
+pub mod query;
 pub mod runtime;
 pub mod server;
 pub mod tenants;

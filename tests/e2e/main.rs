@@ -7,4 +7,5 @@ mod delivery;
 mod events;
 mod lifecycle;
 mod migrations;
+mod query;
 mod tenants;

@@ -23,7 +23,7 @@ impl Format {
     }
 }
 
-const EVENT_TYPES: [&str; 4] = ["order.completed", "order.created", "invoice.paid", "subscription.renewed"];
+pub const EVENT_TYPES: [&str; 4] = ["order.completed", "order.created", "invoice.paid", "subscription.renewed"];
 const TIERS: [&str; 3] = ["free", "pro", "enterprise"];
 const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-2"];
 

@@ -71,7 +71,7 @@ impl Worker for HttpWorker {
     }
 }
 
-fn transport_failure(e: reqwest::Error) -> Failure {
+pub fn transport_failure(e: reqwest::Error) -> Failure {
     let kind = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {

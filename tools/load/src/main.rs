@@ -1,9 +1,10 @@
-//! `sluice-load`: load for `POST /v1/events`, and the direct-to-PostgreSQL
-//! baseline to hold it against.
+//! `sluice-load`: load for `POST /v1/events`, the direct-to-PostgreSQL
+//! baseline to hold it against, and small queries for `/api/query`.
 
 mod baseline;
 mod generate;
 mod http;
+mod query;
 mod report;
 mod run;
 
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use generate::{Format, Generator};
 use report::Setup;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Load generator for Sluice, with a direct-to-PostgreSQL baseline.
@@ -62,6 +64,41 @@ enum Mode {
         #[command(flatten)]
         common: Common,
     },
+    /// Send small read-only SQL queries to a running `sluice serve`'s
+    /// `POST /api/query` (with a tenant's query token in a --header).
+    Query {
+        /// The query endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8080/api/query")]
+        url: String,
+        /// The SQL of every query. The default reads the ten latest events
+        /// of a type, cycling through the generator's four event types.
+        #[arg(long, default_value = query::DEFAULT_SQL)]
+        sql: String,
+        /// A JSON array of parameters for one query (repeatable; the runs
+        /// cycle through them), e.g. `--params '["order.completed"]'`.
+        #[arg(long = "params")]
+        params: Vec<String>,
+        /// Give up on a query after this long.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// A header for every request, `NAME: VALUE` (repeatable), e.g.
+        /// `--header "authorization: Bearer TOKEN"`.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Workers, each keeping one query in flight.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        concurrency: u32,
+        /// How long to send for: 10s, 500ms, 2m (a bare number is seconds).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Pace the whole run to this many queries a second (open loop;
+        /// latency counts from each query's due time). Default: back to back.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Print one JSON line of results instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -93,16 +130,20 @@ struct Common {
 
 impl Common {
     fn plan(&self) -> Result<run::Plan> {
-        if let Some(rate) = self.rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            bail!("--rate must be a positive number of requests a second");
-        }
-        if self.duration.is_zero() {
-            bail!("--duration must be more than zero");
-        }
-        Ok(run::Plan { duration: self.duration, rate: self.rate })
+        plan(self.duration, self.rate)
     }
+}
+
+fn plan(duration: Duration, rate: Option<f64>) -> Result<run::Plan> {
+    if let Some(rate) = rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of requests a second");
+    }
+    if duration.is_zero() {
+        bail!("--duration must be more than zero");
+    }
+    Ok(run::Plan { duration, rate })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -137,6 +178,10 @@ fn main() -> ExitCode {
                     http_mode(url, ndjson, timeout, database_url, headers, common).await
                 }
                 Mode::Baseline { database_url, method, common } => baseline_mode(database_url, method, common).await,
+                Mode::Query { url, sql, params, timeout, headers, concurrency, duration, rate, json } => {
+                    let plan = plan(duration, rate)?;
+                    query_mode(url, sql, params, timeout, headers, concurrency, plan, json).await
+                }
             }
         })
     });
@@ -190,8 +235,39 @@ async fn http_mode(
         concurrency: common.concurrency,
         plan,
         rows_in_table: rows,
+        sql: None,
     };
     report::print(&setup, &stats, common.json);
+    Ok(stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn query_mode(
+    url: String,
+    sql: String,
+    params: Vec<String>,
+    timeout: Duration,
+    headers: Vec<String>,
+    concurrency: u32,
+    plan: run::Plan,
+    json: bool,
+) -> Result<run::Stats> {
+    let bodies = Arc::new(query::bodies(&sql, &params)?);
+    let client = http::client(concurrency as usize, timeout, &headers)?;
+    let workers =
+        (0..concurrency as usize).map(|w| query::QueryWorker::new(client.clone(), &url, bodies.clone(), w)).collect();
+    let stats = run::run(workers, plan).await;
+    let setup = Setup {
+        mode: "query",
+        target: url,
+        body: "application/json",
+        events_per_request: 0,
+        concurrency,
+        plan,
+        rows_in_table: None,
+        sql: Some(sql),
+    };
+    report::print(&setup, &stats, json);
     Ok(stats)
 }
 
@@ -233,6 +309,7 @@ async fn baseline_mode(database_url: String, method: baseline::Method, common: C
         concurrency: common.concurrency,
         plan,
         rows_in_table: rows,
+        sql: None,
     };
     report::print(&setup, &stats, common.json);
     Ok(stats)

@@ -13,6 +13,9 @@ pub struct Setup {
     pub plan: Plan,
     /// Rows in table `events` after the run, when it was truncated first.
     pub rows_in_table: Option<i64>,
+    /// Mode `query`: the SQL. Its requests are queries, and what they
+    /// acknowledged are rows returned.
+    pub sql: Option<String>,
 }
 
 struct Figures {
@@ -57,7 +60,7 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
     let f = figures(stats);
     if json {
         let [p50, p90, p99, max, mean] = f.latency_ms.map(|x| round(x, 3));
-        let line = json!({
+        let mut line = json!({
             "mode": setup.mode,
             "target": setup.target,
             "body": setup.body,
@@ -79,6 +82,11 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
             "unsent": setup.plan.rate.map(|_| stats.unsent),
             "rows_in_table": setup.rows_in_table,
         });
+        if let Some(sql) = &setup.sql {
+            line["sql"] = sql.as_str().into();
+            line["queries_per_s"] = line["requests_per_s"].clone();
+            line["rows_returned"] = stats.events_acknowledged.into();
+        }
         println!("{line}");
         return;
     }
@@ -87,15 +95,26 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
         None => "back to back".to_owned(),
     };
     println!("sluice-load {} → {}", setup.mode, setup.target);
-    println!(
-        "  setup       {} events/request, concurrency {}, {:?}, {}, {}",
-        setup.events_per_request, setup.concurrency, setup.plan.duration, setup.body, pacing
-    );
-    println!(
-        "  requests    {} sent, {} acknowledged in {:.2} s ({:.1} req/s, {:.1} MiB/s sent)",
-        stats.requests, stats.requests_ok, f.elapsed_s, f.requests_per_s, f.mib_per_s
-    );
-    println!("  events      {} acknowledged, {:.0} events/s", stats.events_acknowledged, f.events_per_s);
+    if let Some(sql) = &setup.sql {
+        let pacing = pacing.replace("req/s", "queries/s");
+        println!("  sql         {sql}");
+        println!("  setup       concurrency {}, {:?}, {pacing}", setup.concurrency, setup.plan.duration);
+        println!(
+            "  queries     {} sent, {} answered in {:.2} s ({:.1} queries/s)",
+            stats.requests, stats.requests_ok, f.elapsed_s, f.requests_per_s
+        );
+        println!("  rows        {} returned", stats.events_acknowledged);
+    } else {
+        println!(
+            "  setup       {} events/request, concurrency {}, {:?}, {}, {}",
+            setup.events_per_request, setup.concurrency, setup.plan.duration, setup.body, pacing
+        );
+        println!(
+            "  requests    {} sent, {} acknowledged in {:.2} s ({:.1} req/s, {:.1} MiB/s sent)",
+            stats.requests, stats.requests_ok, f.elapsed_s, f.requests_per_s, f.mib_per_s
+        );
+        println!("  events      {} acknowledged, {:.0} events/s", stats.events_acknowledged, f.events_per_s);
+    }
     let [p50, p90, p99, max, mean] = f.latency_ms;
     println!("  latency ms  p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}  mean {mean:.2}");
     if setup.plan.rate.is_some() {

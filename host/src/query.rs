@@ -1,0 +1,912 @@
+//! The read-only SQL query API, Logflare's management-API querying:
+//! `GET /api/query?sql=…` (or `pg_sql=…`) and `POST /api/query` with
+//! `{"sql": "…", "params": […]}`, authorized by a tenant's private access
+//! token (never an ingest key).
+//!
+//! A query runs in a `READ ONLY` transaction on a small pool of its own per
+//! database (so queries never take the ingest writer's connections), with
+//! `statement_timeout`, a row cap, and `search_path` set to the tenant's
+//! schema alone. Before it reaches PostgreSQL it is parsed and checked: one
+//! query only (SELECT, WITH, VALUES, TABLE), no data-modifying WITH, no
+//! relation outside the tenant's schema, no function that reads files, other
+//! databases or settings. PostgreSQL renders every row as JSON
+//! (`to_json`), and that text goes to the client as it is. See docs/query.md.
+
+use crate::config::DatabaseConfig;
+use crate::db;
+use crate::http::{App, api_key, error};
+use crate::ingest::Tenant;
+use crate::tenants::Api;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::BytesMut;
+use deadpool_postgres::{Object, Pool};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_sdk::sql::{check_ident, quote_ident};
+use sqlparser::ast::{
+    Expr, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+
+/// `[query]` in the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// How long one statement may run, in milliseconds; past it the query
+    /// is cancelled and answered 408.
+    pub statement_timeout_ms: u64,
+    /// Most rows one answer carries; more set `truncated`.
+    pub max_rows: usize,
+    /// Connections per database for queries, apart from the ingest pool.
+    pub pool_size: usize,
+    /// A role to `SET LOCAL ROLE` to for every query (it should be able to
+    /// read the tenant schemas and nothing else). Without one, queries run
+    /// as the user Sluice connects as.
+    pub role: Option<String>,
+}
+
+impl Default for QueryConfig {
+    fn default() -> QueryConfig {
+        QueryConfig { statement_timeout_ms: 5_000, max_rows: 10_000, pool_size: 4, role: None }
+    }
+}
+
+impl QueryConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.statement_timeout_ms == 0 {
+            anyhow::bail!("query.statement_timeout_ms must be at least 1 (PostgreSQL takes 0 as no limit)");
+        }
+        if self.max_rows == 0 || self.max_rows > 10_000_000 {
+            anyhow::bail!("query.max_rows must be between 1 and 10000000");
+        }
+        if self.pool_size == 0 {
+            anyhow::bail!("query.pool_size must be at least 1");
+        }
+        if let Some(role) = &self.role {
+            check_ident(role).map_err(|e| anyhow::anyhow!("query.role: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The query API's state: its settings and its pools, one per database
+/// (by connection settings), made on first use.
+pub struct Queries {
+    config: QueryConfig,
+    pools: Mutex<HashMap<String, Pool>>,
+}
+
+impl Queries {
+    pub fn new(config: QueryConfig) -> Queries {
+        Queries { config, pools: Mutex::default() }
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// The query pool of `database`.
+    fn pool(&self, database: &DatabaseConfig) -> anyhow::Result<Pool> {
+        let mut pg = database.pg_config()?;
+        // Debug of tokio_postgres::Config redacts the password; the key must
+        // still tell two passwords apart.
+        let key = format!("{pg:?}/{:?}", pg.get_password());
+        let mut pools = self.pools.lock().unwrap();
+        if let Some(pool) = pools.get(&key) {
+            return Ok(pool.clone());
+        }
+        // Tell query sessions from ingest ones in pg_stat_activity, unless
+        // the operator named them.
+        if pg.get_application_name() == Some("sluice") {
+            pg.application_name("sluice query");
+        }
+        let pool = db::pool(pg, self.config.pool_size, Duration::from_millis(database.connect_timeout_ms))?;
+        pools.insert(key, pool.clone());
+        Ok(pool)
+    }
+}
+
+pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
+    Router::new().route("/api/query", get(get_query).post(post_query))
+}
+
+/// `GET /api/query?sql=…` (or `pg_sql=…`, as Logflare names it).
+async fn get_query(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let tenant = match authorize(&app, &headers, peer) {
+        Ok(tenant) => tenant,
+        Err(response) => return response,
+    };
+    let mut sql = None;
+    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if name == "sql" || name == "pg_sql" {
+            sql.get_or_insert_with(|| value.into_owned());
+        }
+    }
+    let Some(sql) = sql else {
+        return error(StatusCode::BAD_REQUEST, "the query is missing: send ?sql=SELECT… (or pg_sql=)");
+    };
+    run(&app, &tenant, sql, Vec::new()).await
+}
+
+/// The body of `POST /api/query`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    #[serde(alias = "pg_sql")]
+    sql: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+}
+
+/// `POST /api/query` with `{"sql": "…", "params": […]}`.
+async fn post_query(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = match authorize(&app, &headers, peer) {
+        Ok(tenant) => tenant,
+        Err(response) => return response,
+    };
+    let request: QueryBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("the body is not {{\"sql\": \"…\", \"params\": […]}}: {e}"));
+        }
+    };
+    run(&app, &tenant, request.sql, request.params).await
+}
+
+/// The tenant whose query token the request carries. While no tenant is
+/// configured, the default tenant queries from loopback without one, as it
+/// ingests.
+fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
+    let snapshot = app.registry.snapshot();
+    let tenant = if snapshot.tenants.is_empty() {
+        if !peer.ip().is_loopback() {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "no tenants are configured, so queries are accepted from loopback only",
+            ));
+        }
+        app.default_tenant.clone()
+    } else {
+        let Some(token) = api_key(headers).filter(|t| !t.is_empty()) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "a query token is required: send a tenant's private access token as Authorization: Bearer TOKEN \
+                 or X-API-KEY (ingest keys do not authorize queries)",
+            ));
+        };
+        match snapshot.by_query_token(token) {
+            Some(tenant) => tenant.clone(),
+            None => {
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "this is not a query token of any tenant; queries need a tenant's private access token \
+                     (query_tokens), and ingest keys do not authorize queries",
+                ));
+            }
+        }
+    };
+    if !tenant.spec.apis.contains(&Api::Query) {
+        return Err(error(StatusCode::FORBIDDEN, format!("tenant {} may not use the query API", tenant.id())));
+    }
+    Ok(tenant)
+}
+
+/// Checks and runs one query for `tenant`.
+async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Value>) -> Response {
+    let inner = match check(&sql, &tenant.schema) {
+        Ok(inner) => inner.to_owned(),
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
+    let database = app.registry.database_of(&tenant.spec);
+    let pool = match app.queries.pool(&database) {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::warn!(tenant = %tenant.id(), "query pool: {e:#}");
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database is unusable: {e:#}"));
+        }
+    };
+    let job = Job {
+        sql,
+        inner,
+        params: params.iter().map(TextParam::from_json).collect(),
+        schema: tenant.schema.clone(),
+        config: app.queries.config.clone(),
+    };
+    // The query runs to its end (bounded by statement_timeout) in a task of
+    // its own, so a client that goes away never returns a connection to
+    // the pool in the middle of a transaction.
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let client = match pool.get().await {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = answer.send(Err(Failure::Unavailable(e.to_string())));
+                return;
+            }
+        };
+        let result = job.execute(&client).await;
+        let _ = answer.send(result);
+        // Answered; now end the transaction before the connection goes
+        // back. A connection that cannot is closed rather than reused.
+        if client.batch_execute("ROLLBACK").await.is_err() {
+            drop(Object::take(client));
+        }
+    });
+    match answered.await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response(),
+        Ok(Err(failure)) => failure.response(&app.queries.config, tenant),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query task failed"),
+    }
+}
+
+/// One query, ready to run.
+struct Job {
+    /// As the client sent it: prepared to learn its columns and parameters.
+    sql: String,
+    /// The same without trailing semicolons, to wrap.
+    inner: String,
+    params: Vec<TextParam>,
+    schema: String,
+    config: QueryConfig,
+}
+
+enum Failure {
+    /// No connection (pool timeout, database down).
+    Unavailable(String),
+    /// Wrong number of parameters.
+    Params(String),
+    /// The transaction's settings failed (e.g. `[query] role` does not
+    /// exist, or the tenant's schema is missing): the operator's to fix.
+    Setup(tokio_postgres::Error),
+    /// PostgreSQL refused or failed the statement; `prepared` when it was
+    /// the client's own text that failed (so `position` points into it).
+    Database { error: tokio_postgres::Error, prepared: bool },
+}
+
+impl Job {
+    /// Runs the query in a read-only transaction it leaves open (the caller
+    /// rolls it back) and returns the answer's JSON text.
+    async fn execute(self, client: &Object) -> Result<String, Failure> {
+        let config = &self.config;
+        let mut setup = format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}; \
+             SET LOCAL TimeZone = 'UTC'; SET LOCAL bytea_output = 'hex'; \
+             SET LOCAL standard_conforming_strings = on; SET LOCAL IntervalStyle = 'iso_8601';",
+            config.statement_timeout_ms,
+            quote_ident(&self.schema)
+        );
+        if let Some(role) = &config.role {
+            setup.push_str(&format!(" SET LOCAL ROLE {};", quote_ident(role)));
+        }
+        let database = |error, prepared| Failure::Database { error, prepared };
+        client.batch_execute(&setup).await.map_err(Failure::Setup)?;
+        // The client's statement itself: its columns and parameter types
+        // (PostgreSQL also refuses more than one statement here).
+        let statement = client.prepare(&self.sql).await.map_err(|e| database(e, true))?;
+        let types = statement.params();
+        if types.len() != self.params.len() {
+            return Err(Failure::Params(format!(
+                "the query has {} parameter{} but {} {} given",
+                types.len(),
+                if types.len() == 1 { "" } else { "s" },
+                self.params.len(),
+                if self.params.len() == 1 { "was" } else { "were" },
+            )));
+        }
+        let columns: Vec<serde_json::Value> =
+            statement.columns().iter().map(|c| json!({ "name": c.name(), "type": c.type_().name() })).collect();
+        // PostgreSQL renders each row as JSON, with the parameters typed as
+        // the statement's own (sent as text, parsed by their input functions).
+        let wrapped =
+            format!("SELECT to_json(q)::text FROM (\n{}\n) q LIMIT {}", self.inner, config.max_rows as u64 + 1);
+        let params: Vec<(&(dyn ToSql + Sync), Type)> =
+            self.params.iter().zip(types).map(|(p, ty)| (p as &(dyn ToSql + Sync), ty.clone())).collect();
+        let rows = client.query_typed(&wrapped, &params).await.map_err(|e| database(e, false))?;
+        let truncated = rows.len() > config.max_rows;
+        let shown = rows.len().min(config.max_rows);
+        let mut body = String::with_capacity(64 + shown * 64);
+        body.push_str("{\"result\":[");
+        for (i, row) in rows.iter().take(shown).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(row.try_get::<_, &str>(0).map_err(|e| database(e, false))?);
+        }
+        body.push_str("],\"columns\":");
+        body.push_str(&serde_json::Value::Array(columns).to_string());
+        body.push_str(&format!(",\"rows\":{shown},\"truncated\":{truncated}}}"));
+        Ok(body)
+    }
+}
+
+impl Failure {
+    fn response(self, config: &QueryConfig, tenant: &Tenant) -> Response {
+        match self {
+            Failure::Unavailable(e) => {
+                tracing::warn!(tenant = %tenant.id(), "query: no connection: {e}");
+                let mut response =
+                    error(StatusCode::SERVICE_UNAVAILABLE, format!("no database connection for the query: {e}"));
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                response
+            }
+            Failure::Params(message) => error(StatusCode::BAD_REQUEST, message),
+            Failure::Setup(e) => {
+                tracing::warn!(tenant = %tenant.id(), "query: setting up the transaction failed: {e}");
+                let message = match e.as_db_error() {
+                    Some(db) => {
+                        format!("the query could not be set up: {} (SQLSTATE {})", db.message(), db.code().code())
+                    }
+                    None => format!("the query could not be set up: {e}"),
+                };
+                error(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
+            Failure::Database { error: e, prepared } => {
+                let Some(db) = e.as_db_error() else {
+                    tracing::warn!(tenant = %tenant.id(), "query: {e}");
+                    let mut response =
+                        error(StatusCode::SERVICE_UNAVAILABLE, format!("the database connection failed: {e}"));
+                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    return response;
+                };
+                let code = db.code().code();
+                let (status, message) = match code {
+                    // query_canceled: the statement timeout (nothing else
+                    // cancels a query's statement).
+                    "57014" => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the query was cancelled after {} ms: it ran past the statement timeout \
+                             ([query] statement_timeout_ms)",
+                            config.statement_timeout_ms
+                        ),
+                    ),
+                    // read_only_sql_transaction: something tried to write.
+                    "25006" => (
+                        StatusCode::BAD_REQUEST,
+                        format!("queries are read-only, and this one tried to write: {}", db.message()),
+                    ),
+                    _ => (StatusCode::BAD_REQUEST, db.message().to_owned()),
+                };
+                let mut body = json!({ "error": message, "sqlstate": code });
+                if let Some(detail) = db.detail() {
+                    body["detail"] = detail.into();
+                }
+                if let Some(hint) = db.hint() {
+                    body["hint"] = hint.into();
+                }
+                if prepared && let Some(tokio_postgres::error::ErrorPosition::Original(position)) = db.position() {
+                    body["position"] = (*position).into();
+                }
+                (status, axum::Json(body)).into_response()
+            }
+        }
+    }
+}
+
+/// A parameter sent in text format, so PostgreSQL parses it with the input
+/// function of the type the statement gives it: `"42"` becomes an int8, a
+/// uuid, a numeric or text as the statement needs.
+#[derive(Debug)]
+struct TextParam(Option<String>);
+
+impl TextParam {
+    /// JSON null is SQL NULL; a string is its text; numbers and booleans
+    /// their JSON text; arrays and objects their JSON text (for json/jsonb).
+    fn from_json(value: &serde_json::Value) -> TextParam {
+        TextParam(match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })
+    }
+}
+
+impl ToSql for TextParam {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.to_sql(ty, out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The checks.
+
+/// Checks that `sql` is one read-only query that stays in `schema`, and
+/// returns its text without trailing semicolons (to be wrapped). The error
+/// says what is wrong.
+pub fn check<'a>(sql: &'a str, schema: &str) -> Result<&'a str, String> {
+    let dialect = PostgreSqlDialect {};
+    if sql.trim().is_empty() {
+        return Err("the SQL is empty".into());
+    }
+    let tokens =
+        Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| format!("the SQL does not parse: {e}"))?;
+    // The parser knows `TABLE name` only inside set operations; PostgreSQL
+    // takes it for `SELECT * FROM name`, and so do the checks.
+    let rewritten;
+    let parsed = match tokens.iter().find(|t| !matches!(t.token, Token::Whitespace(_))) {
+        Some(first) if matches!(&first.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("table")) =>
+        {
+            let at = byte_offset(sql, first.span.start).unwrap_or(0);
+            rewritten = format!("{}SELECT * FROM{}", &sql[..at], &sql[at + "table".len()..]);
+            rewritten.as_str()
+        }
+        _ => sql,
+    };
+    let statements = Parser::parse_sql(&dialect, parsed).map_err(|e| {
+        let e = e.to_string();
+        format!("the SQL does not parse: {}", e.strip_prefix("sql parser error: ").unwrap_or(&e))
+    })?;
+    let statement = match statements.as_slice() {
+        [] => return Err("the SQL has no statement".into()),
+        [one] => one,
+        many => {
+            return Err(format!(
+                "send one statement at a time: this SQL has {} ({})",
+                many.len(),
+                many.iter().map(kind).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    };
+    if !matches!(statement, Statement::Query(_)) {
+        return Err(format!(
+            "only a query (SELECT, WITH, VALUES or TABLE) may run, and this is {}: queries are read-only",
+            kind(statement)
+        ));
+    }
+    let mut checker = Checker { schema, top: true };
+    if let ControlFlow::Break(refused) = statement.visit(&mut checker) {
+        return Err(refused);
+    }
+    Ok(without_trailing_semicolons(sql, &tokens))
+}
+
+/// What kind of statement this is, as its leading keywords: `INSERT`,
+/// `DROP TABLE`, …
+fn kind(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let mut words = text.split_whitespace();
+    let first = words.next().unwrap_or("?").to_ascii_uppercase();
+    if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
+        let mut second = words.next().unwrap_or("").to_ascii_uppercase();
+        if second == "OR" {
+            second = words.nth(1).unwrap_or("").to_ascii_uppercase();
+        }
+        return format!("{first} {second}").trim().to_owned();
+    }
+    first
+}
+
+struct Checker<'a> {
+    schema: &'a str,
+    /// The next statement visited is the top one (a query).
+    top: bool,
+}
+
+impl Visitor for Checker<'_> {
+    type Break = String;
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<String> {
+        if std::mem::take(&mut self.top) {
+            return ControlFlow::Continue(());
+        }
+        // A statement inside the query: a data-modifying WITH (or a
+        // subquery form of one).
+        ControlFlow::Break(format!(
+            "{} is not allowed inside a query (a data-modifying WITH): queries are read-only",
+            kind(statement)
+        ))
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<String> {
+        if !query.locks.is_empty() {
+            return ControlFlow::Break("FOR UPDATE / FOR SHARE locks rows, which a read-only query may not do".into());
+        }
+        self.set_expr(&query.body)
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<String> {
+        if select.into.is_some() {
+            return ControlFlow::Break("SELECT … INTO creates a table, which a read-only query may not do".into());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<String> {
+        match factor {
+            // `FROM f(…)`: a set-returning function.
+            TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => self.function(name),
+            TableFactor::Table { name, args: None, .. } => self.relation(name),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<String> {
+        match expr {
+            Expr::Function(function) => self.function(&function.name),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// `TABLE name` is not an ObjectName in the syntax tree; find it here.
+    fn set_expr(&self, body: &SetExpr) -> ControlFlow<String> {
+        match body {
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left)?;
+                self.set_expr(right)
+            }
+            SetExpr::Table(table) => {
+                let Some(name) = &table.table_name else { return ControlFlow::Continue(()) };
+                let shown = match &table.schema_name {
+                    Some(schema) => format!("{schema}.{name}"),
+                    None => name.clone(),
+                };
+                let schema = table.schema_name.as_deref().map(fold);
+                self.relation_parts(&shown, schema.as_deref(), &fold(name))
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn relation(&self, name: &ObjectName) -> ControlFlow<String> {
+        let parts = match parts(name) {
+            Ok(parts) => parts,
+            Err(refused) => return ControlFlow::Break(refused),
+        };
+        match parts.as_slice() {
+            [table] => self.relation_parts(&name.to_string(), None, table),
+            [schema, table] => self.relation_parts(&name.to_string(), Some(schema), table),
+            _ => ControlFlow::Break(format!(
+                "relation {name} names another database: queries may read only their own schema's tables"
+            )),
+        }
+    }
+
+    fn relation_parts(&self, shown: &str, schema: Option<&str>, table: &str) -> ControlFlow<String> {
+        match schema {
+            None if table.to_ascii_lowercase().starts_with("pg_") => ControlFlow::Break(format!(
+                "relation {shown} is not allowed: an unqualified pg_ name resolves to the system catalog \
+                 (pg_catalog), which queries may not read"
+            )),
+            Some(schema) if schema != self.schema => ControlFlow::Break(format!(
+                "relation {shown} is in schema {schema}, outside this tenant's schema {}: queries may read \
+                 only their own schema's tables",
+                self.schema
+            )),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn function(&self, name: &ObjectName) -> ControlFlow<String> {
+        let parts = match parts(name) {
+            Ok(parts) => parts,
+            Err(refused) => return ControlFlow::Break(refused),
+        };
+        let (function, schema) = match parts.as_slice() {
+            [function] => (function, None),
+            [schema, function] => (function, Some(schema)),
+            _ => return ControlFlow::Break(format!("function {name} names another database")),
+        };
+        if let Some(schema) = schema
+            && schema != "pg_catalog"
+            && schema != self.schema
+        {
+            return ControlFlow::Break(format!(
+                "function {name} is in schema {schema}, outside this tenant's schema {}",
+                self.schema
+            ));
+        }
+        match forbidden_function(&function.to_ascii_lowercase()) {
+            Some(why) => ControlFlow::Break(format!("function {function} is not allowed in queries: {why}")),
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted ones fold to lower case.
+fn fold(ident: &str) -> String {
+    ident.to_ascii_lowercase()
+}
+
+fn parts(name: &ObjectName) -> Result<Vec<String>, String> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() => Ok(ident.value.clone()),
+            ObjectNamePart::Identifier(ident) => Ok(fold(&ident.value)),
+            ObjectNamePart::Function(_) => Err(format!("the name {name} is not a plain name")),
+        })
+        .collect()
+}
+
+/// Functions of the `pg_` family a query may call; every other `pg_`
+/// function (server administration, files, the catalog, other sessions) is
+/// refused.
+const ALLOWED_PG_FUNCTIONS: &[&str] = &[
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "pg_typeof",
+    "pg_column_size",
+    "pg_column_compression",
+    "pg_size_pretty",
+    "pg_size_bytes",
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+    "pg_input_is_valid",
+    "pg_input_error_info",
+    "pg_backend_pid",
+    "pg_client_encoding",
+    "pg_is_in_recovery",
+    "pg_postmaster_start_time",
+    "pg_current_xact_id",
+    "pg_current_snapshot",
+    "pg_jit_available",
+];
+
+/// Why a function (by its lower-case name) may not be called, if it may not.
+fn forbidden_function(name: &str) -> Option<&'static str> {
+    const FILES: &str = "it reads the database server's files";
+    Some(match name {
+        "pg_stat_file" => FILES,
+        _ if name.starts_with("pg_read_") || name.starts_with("pg_ls_") || name.starts_with("pg_file") => FILES,
+        _ if name.starts_with("lo_") || name == "loread" || name == "lowrite" => {
+            "large objects live outside any schema, and lo_import / lo_export reach the server's files"
+        }
+        _ if name.starts_with("dblink") => "it connects to other databases",
+        "set_config" => "it changes settings (current_setting is allowed)",
+        _ if name.contains("_to_xml") || name == "ts_stat" || name == "ts_rewrite" => {
+            "it runs SQL given as text, which these checks cannot see"
+        }
+        "pg_terminate_backend" | "pg_cancel_backend" => "it stops other sessions",
+        "pg_reload_conf" | "pg_rotate_logfile" => "it administers the server",
+        _ if name.starts_with("pg_") && !ALLOWED_PG_FUNCTIONS.contains(&name) => {
+            "pg_ functions administer the server or read the system catalog and other sessions \
+             (a few harmless ones are allowed: pg_sleep, pg_typeof, pg_column_size, pg_size_pretty, \
+             pg_relation_size, …)"
+        }
+        _ => return None,
+    })
+}
+
+/// `sql` without the semicolons (and the comments after them) that end it.
+fn without_trailing_semicolons<'a>(sql: &'a str, tokens: &[TokenWithSpan]) -> &'a str {
+    let mut end = sql.len();
+    for token in tokens.iter().rev() {
+        match &token.token {
+            Token::Whitespace(_) | Token::EOF => {}
+            Token::SemiColon => end = byte_offset(sql, token.span.start).unwrap_or(end),
+            _ => break,
+        }
+    }
+    &sql[..end]
+}
+
+/// The byte offset of a tokenizer location (line and column from 1,
+/// counted in characters).
+fn byte_offset(text: &str, at: Location) -> Option<usize> {
+    let (mut line, mut column) = (1, 1);
+    for (offset, c) in text.char_indices() {
+        if line == at.line && column == at.column {
+            return Some(offset);
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> String {
+        check(sql, "acme").unwrap_or_else(|e| panic!("{sql:?} was refused: {e}")).to_owned()
+    }
+
+    fn refused(sql: &str, says: &str) {
+        match check(sql, "acme") {
+            Ok(_) => panic!("{sql:?} was accepted"),
+            Err(e) => assert!(e.contains(says), "{sql:?}: {e:?} does not say {says:?}"),
+        }
+    }
+
+    #[test]
+    fn queries_pass() {
+        for sql in [
+            "SELECT 1",
+            "select event_type, count(*) from events group by 1 order by 2 desc limit 10",
+            "SELECT * FROM acme.events e JOIN \"acme\".events f USING (event_id)",
+            "SELECT * FROM ACME.events",
+            "WITH recent AS (SELECT * FROM events WHERE occurred_at > now() - interval '1 hour') SELECT count(*) FROM recent",
+            "VALUES (1, 'a'), (2, 'b')",
+            "TABLE events",
+            "  table acme.events ORDER BY 1 LIMIT 3;",
+            "SELECT 1 UNION TABLE events",
+            "SELECT g FROM generate_series(1, 10) g",
+            "SELECT pg_sleep(0.1), pg_typeof(1), current_setting('TimeZone')",
+            "SELECT payload->>'amount' FROM events WHERE event_type = $1 AND occurred_at > $2",
+            "SELECT (SELECT count(*) FROM events) AS n UNION ALL SELECT 2",
+            "SELECT * FROM events WHERE event_id IN (SELECT event_id FROM events LIMIT 1)",
+            "SELECT 'pg_catalog.pg_authid', $$pg_read_file$$",
+        ] {
+            ok(sql);
+        }
+    }
+
+    #[test]
+    fn only_one_query_runs() {
+        refused("INSERT INTO events (event_id) VALUES (gen_random_uuid())", "this is INSERT");
+        refused("UPDATE events SET source = 'x'", "this is UPDATE");
+        refused("DELETE FROM events", "this is DELETE");
+        refused("DROP TABLE events", "this is DROP TABLE");
+        refused("CREATE TABLE x (a int)", "this is CREATE TABLE");
+        refused("CREATE OR REPLACE VIEW v AS SELECT 1", "this is CREATE VIEW");
+        refused("TRUNCATE events", "this is TRUNCATE");
+        refused("COPY events TO STDOUT", "this is COPY");
+        refused("SET search_path = public", "this is SET");
+        refused("SET ROLE postgres", "this is SET");
+        refused("EXPLAIN ANALYZE DELETE FROM events", "this is EXPLAIN");
+        refused("SELECT 1; SELECT 2", "one statement at a time");
+        refused("SELECT 1; DELETE FROM events", "one statement at a time");
+        refused("", "empty");
+        refused("   ", "empty");
+        refused("SELEC 1", "does not parse");
+    }
+
+    #[test]
+    fn data_modifying_ctes_and_locks_are_refused() {
+        refused("WITH gone AS (DELETE FROM events RETURNING *) SELECT count(*) FROM gone", "DELETE is not allowed");
+        refused(
+            "WITH x AS (INSERT INTO events (event_id) VALUES (gen_random_uuid()) RETURNING 1) SELECT * FROM x",
+            "INSERT is not allowed",
+        );
+        refused("WITH x AS (UPDATE events SET source = 'y' RETURNING 1) SELECT 1", "UPDATE is not allowed");
+        refused("SELECT * FROM events FOR UPDATE", "FOR UPDATE");
+        refused("SELECT * FROM (SELECT * FROM events FOR SHARE) q", "FOR UPDATE");
+        refused("SELECT * INTO copy_of_events FROM events", "INTO creates a table");
+    }
+
+    #[test]
+    fn other_schemas_and_the_catalog_are_refused() {
+        refused("SELECT * FROM pg_catalog.pg_authid", "schema pg_catalog");
+        refused("SELECT * FROM PG_CATALOG.PG_AUTHID", "schema pg_catalog");
+        refused("SELECT * FROM pg_authid", "resolves to the system catalog");
+        refused("SELECT * FROM pg_stat_activity", "resolves to the system catalog");
+        refused("SELECT * FROM information_schema.tables", "schema information_schema");
+        refused("SELECT * FROM other_schema.t", "schema other_schema");
+        refused("SELECT * FROM \"Acme\".events", "schema Acme");
+        refused("SELECT * FROM db.acme.events", "another database");
+        refused("SELECT * FROM events JOIN globex.events g USING (event_id)", "schema globex");
+        refused("SELECT (SELECT count(*) FROM globex.events)", "schema globex");
+        refused("SELECT * FROM events WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_user)", "pg_catalog");
+        refused("WITH a AS (SELECT * FROM globex.events) SELECT * FROM a", "schema globex");
+        refused("SELECT 1 UNION SELECT usename::int FROM pg_user", "system catalog");
+        refused("TABLE globex.events", "schema globex");
+        refused("SELECT 1 UNION TABLE pg_authid", "system catalog");
+        refused("SELECT * FROM (VALUES (1)) v, LATERAL (SELECT * FROM globex.events) g", "schema globex");
+    }
+
+    #[test]
+    fn dangerous_functions_are_refused() {
+        for (sql, says) in [
+            ("SELECT pg_read_file('/etc/passwd')", "server's files"),
+            ("SELECT pg_catalog.pg_read_binary_file('/etc/passwd')", "server's files"),
+            ("SELECT * FROM pg_ls_dir('.')", "server's files"),
+            ("SELECT pg_stat_file('postgresql.conf')", "server's files"),
+            ("SELECT lo_import('/etc/passwd')", "large objects"),
+            ("SELECT lo_export(1, '/tmp/x')", "large objects"),
+            ("SELECT lo_get(1)", "large objects"),
+            ("SELECT loread(0, 1)", "large objects"),
+            ("SELECT * FROM dblink('dbname=x', 'select 1') AS t(a int)", "other databases"),
+            ("SELECT dblink_exec('dbname=x', 'drop table t')", "other databases"),
+            ("SELECT set_config('search_path', 'globex', true)", "changes settings"),
+            ("SELECT pg_terminate_backend(1)", "stops other sessions"),
+            ("SELECT pg_cancel_backend(1)", "stops other sessions"),
+            ("SELECT pg_reload_conf()", "administers"),
+            ("SELECT pg_rotate_logfile()", "administers"),
+            ("SELECT query_to_xml('select * from pg_authid', true, true, '')", "runs SQL given as text"),
+            ("SELECT table_to_xml('globex.events', true, true, '')", "runs SQL given as text"),
+            ("SELECT * FROM ts_stat('select 1')", "runs SQL given as text"),
+            ("SELECT pg_advisory_lock(1)", "pg_ functions"),
+            ("SELECT * FROM pg_stat_get_activity(NULL)", "pg_ functions"),
+            ("SELECT upper(PG_READ_FILE('x'))", "server's files"),
+            ("SELECT other_schema.f()", "outside this tenant's schema"),
+            ("SELECT * FROM events WHERE event_type = (SELECT pg_read_file('x'))", "server's files"),
+        ] {
+            refused(sql, says);
+        }
+        ok("SELECT acme.my_function(), pg_catalog.upper('a'), current_setting('search_path')");
+    }
+
+    #[test]
+    fn strings_and_comments_hide_nothing() {
+        // With standard_conforming_strings (set for every query) a backslash
+        // does not escape a quote: the catalog read is code, not string.
+        refused("SELECT '\\' , (SELECT rolpassword FROM pg_authid) --'", "system catalog");
+        refused("SELECT $x$ a $x$, (SELECT 1 FROM pg_authid)", "system catalog");
+        refused("SELECT /* a /* nested */ comment */ 1 FROM pg_authid", "system catalog");
+        ok("SELECT E'\\' FROM pg_authid'");
+        ok("SELECT 'it''s' -- FROM pg_authid");
+    }
+
+    #[test]
+    fn trailing_semicolons_and_comments_are_cut() {
+        assert_eq!(ok("SELECT 1;"), "SELECT 1");
+        assert_eq!(ok("SELECT 1 ; ;  -- done\n"), "SELECT 1 ");
+        assert_eq!(ok("SELECT 'é;'\n;"), "SELECT 'é;'\n");
+        assert_eq!(ok("SELECT 1 -- no semicolon"), "SELECT 1 -- no semicolon");
+    }
+
+    #[test]
+    fn text_parameters_keep_their_json_text() {
+        let text = |v: serde_json::Value| TextParam::from_json(&v).0;
+        assert_eq!(text(json!("order.completed")), Some("order.completed".into()));
+        assert_eq!(text(json!(9007199254740993u64)), Some("9007199254740993".into()));
+        assert_eq!(text(json!(1.5)), Some("1.5".into()));
+        assert_eq!(text(json!(true)), Some("true".into()));
+        assert_eq!(text(json!(null)), None);
+        assert_eq!(text(json!({"a": [1]})), Some(r#"{"a":[1]}"#.into()));
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(QueryConfig::default().validate().is_ok());
+        assert!(QueryConfig { pool_size: 0, ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { statement_timeout_ms: 0, ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { max_rows: 0, ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { role: Some(String::new()), ..Default::default() }.validate().is_err());
+    }
+}
