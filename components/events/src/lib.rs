@@ -3,14 +3,21 @@
 //! Each event becomes one row of table `events`, keyed by `event_id`: a
 //! UUIDv5 of the tenant and the event's `idempotencyKey` when it has one (so
 //! a replay finds the same row), else a time-ordered UUIDv7.
+//!
+//! With the tenant setting `{"events": {"table_per_event_type": true}}`,
+//! each event goes instead to a table of its type (see [`type_table`]), made
+//! from the template `events_by_type` on first use.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_sdk::body;
+use sluice_sdk::sql::MAX_IDENT_BYTES;
 use sluice_sdk::{
-    Column, ColumnDefault, ColumnType, Conflict, Index, Outcome, Request, RequestError, Row, Table, Value,
+    Column, ColumnDefault, ColumnType, Conflict, Index, Outcome, Rejection, Request, RequestError, Row, Table,
+    UpsertPlan, Value,
 };
 use std::borrow::Cow;
+use std::collections::HashMap;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -19,6 +26,13 @@ use uuid::Uuid;
 mod component;
 
 pub const TABLE: &str = "events";
+
+/// The template of the tables per event type.
+pub const TEMPLATE: &str = "events_by_type";
+
+/// The longest name of a table per event type: the host names its index
+/// `<table>_occurred_at_idx`, within PostgreSQL's 63 bytes.
+const MAX_TYPE_TABLE_BYTES: usize = MAX_IDENT_BYTES - "_occurred_at_idx".len();
 
 /// The namespace of Sluice's UUIDv5 event ids.
 const NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c5e_0d7a_4c4e_9f57_2b9d_61a0_e3c1);
@@ -36,29 +50,90 @@ const COLUMNS: [&str; 9] = [
     "received_at",
 ];
 
-/// The table events go to.
+/// The table events go to, and the template of the tables per event type.
 pub fn tables() -> Vec<Table> {
     use ColumnType::*;
-    vec![Table {
-        name: TABLE.into(),
-        columns: vec![
-            Column::new("event_id", Uuid).not_null(),
-            Column::new("event_type", Text).not_null(),
-            Column::new("occurred_at", Timestamptz).not_null(),
-            Column::new("customer_external_id", Text),
-            Column::new("source", Text),
-            Column::new("correlation_id", Text),
-            Column::new("payload", Jsonb),
-            Column::new("metadata", Jsonb),
-            Column::new("received_at", Timestamptz).not_null().default(ColumnDefault::Now),
-        ],
-        primary_key: vec!["event_id".into()],
-        indexes: vec![
-            Index::btree("occurred_at", &["-occurred_at"]),
-            Index::btree("type_occurred_at", &["event_type", "-occurred_at"]),
-        ],
-        template: false,
-    }]
+    let columns = vec![
+        Column::new("event_id", Uuid).not_null(),
+        Column::new("event_type", Text).not_null(),
+        Column::new("occurred_at", Timestamptz).not_null(),
+        Column::new("customer_external_id", Text),
+        Column::new("source", Text),
+        Column::new("correlation_id", Text),
+        Column::new("payload", Jsonb),
+        Column::new("metadata", Jsonb),
+        Column::new("received_at", Timestamptz).not_null().default(ColumnDefault::Now),
+    ];
+    vec![
+        Table {
+            name: TABLE.into(),
+            columns: columns.clone(),
+            primary_key: vec!["event_id".into()],
+            indexes: vec![
+                Index::btree("occurred_at", &["-occurred_at"]),
+                Index::btree("type_occurred_at", &["event_type", "-occurred_at"]),
+            ],
+            template: false,
+        },
+        // A table holds one type, so an index by type would only cost writes.
+        Table {
+            name: TEMPLATE.into(),
+            columns,
+            primary_key: vec!["event_id".into()],
+            indexes: vec![Index::btree("occurred_at", &["-occurred_at"])],
+            template: true,
+        },
+    ]
+}
+
+/// The table of an event type: `events_` and the type lower-cased, each run
+/// of characters outside `[a-z0-9]` made one `_`, leading and trailing ones
+/// dropped. When that changed more than case (`order.completed`), or the
+/// name had to be cut to [`MAX_TYPE_TABLE_BYTES`], `_` and 8 hex digits of a
+/// hash of the type follow, so that distinct types get distinct tables;
+/// types that differ only in case share one.
+pub fn type_table(event_type: &str) -> String {
+    let lower = event_type.to_ascii_lowercase();
+    let mut slug = String::with_capacity(lower.len());
+    for c in lower.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    if slug.ends_with('_') {
+        slug.pop();
+    }
+    let room = MAX_TYPE_TABLE_BYTES - "events_".len();
+    if slug == lower && slug.len() <= room {
+        return format!("events_{slug}");
+    }
+    // The first 32 bits of UUIDv5(NAMESPACE, type), a SHA-1 of it.
+    let hash = (Uuid::new_v5(&NAMESPACE, event_type.as_bytes()).as_u128() >> 96) as u32;
+    slug.truncate(room - "_12345678".len());
+    let slug = slug.trim_end_matches('_');
+    if slug.is_empty() { format!("events_{hash:08x}") } else { format!("events_{slug}_{hash:08x}") }
+}
+
+/// The tenant's `events` settings.
+#[derive(Deserialize)]
+struct Settings {
+    #[serde(default)]
+    events: EventsSettings,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EventsSettings {
+    #[serde(default)]
+    table_per_event_type: bool,
+}
+
+fn table_per_event_type(settings: &str) -> Result<bool, RequestError> {
+    let settings: Settings = serde_json::from_str(settings)
+        .map_err(|e| RequestError::Malformed(format!("the tenant's settings are invalid: events: {e}")))?;
+    Ok(settings.events.table_per_event_type)
 }
 
 /// The envelope read in one pass, when every field has its expected JSON
@@ -223,8 +298,10 @@ fn row(ids: &Ids, index: u32, received_at: i64, envelope: Envelope) -> Result<Ro
     Ok(Row { event: index, values })
 }
 
-/// Normalizes one request into a plan for table `events`.
+/// Normalizes one request into a plan for table `events`, or a plan per
+/// event type's table.
 pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
+    let per_type = table_per_event_type(&request.settings)?;
     let (body, format) = body::text(request)?;
     // One pass when every event is well typed; else event by event.
     let envelopes: Vec<Result<Envelope, String>> = match body::parse_all::<Envelope>(body, format) {
@@ -236,7 +313,48 @@ pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
         .into_iter()
         .enumerate()
         .map(|(index, envelope)| envelope.and_then(|envelope| row(&ids, index as u32, request.received_at, envelope)));
+    if per_type {
+        return Ok(by_type(rows));
+    }
     Ok(Outcome::one_table(TABLE, &COLUMNS, Conflict::DoNothing, rows))
+}
+
+/// The outcome of `rows` (one per event, in order) with a plan per event
+/// type's table.
+fn by_type(rows: impl Iterator<Item = Result<Row, String>>) -> Outcome {
+    let mut outcome = Outcome::default();
+    // Event type → its plan; the table is worked out once per type.
+    let mut plans: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        match row {
+            Err(reason) => outcome.rejections.push(Rejection { index: outcome.events, reason }),
+            Ok(row) => {
+                let Value::Text(event_type) = &row.values[1] else { unreachable!("row() puts the type second") };
+                let plan = match plans.get(event_type) {
+                    Some(&plan) => plan,
+                    None => {
+                        let table = type_table(event_type);
+                        // Types that differ only in case share a table, and a plan.
+                        let plan = outcome.plans.iter().position(|p| p.table == table).unwrap_or_else(|| {
+                            outcome.plans.push(UpsertPlan {
+                                table,
+                                template: Some(TEMPLATE.into()),
+                                columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+                                conflict: Conflict::DoNothing,
+                                rows: Vec::new(),
+                            });
+                            outcome.plans.len() - 1
+                        });
+                        plans.insert(event_type.clone(), plan);
+                        plan
+                    }
+                };
+                outcome.plans[plan].rows.push(row);
+            }
+        }
+        outcome.events += 1;
+    }
+    outcome
 }
 
 #[cfg(test)]
@@ -323,6 +441,66 @@ mod tests {
         assert_eq!(reasons[4], (5, "an event must be a JSON object"));
         assert_eq!(reasons[5], (6, "source contains a NUL character"));
         assert!(reasons[6].1.starts_with("metadata contains a \\u0000 escape"));
+    }
+
+    #[test]
+    fn names_a_table_per_event_type() {
+        assert_eq!(type_table("order_completed"), "events_order_completed");
+        assert_eq!(type_table("Order_Completed"), "events_order_completed", "case alone adds no hash");
+        let dotted = type_table("order.completed");
+        assert!(dotted.starts_with("events_order_completed_") && dotted.len() == 31, "{dotted}");
+        assert_ne!(dotted, type_table("order-completed"));
+        assert_eq!(dotted, type_table("order.completed"), "stable");
+        assert!(type_table("User Signed Up!").starts_with("events_user_signed_up_"));
+        assert!(type_table("__x").starts_with("events_x_"));
+        let unicode = type_table("注文");
+        assert_eq!(unicode.len(), "events_".len() + 8, "{unicode}");
+        // Long types are cut and told apart by their hash.
+        let long = "a".repeat(100);
+        let (a, b) = (type_table(&long), type_table(&format!("{long}b")));
+        assert_ne!(a, b);
+        let exact = "b".repeat(MAX_TYPE_TABLE_BYTES - 7);
+        assert_eq!(type_table(&exact), format!("events_{exact}"));
+        assert_ne!(type_table(&format!("{exact}b")), format!("events_{exact}"));
+        let template = tables().into_iter().find(|t| t.template).unwrap();
+        for name in [a, b, type_table(&exact), type_table(&format!("{exact}b")), type_table(&"_.".repeat(60))] {
+            assert!(name.len() <= MAX_TYPE_TABLE_BYTES, "{name}");
+            assert!(!name.contains("__") && !name.ends_with('_'), "{name}");
+            template.instance(&name).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn routes_events_to_a_table_per_type_when_set() {
+        let body = r#"[
+            {"eventType":"order_completed","occurredAt":"2026-01-01T00:00:00Z","idempotencyKey":"a"},
+            {"eventType":"User Signed Up!","occurredAt":"2026-01-01T00:00:00Z"},
+            {"eventType":"ORDER_COMPLETED","occurredAt":"2026-01-01T00:00:00Z"},
+            {"occurredAt":"2026-01-01T00:00:00Z"}
+        ]"#;
+        let mut r = request("acme", body);
+        r.settings = r#"{"events": {"table_per_event_type": true}, "logflare": {}}"#.into();
+        let outcome = handle(&r).unwrap();
+        assert_eq!(outcome.events, 4);
+        assert_eq!(outcome.rejections, [Rejection { index: 3, reason: "eventType is required".into() }]);
+        let plans: Vec<(&str, Vec<u32>)> =
+            outcome.plans.iter().map(|p| (p.table.as_str(), p.rows.iter().map(|r| r.event).collect())).collect();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0], ("events_order_completed", vec![0, 2]));
+        assert!(plans[1].0.starts_with("events_user_signed_up_") && plans[1].1 == [1], "{plans:?}");
+        let template = tables().into_iter().find(|t| t.template).unwrap();
+        for plan in &outcome.plans {
+            assert_eq!(plan.template.as_deref(), Some(TEMPLATE));
+            Upsert::new("public", &template.instance(&plan.table), &plan.columns, &plan.conflict).unwrap();
+        }
+        // The same request with the same id lands in the same table.
+        assert_eq!(handle(&r).unwrap().plans[0].rows[0].values[0], outcome.plans[0].rows[0].values[0]);
+
+        // Off (the default) or unset: one table.
+        r.settings = r#"{"events": {"table_per_event_type": false}}"#.into();
+        assert_eq!(handle(&r).unwrap().plans[0].table, TABLE);
+        r.settings = r#"{"events": {"table_per_type": true}}"#.into();
+        assert!(matches!(handle(&r), Err(RequestError::Malformed(m)) if m.contains("table_per_type")));
     }
 
     #[test]
