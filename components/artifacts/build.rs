@@ -13,6 +13,7 @@ use std::{env, fs};
 const COMPONENTS: &[(&str, &str, &str)] = &[
     ("EVENTS", "sluice-events", "sluice_events"),
     ("MISBEHAVE", "sluice-misbehave", "sluice_misbehave"),
+    ("STANDARD", "sluice-standard", "sluice_standard"),
 ];
 
 fn main() {
