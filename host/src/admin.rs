@@ -1,6 +1,7 @@
 //! The admin API: tenants, their keys and components, behind the admin
 //! token (`Authorization: Bearer <admin_token>`).
 
+use crate::db::dead_letters;
 use crate::http::{App, error};
 use crate::ingest::Tenant;
 use crate::tenants::{RegistryError, TenantLimits, TenantSpec, constant_time_eq, hash_key, key_id, new_key};
@@ -27,6 +28,8 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/tenants/{id}/component", put(upload))
         .route("/admin/tenants/{id}/keys", axum::routing::post(add_key))
         .route("/admin/tenants/{id}/keys/{key_id}", delete(revoke_key))
+        .route("/admin/tenants/{id}/dead-letters", get(dead_letters).delete(purge_dead_letters))
+        .route("/admin/tenants/{id}/dead-letters/replay", axum::routing::post(replay_dead_letters))
         .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
         .route_layer(middleware::from_fn_with_state(app, authorize))
 }
@@ -238,5 +241,85 @@ async fn revoke_key(State(app): State<Arc<App>>, Path((id, key)): Path<(String, 
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_error(e),
+    }
+}
+
+/// A registered tenant, or the default one while it serves.
+fn tenant_or_default(app: &App, id: &str) -> Result<Arc<Tenant>, Response> {
+    match app.registry.get(id) {
+        Ok(tenant) => Ok(tenant),
+        Err(_) if id == app.default_tenant.id() && app.registry.snapshot().tenants.is_empty() => {
+            Ok(app.default_tenant.clone())
+        }
+        Err(e) => Err(registry_error(e)),
+    }
+}
+
+fn database_error(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database: {e}"))
+}
+
+/// `GET /admin/tenants/{id}/dead-letters?table=&after_id=&limit=`
+async fn dead_letters(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
+) -> Response {
+    let tenant = match tenant_or_default(&app, &id) {
+        Ok(tenant) => tenant,
+        Err(response) => return response,
+    };
+    let client = match tenant.destination.pool.get().await {
+        Ok(client) => client,
+        Err(e) => return database_error(e),
+    };
+    match dead_letters::list(&**client, &tenant.schema, tenant.id(), &selection).await {
+        Ok((letters, total)) => Json(json!({ "dead_letters": letters, "total": total })).into_response(),
+        Err(e) => database_error(crate::db::writer::describe(&e)),
+    }
+}
+
+/// `POST /admin/tenants/{id}/dead-letters/replay` with an optional JSON
+/// body `{"table": …, "after_id": …, "limit": …}`.
+async fn replay_dead_letters(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let selection: dead_letters::Selection = if body.is_empty() {
+        Default::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(selection) => selection,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a replay selection: {e}")),
+        }
+    };
+    let tenant = match tenant_or_default(&app, &id) {
+        Ok(tenant) => tenant,
+        Err(response) => return response,
+    };
+    let mut client = match tenant.destination.pool.get().await {
+        Ok(client) => client,
+        Err(e) => return database_error(e),
+    };
+    match dead_letters::replay(&mut client, &tenant.schema, tenant.id(), &selection).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => database_error(crate::db::writer::describe(&e)),
+    }
+}
+
+/// `DELETE /admin/tenants/{id}/dead-letters?table=`
+async fn purge_dead_letters(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
+) -> Response {
+    let tenant = match tenant_or_default(&app, &id) {
+        Ok(tenant) => tenant,
+        Err(response) => return response,
+    };
+    let client = match tenant.destination.pool.get().await {
+        Ok(client) => client,
+        Err(e) => return database_error(e),
+    };
+    match dead_letters::purge(&**client, &tenant.schema, tenant.id(), selection.table.as_deref()).await {
+        Ok(purged) => Json(json!({ "purged": purged })).into_response(),
+        Err(e) => database_error(crate::db::writer::describe(&e)),
     }
 }

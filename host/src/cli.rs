@@ -264,6 +264,148 @@ fn default_text(default: &ColumnDefault) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// sluice dlq …
+
+#[derive(Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub admin: AdminOptions,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// List a tenant's dead letters: rows the database refused, with why.
+    List {
+        /// The tenant id (`default` for the default tenant).
+        tenant: String,
+        /// Only rows for this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Move dead letters into their tables, once the cause is fixed.
+    ///
+    /// Each row is written with the conflict handling it first had, so a
+    /// replay run twice writes nothing twice; rows that fail again stay,
+    /// with the new reason.
+    Replay {
+        /// The tenant id (`default` for the default tenant).
+        tenant: String,
+        /// Only rows for this table.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// The tenant id (`default` for the default tenant).
+        tenant: String,
+        /// Only rows for this table.
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+pub async fn dlq(args: DlqArgs) -> Result<()> {
+    let admin = Admin::new(&args.admin)?;
+    match args.command {
+        DlqCommand::List { tenant, table, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(table.map(|t| ("table", t)));
+            let answer = admin.call_query(Method::GET, &[&tenant, "dead-letters"], &query, Body::None).await?;
+            if args.admin.json {
+                out(&format!("{}\n", answer.text.trim_end()));
+                return Ok(());
+            }
+            out(&render_dead_letters(&answer.json));
+        }
+        DlqCommand::Replay { tenant, table } => {
+            let mut selection = json!({ "limit": 500 });
+            if let Some(table) = &table {
+                selection["table"] = json!(table);
+            }
+            let listed = admin
+                .call_query(Method::GET, &[&tenant, "dead-letters"], &[("limit", "1".into())], Body::None)
+                .await?;
+            let total = listed.json["total"].as_u64().unwrap_or(0);
+            let bar = progress_bar(total, "replaying");
+            let (mut replayed, mut failed) = (0, 0);
+            loop {
+                let answer = admin
+                    .call(Method::POST, &[&tenant, "dead-letters", "replay"], Body::Json(selection.clone()))
+                    .await?;
+                let done = answer.json["replayed"].as_u64().unwrap_or(0) + answer.json["failed"].as_u64().unwrap_or(0);
+                replayed += answer.json["replayed"].as_u64().unwrap_or(0);
+                failed += answer.json["failed"].as_u64().unwrap_or(0);
+                bar.inc(done);
+                match answer.json["last_id"].as_i64() {
+                    Some(last) if answer.json["remaining"].as_i64().unwrap_or(0) > 0 => {
+                        selection["after_id"] = json!(last)
+                    }
+                    _ => break,
+                }
+            }
+            bar.finish_and_clear();
+            out(&format!(
+                "replayed {} dead letters of tenant {tenant}{}\n",
+                thousands(replayed),
+                if failed > 0 {
+                    format!("; {} failed again and stay (see `sluice dlq list {tenant}`)", thousands(failed))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        DlqCommand::Purge { tenant, table } => {
+            let query: Vec<(&str, String)> = table.map(|t| ("table", t)).into_iter().collect();
+            let answer = admin.call_query(Method::DELETE, &[&tenant, "dead-letters"], &query, Body::None).await?;
+            out(&format!("purged {} dead letters of tenant {tenant}\n", thousands(answer.json["purged"].as_u64().unwrap_or(0))));
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, drawn only when it is a terminal.
+fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, {eta} left)")
+            .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
+}
+
+fn render_dead_letters(answer: &Value) -> String {
+    let letters = answer["dead_letters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let rows = letters
+        .iter()
+        .map(|l| {
+            vec![
+                l["id"].to_string(),
+                l["table"].as_str().unwrap_or("").to_owned(),
+                l["sqlstate"].as_str().unwrap_or("").to_owned(),
+                l["attempts"].to_string(),
+                l["last_seen"].as_str().unwrap_or("").chars().take(19).collect(),
+                l["message"].as_str().unwrap_or("").chars().take(80).collect(),
+            ]
+        })
+        .collect();
+    let mut text = render_table(&["ID", "TABLE", "SQLSTATE", "ATTEMPTS", "LAST SEEN", "REASON"], rows, &[0, 3]);
+    let total = answer["total"].as_u64().unwrap_or(0);
+    if total > letters.len() as u64 {
+        text.push_str(&format!("({} of {} shown; --limit shows more)\n", letters.len(), thousands(total)));
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------
 // sluice tenant …
 
 #[derive(Args)]
@@ -464,7 +606,15 @@ impl Admin {
     /// `METHOD <base>/admin/tenants/<segments…>`: the answer of a 2xx, else
     /// the API's error message and the status.
     async fn call(&self, method: Method, segments: &[&str], body: Body) -> Result<Answer> {
-        let url = admin_endpoint(&self.base, segments);
+        self.call_query(method, segments, &[], body).await
+    }
+
+    /// As [`Admin::call`], with query parameters.
+    async fn call_query(&self, method: Method, segments: &[&str], query: &[(&str, String)], body: Body) -> Result<Answer> {
+        let mut url = admin_endpoint(&self.base, segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut request = self.http.request(method, url).bearer_auth(&self.token);
         request = match body {
             Body::None => request,

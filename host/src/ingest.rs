@@ -3,7 +3,7 @@
 //! the tenant's batching writer, and tallied per event.
 
 use crate::config::Limits;
-use crate::db::writer::{CheckedPlan, WriteError};
+use crate::db::writer::{CheckedPlan, Origin, WriteError};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
 use anyhow::Context;
@@ -36,6 +36,8 @@ pub struct Tenant {
     /// Tables made from a component's templates that exist in the
     /// database, by component digest and table name.
     instances: Mutex<HashMap<(String, String), Arc<Table>>>,
+    /// Where refused rows are kept.
+    origin: Arc<Origin>,
     /// Taken while creating an instance table, so concurrent first uses
     /// create it once.
     creating: tokio::sync::Mutex<()>,
@@ -101,6 +103,8 @@ pub struct TenantStats {
     pub events_inserted: AtomicU64,
     pub events_duplicate: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// Events the database refused whose rows went to the dead-letter table.
+    pub events_dead_lettered: AtomicU64,
     /// Request bytes being processed now.
     pub in_flight_bytes: AtomicUsize,
 }
@@ -164,7 +168,9 @@ impl Tenant {
             _ => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls as usize)),
         };
         let settings = serde_json::Value::Object(spec.settings.clone()).to_string();
+        let origin = Arc::new(Origin { tenant: spec.id.clone(), schema: schema.clone() });
         Tenant {
+            origin,
             spec,
             settings,
             schema,
@@ -260,9 +266,14 @@ impl Tenant {
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
             self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
-        let result = self.destination.writer.write(plans, deadline).await.map_err(IngestError::Write)?;
+        let result = self.destination.writer.write(plans, deadline, &self.origin).await.map_err(IngestError::Write)?;
+        let kept = if result.dead_lettered { "; its rows are kept in sluice_dead_letters" } else { "" };
+        self.stats.events_dead_lettered.fetch_add(
+            if result.dead_lettered { result.refused.len() as u64 } else { 0 },
+            Ordering::Relaxed,
+        );
         for (event, reason) in result.refused {
-            rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}"));
+            rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}{kept}"));
         }
         let written = result.written;
 

@@ -34,6 +34,8 @@ enum Command {
     },
     /// Manage the tenants of a running service through its admin API.
     Tenant(cli::TenantArgs),
+    /// List, replay or purge the rows the database refused (dead letters).
+    Dlq(cli::DlqArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -62,6 +64,11 @@ fn main() -> Result<ExitCode> {
             init_logging("warn");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             Ok(cli::exit(runtime.block_on(cli::tenant(args))))
+        }
+        Command::Dlq(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(cli::dlq(args))))
         }
     }
 }

@@ -236,3 +236,57 @@ async fn tenant_commands_drive_the_admin_api() {
     assert!(help.stdout.contains("SLUICE_ADMIN_TOKEN"), "{}", help.stdout);
     assert!(!outputs.contains(ADMIN), "the admin token was printed:\n{outputs}");
 }
+
+/// Rows the database refuses are kept as dead letters; `sluice dlq` lists
+/// them, replays them once the cause is fixed (twice is harmless) and purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_kept_listed_replayed_and_purged() {
+    let db = TestDb::new().await;
+    let sluice_server = Sluice::start(Some(&db), &format!("admin_token = \"{ADMIN}\"\n"));
+    let env = [("SLUICE_ADMIN_URL", sluice_server.base.as_str()), ("SLUICE_ADMIN_TOKEN", ADMIN)];
+    let client = db.client().await;
+    let post = |body: String| {
+        let url = sluice_server.url("/v1/events");
+        async move {
+            let response = http().post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let event = |t: &str, k: &str| format!(r#"{{"eventType":"{t}","occurredAt":"2026-05-26T14:21:08Z","idempotencyKey":"{k}"}}"#);
+    post(format!("[{}]", event("warmup", "w"))).await;
+    client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
+    let answer = post(format!("[{},{},{}]", event("ok", "1"), event("bad", "2"), event("bad", "3"))).await;
+    assert_eq!(answer["inserted"], 1, "{answer}");
+    let reason = answer["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("23514") && reason.contains("sluice_dead_letters"), "{reason}");
+
+    let list = sluice(&["dlq", "list", "default"], &env);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert_eq!(list.stdout.lines().filter(|l| l.contains("events") && l.contains("23514")).count(), 2, "{}", list.stdout);
+
+    // The cause is still there: the rows fail again and stay.
+    let replay = sluice(&["dlq", "replay", "default"], &env);
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert!(replay.stdout.contains("replayed 0 dead letters") && replay.stdout.contains("2 failed again"), "{}", replay.stdout);
+    let attempts: i32 =
+        client.query_one("SELECT max(attempts) FROM sluice_dead_letters", &[]).await.unwrap().get(0);
+    assert_eq!(attempts, 2);
+
+    client.batch_execute("ALTER TABLE events DROP CONSTRAINT no_bad").await.unwrap();
+    let replay = sluice(&["dlq", "replay", "default"], &env);
+    assert!(replay.stdout.starts_with("replayed 2 dead letters of tenant default\n"), "{}", replay.stdout);
+    let bad: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'bad'", &[]).await.unwrap().get(0);
+    assert_eq!(bad, 2);
+    assert_eq!(sluice(&["dlq", "list", "default"], &env).stdout, "no dead letters\n");
+    // Replayed rows are the events' own: sending them again is a duplicate.
+    let again = post(format!("[{}]", event("bad", "2"))).await;
+    assert_eq!(again["duplicates"], 1, "{again}");
+
+    client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_worse CHECK (event_type <> 'worse')").await.unwrap();
+    post(format!("[{}]", event("worse", "4"))).await;
+    let purge = sluice(&["dlq", "purge", "default", "--table", "events"], &env);
+    assert_eq!(purge.stdout, "purged 1 dead letters of tenant default\n", "{}", purge.stderr);
+    let unknown = sluice(&["dlq", "list", "nobody"], &env);
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("no tenant nobody"), "{}", unknown.stderr);
+}

@@ -218,6 +218,10 @@ fn ident_list(names: &[String]) -> String {
 pub struct Upsert {
     pub sql: String,
     pub param_types: Vec<ColumnType>,
+    /// The columns rows conflict on (empty: no key, nothing conflicts).
+    pub conflict_key: Vec<String>,
+    /// The columns a conflict overwrites; `None`: a conflict does nothing.
+    pub update_columns: Option<Vec<String>>,
 }
 
 /// The columns a plan's rows conflict on: the primary key when the plan
@@ -315,7 +319,12 @@ impl Upsert {
                 ", written AS (INSERT INTO {target} ({}) SELECT {selects} FROM input ORDER BY n) SELECT n FROM input",
                 ident_list(columns)
             );
-            return Ok(Upsert { sql, param_types: types.into_iter().map(param_type).collect() });
+            return Ok(Upsert {
+                sql,
+                param_types: types.into_iter().map(param_type).collect(),
+                conflict_key: Vec::new(),
+                update_columns: None,
+            });
         }
         let key = &key;
         let key_selects = key.iter().map(|k| select(position(k))).collect::<Vec<_>>().join(", ");
@@ -355,7 +364,15 @@ impl Upsert {
             ident_list(key),
             ident_list(key),
         );
-        Ok(Upsert { sql, param_types: types.into_iter().map(param_type).collect() })
+        Ok(Upsert {
+            sql,
+            param_types: types.into_iter().map(param_type).collect(),
+            conflict_key: key.clone(),
+            update_columns: match conflict {
+                Conflict::DoNothing => None,
+                Conflict::Update(set) => Some(set.clone()),
+            },
+        })
     }
 }
 

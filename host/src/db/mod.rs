@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, binary parameters, migrations and the
 //! batching writer.
 
+pub mod dead_letters;
 pub mod encode;
 pub mod migrate;
 pub mod writer;

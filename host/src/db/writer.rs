@@ -7,6 +7,7 @@
 //! busy the next batch keeps growing, so the busier the service, the larger
 //! and cheaper its transactions.
 
+use super::dead_letters::{self, DeadLetter};
 use super::encode::ColumnArray;
 use crate::config::BatchConfig;
 use deadpool_postgres::Pool;
@@ -39,6 +40,21 @@ pub struct JobResult {
     /// Events whose rows the database refused (by bisection), with why;
     /// none of their rows were written.
     pub refused: Vec<(u32, String)>,
+    /// Whether the refused events' rows were kept in the dead-letter table.
+    pub dead_lettered: bool,
+}
+
+/// Whose rows a job holds: where refused rows are kept.
+#[derive(Debug)]
+pub struct Origin {
+    pub tenant: String,
+    pub schema: String,
+}
+
+/// Why the database refused rows for good.
+struct Refusal {
+    sqlstate: String,
+    message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +143,7 @@ struct Job {
     bytes: usize,
     /// When the request stops waiting: retries end there.
     deadline: Instant,
+    origin: Arc<Origin>,
     reply: oneshot::Sender<Result<JobResult, WriteError>>,
 }
 
@@ -151,7 +168,12 @@ impl Writer {
 
     /// Writes the plans and answers once they are committed, retrying
     /// transient failures until `deadline`.
-    pub async fn write(&self, plans: Vec<CheckedPlan>, deadline: Instant) -> Result<JobResult, WriteError> {
+    pub async fn write(
+        &self,
+        plans: Vec<CheckedPlan>,
+        deadline: Instant,
+        origin: &Arc<Origin>,
+    ) -> Result<JobResult, WriteError> {
         if plans.is_empty() {
             return Ok(JobResult::default());
         }
@@ -163,7 +185,7 @@ impl Writer {
             .sum();
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { plans, rows, bytes, deadline, reply })
+            .send(Job { plans, rows, bytes, deadline, origin: origin.clone(), reply })
             .await
             .map_err(|_| WriteError::Unavailable("the writer has stopped".into()))?;
         answer.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the writer stopped before answering".into())))
@@ -257,6 +279,7 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
         .map(|j| JobResult {
             written: j.plans.iter().map(|p| vec![false; p.plan.rows.len()]).collect(),
             refused: vec![],
+            dead_lettered: false,
         })
         .collect();
     let units: Vec<Unit> = jobs
@@ -271,10 +294,24 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
         .collect();
     let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
     let batch = Batch { pool: &pool, jobs: &jobs, total: units.len(), deadline, retry_on_deadlock };
-    let outcome = batch.write_bisecting(units, &mut results).await;
+    let mut refusals = Vec::new();
+    let outcome = batch.write_bisecting(units, &mut refusals).await;
+    if !refusals.is_empty() {
+        let kept = keep_dead_letters(&pool, &jobs, &refusals).await;
+        for ((j, event), refusal) in refusals {
+            let reason = format!("{} (SQLSTATE {})", refusal.message, refusal.sqlstate);
+            results[j].refused.push((event, reason));
+            results[j].dead_lettered = kept;
+        }
+    }
+    if let Ok(written) = &outcome {
+        for &(j, p, r) in written {
+            results[j].written[p][r] = true;
+        }
+    }
     for (job, result) in jobs.into_iter().zip(results) {
         let _ = job.reply.send(match &outcome {
-            Ok(()) => Ok(result),
+            Ok(_) => Ok(result),
             Err(e) => Err(e.clone()),
         });
     }
@@ -291,21 +328,21 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Writes `units`, splitting them while the database refuses the data.
-    async fn write_bisecting(&self, units: Vec<Unit>, results: &mut [JobResult]) -> Result<(), WriteError> {
+    /// Writes `units`, splitting them while the database refuses the data;
+    /// returns the rows written and adds each event refused alone to
+    /// `refusals`.
+    async fn write_bisecting(
+        &self,
+        units: Vec<Unit>,
+        refusals: &mut Vec<(Unit, Refusal)>,
+    ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
+        let mut written = Vec::new();
         let mut pending = vec![units];
         while let Some(units) = pending.pop() {
             match self.write_retrying(&units).await {
-                Ok(written) => {
-                    for (j, p, r) in written {
-                        results[j].written[p][r] = true;
-                    }
-                }
+                Ok(rows) => written.extend(rows),
                 Err(Err(e)) => return Err(e),
-                Err(Ok(reason)) if units.len() == 1 => {
-                    let (j, event) = units[0];
-                    results[j].refused.push((event, reason));
-                }
+                Err(Ok(refusal)) if units.len() == 1 => refusals.push((units[0], refusal)),
                 Err(Ok(_)) => {
                     let mut first = units;
                     let second = first.split_off(first.len() / 2);
@@ -315,14 +352,14 @@ impl Batch<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Writes `units` in one transaction, retrying transient failures (and
     /// conflicts, when allowed) with jittered exponential backoff until the
-    /// deadline. `Err(Ok(reason))`: the data was refused; `Err(Err(e))`: the
-    /// write cannot be done now.
-    async fn write_retrying(&self, units: &[Unit]) -> Result<Vec<(usize, usize, usize)>, Result<String, WriteError>> {
+    /// deadline. `Err(Ok(refusal))`: the data was refused; `Err(Err(e))`:
+    /// the write cannot be done now.
+    async fn write_retrying(&self, units: &[Unit]) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
         let (jobs, deadline) = (self.jobs, self.deadline);
         let chosen: Option<HashSet<Unit>> = (units.len() < self.total).then(|| units.iter().copied().collect());
         let mut backoff = FIRST_BACKOFF;
@@ -336,7 +373,17 @@ impl Batch<'_> {
                 Attempt::Database(e) => (Failure::of(e), describe(e)),
             };
             match failure {
-                Failure::Data => return Err(Ok(message)),
+                Failure::Data => {
+                    let sqlstate = match &error {
+                        Attempt::Database(e) => e.code().map_or("", |c| c.code()).to_owned(),
+                        Attempt::Pool(_) => String::new(),
+                    };
+                    let message = match &error {
+                        Attempt::Database(e) => e.as_db_error().map_or(message.clone(), |db| db.message().to_owned()),
+                        Attempt::Pool(_) => message,
+                    };
+                    return Err(Ok(Refusal { sqlstate, message }));
+                }
                 Failure::Destination => return Err(Err(WriteError::Unusable(message))),
                 Failure::Conflict if !self.retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
                 Failure::Transient | Failure::Conflict => {}
@@ -351,6 +398,39 @@ impl Batch<'_> {
             tracing::warn!(retry_in_ms = wait.as_millis() as u64, "write failed, retrying: {message}");
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Keeps the rows of refused events in their tenants' dead-letter tables.
+/// False when they could not be kept (the refusal is still reported).
+async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal)]) -> bool {
+    let mut by_origin: Vec<(&Origin, Vec<DeadLetter>)> = Vec::new();
+    for &((j, event), ref refusal) in refusals {
+        let job = &jobs[j];
+        let letters = job.plans.iter().flat_map(|p| {
+            p.plan.rows.iter().enumerate().filter(|(_, row)| row.event == event).map(|(r, _)| {
+                DeadLetter::of(&p.plan, r, &p.upsert, &refusal.sqlstate, &refusal.message)
+            })
+        });
+        match by_origin.iter_mut().find(|(o, _)| std::ptr::eq(*o, &*job.origin)) {
+            Some((_, kept)) => kept.extend(letters),
+            None => by_origin.push((&job.origin, letters.collect())),
+        }
+    }
+    let keep = async {
+        let mut client = pool.get().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(|e| describe(&e))?;
+        for (origin, letters) in &by_origin {
+            dead_letters::keep(&*tx, &origin.schema, &origin.tenant, letters).await.map_err(|e| describe(&e))?;
+        }
+        tx.commit().await.map_err(|e| describe(&e))
+    };
+    match keep.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("refused rows could not be kept as dead letters: {e}");
+            false
         }
     }
 }
