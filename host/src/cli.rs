@@ -8,7 +8,7 @@
 
 use crate::config::Limits;
 use crate::runtime::{Runtime, hex};
-use crate::tenants::{BUILTIN_EVENTS, hash_key, key_id};
+use crate::tenants::{BUILTIN, hash_key, key_id};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode, Url};
@@ -450,8 +450,8 @@ pub enum TenantCommand {
     Create {
         /// The tenant id: 1 to 63 letters, digits, '-' or '_'.
         id: String,
-        /// `builtin:events`, or `sha256:<digest>` of a component the service
-        /// already stores [default: builtin:events].
+        /// `builtin:standard`, or `sha256:<digest>` of a component the service
+        /// already stores [default: builtin:standard].
         #[arg(long, value_name = "COMPONENT")]
         component: Option<String>,
         /// Write to this schema of the service's database [default: the
@@ -558,12 +558,12 @@ pub async fn tenant(args: TenantArgs) -> Result<()> {
 /// a path on its own machine, which the CLI does not mean to send.
 fn check_component_name(component: &str) -> Result<()> {
     let digest = component.strip_prefix("sha256:");
-    if component == BUILTIN_EVENTS || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    if component == BUILTIN || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return Ok(());
     }
     bail!(
-        "--component must be {BUILTIN_EVENTS} or sha256:<64 hex digits> of a stored component; \
+        "--component must be {BUILTIN} or sha256:<64 hex digits> of a stored component; \
          to use a .wasm file, create the tenant and then run `sluice tenant upload ID FILE.wasm`"
     )
 }
@@ -737,10 +737,10 @@ fn strings_of(value: &Value, key: &str) -> Vec<String> {
         .map_or_else(Vec::new, |items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
 }
 
-/// The component column: `builtin:events`, or `sha256:` and 12 hex digits.
+/// The component column: `builtin:standard`, or `sha256:` and 12 hex digits.
 fn short_component(tenant: &Value) -> String {
     let component = str_of(tenant, "component");
-    if component == BUILTIN_EVENTS {
+    if component == BUILTIN {
         return component.to_owned();
     }
     let digest = str_of(tenant, "component_digest");
@@ -778,8 +778,8 @@ fn render_list(answer: &Value) -> String {
 fn render_show(tenant: &Value) -> String {
     let component = str_of(tenant, "component");
     let digest = str_of(tenant, "component_digest");
-    let component = if component == BUILTIN_EVENTS {
-        format!("{BUILTIN_EVENTS} (sha256:{digest})")
+    let component = if component == BUILTIN {
+        format!("{BUILTIN} (sha256:{digest})")
     } else {
         format!("sha256:{digest}")
     };
@@ -977,7 +977,7 @@ mod tests {
     #[test]
     fn lists_tenants() {
         let answer = json!({"tenants": [
-            {"id": "acme", "component": "builtin:events", "component_digest": "ab".repeat(32), "keys": ["111111111111"],
+            {"id": "acme", "component": "builtin:standard", "component_digest": "ab".repeat(32), "keys": ["111111111111"],
              "requests": 1234567, "errors": 2, "events": {"inserted": 10, "duplicates": 3, "rejected": 1}},
             {"id": "globex-eu", "component": format!("sha256:{}", "cd".repeat(32)), "component_digest": "cd".repeat(32),
              "keys": ["222222222222", "333333333333"], "requests": 0, "errors": 0,
@@ -986,7 +986,7 @@ mod tests {
         let text = render_list(&answer);
         let expected = "\
 ID         COMPONENT            KEYS   REQUESTS  ERRORS  INSERTED  DUPLICATES  REJECTED
-acme       builtin:events          1  1,234,567       2        10           3         1
+acme       builtin:standard        1  1,234,567       2        10           3         1
 globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0         0
 ";
         assert_eq!(text, expected);
@@ -995,11 +995,11 @@ globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0   
 
     #[test]
     fn new_keys_are_shown_once_and_given_ones_not_at_all() {
-        let answer = json!({"tenant": {"id": "acme", "component": "builtin:events", "schema": "acme", "tables": ["events"]},
+        let answer = json!({"tenant": {"id": "acme", "component": "builtin:standard", "schema": "acme", "tables": ["events"]},
                             "keys": ["sk_generated0123456789", "given-key-0123456789"]});
         let text = render_created(&answer, &["given-key-0123456789".into()]);
         assert!(
-            text.starts_with("created tenant acme: component builtin:events, schema acme, tables events\n"),
+            text.starts_with("created tenant acme: component builtin:standard, schema acme, tables events\n"),
             "{text}"
         );
         let generated_id = key_id(&hash_key("sk_generated0123456789")).to_owned();
@@ -1032,7 +1032,7 @@ globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0   
         assert_eq!(admin_endpoint(&prefixed, &["acme"]).as_str(), "http://h/sluice/admin/tenants/acme");
         assert!(parse_admin_url("https://h").unwrap_err().to_string().contains("plain HTTP"));
         assert!(parse_admin_url("127.0.0.1:8080").is_err());
-        assert!(check_component_name("builtin:events").is_ok());
+        assert!(check_component_name("builtin:standard").is_ok());
         assert!(check_component_name(&format!("sha256:{}", "0".repeat(64))).is_ok());
         assert!(check_component_name("./x.wasm").unwrap_err().to_string().contains("sluice tenant upload"));
     }

@@ -248,8 +248,10 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComponentsConfig {
-    /// The normalizer behind `POST /v1/events` (a `.wasm` component).
-    pub events: Option<PathBuf>,
+    /// A `.wasm` component to serve in place of the built-in one
+    /// (`builtin:standard`): for the default tenant and every tenant whose
+    /// component is `builtin:standard`.
+    pub builtin: Option<PathBuf>,
     /// Where compiled components are cached (default `<data_dir>/cache`).
     pub cache_dir: Option<PathBuf>,
 }

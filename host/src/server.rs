@@ -19,13 +19,13 @@ pub async fn serve(config: Config) -> Result<()> {
     let (database, mut embedded) = database(&config).await?;
 
     let runtime = Runtime::new(&config.limits, &config.cache_dir())?;
-    let events_wasm = match &config.components.events {
+    let builtin_wasm = match &config.components.builtin {
         Some(path) => std::fs::read(path).with_context(|| format!("read component {}", path.display()))?,
-        None => sluice_artifacts::EVENTS.to_vec(),
+        None => sluice_artifacts::STANDARD.to_vec(),
     };
     let normalizer = {
         let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load("events", &events_wasm)).await??
+        tokio::task::spawn_blocking(move || runtime.load("builtin", &builtin_wasm)).await??
     };
 
     let registry = Arc::new(Registry::new(
@@ -52,7 +52,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let default_spec = TenantSpec {
         id: "default".into(),
         keys: Vec::new(),
-        component: crate::tenants::BUILTIN_EVENTS.into(),
+        component: crate::tenants::BUILTIN.into(),
         database: None,
         limits: Default::default(),
         batch: None,

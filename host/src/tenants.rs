@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The component of tenants that name none.
-pub const BUILTIN_EVENTS: &str = "builtin:events";
+/// The component of tenants that name none: events, Logflare and
+/// structured logs, by route (`components/standard`).
+pub const BUILTIN: &str = "builtin:standard";
 
 /// A tenant as the config file and the admin API describe it.
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
@@ -30,9 +31,9 @@ pub struct TenantSpec {
     /// plain keys (e.g. `"${ACME_KEY}"`); they are hashed on load.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// `builtin:events`, `sha256:<digest>` of an uploaded component, or (in
+    /// `builtin:standard`, `sha256:<digest>` of an uploaded component, or (in
     /// the config file) the path of a `.wasm` file.
-    #[serde(default = "builtin_events")]
+    #[serde(default = "builtin")]
     pub component: String,
     /// Where rows go; by default the service's database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,8 +103,8 @@ impl std::fmt::Debug for TenantSpec {
     }
 }
 
-fn builtin_events() -> String {
-    BUILTIN_EVENTS.into()
+fn builtin() -> String {
+    BUILTIN.into()
 }
 
 /// Per-tenant overrides of the service's limits.
@@ -262,7 +263,7 @@ pub struct Registry {
     /// The registry on disk.
     state_file: PathBuf,
     /// The built-in events component (or the one the config puts in its place).
-    builtin_events: Arc<Normalizer>,
+    builtin: Arc<Normalizer>,
     /// Loaded components by digest, shared by tenants.
     loaded: Mutex<HashMap<String, Arc<Normalizer>>>,
 }
@@ -270,7 +271,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         runtime: Arc<Runtime>,
-        builtin_events: Arc<Normalizer>,
+        builtin: Arc<Normalizer>,
         service_database: DatabaseConfig,
         service_limits: Limits,
         batch: BatchConfig,
@@ -286,7 +287,7 @@ impl Registry {
             batch,
             components_dir: data_dir.join("components"),
             state_file: data_dir.join("tenants.json"),
-            builtin_events,
+            builtin,
             loaded: Mutex::default(),
         }
     }
@@ -359,7 +360,7 @@ impl Registry {
     /// A config tenant's component given as a file path becomes a stored,
     /// content-addressed component.
     fn store_component_file(&self, mut spec: TenantSpec) -> Result<TenantSpec> {
-        if spec.component != BUILTIN_EVENTS && !spec.component.starts_with("sha256:") {
+        if spec.component != BUILTIN && !spec.component.starts_with("sha256:") {
             let wasm = std::fs::read(&spec.component)
                 .with_context(|| format!("tenant {}: read component {}", spec.id, spec.component))?;
             spec.component = format!("sha256:{}", self.store_component(&wasm)?);
@@ -378,10 +379,10 @@ impl Registry {
 
     /// The loaded component a spec names.
     async fn normalizer(&self, spec: &TenantSpec) -> Result<Arc<Normalizer>> {
-        if spec.component == BUILTIN_EVENTS {
-            return Ok(self.builtin_events.clone());
+        if spec.component == BUILTIN {
+            return Ok(self.builtin.clone());
         }
-        let digest = spec.component.strip_prefix("sha256:").context("a component is builtin:events or sha256:…")?;
+        let digest = spec.component.strip_prefix("sha256:").context("a component is builtin:standard or sha256:…")?;
         if let Some(loaded) = self.loaded.lock().unwrap().get(digest) {
             return Ok(loaded.clone());
         }
@@ -492,9 +493,9 @@ impl Registry {
         if self.snapshot.load().tenants.contains_key(&spec.id) {
             return Err(RegistryError::Conflict(format!("tenant {} exists", spec.id)));
         }
-        if spec.component != BUILTIN_EVENTS && !spec.component.starts_with("sha256:") {
+        if spec.component != BUILTIN && !spec.component.starts_with("sha256:") {
             return Err(RegistryError::Invalid(anyhow::anyhow!(
-                "component must be builtin:events or sha256:<digest> of an uploaded component; \
+                "component must be builtin:standard or sha256:<digest> of an uploaded component; \
                  upload a new one with PUT /admin/tenants/{}/component",
                 spec.id
             )));

@@ -148,12 +148,12 @@ async fn tenant_commands_drive_the_admin_api() {
     assert_eq!(list.code, 0, "{}", list.stderr);
     let header: Vec<&str> = list.stdout.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["ID", "COMPONENT", "KEYS", "REQUESTS", "ERRORS", "INSERTED", "DUPLICATES", "REJECTED"]);
-    assert_eq!(list_row(&list.stdout, "acme"), ["acme", "builtin:events", "1", "0", "0", "0", "0", "0"]);
+    assert_eq!(list_row(&list.stdout, "acme"), ["acme", "builtin:standard", "1", "0", "0", "0", "0", "0"]);
 
     // Create: the generated key is printed once, and works.
     let created = tenant(&["create", "initech", "--schema", "initech"]);
     assert_eq!(created.code, 0, "{}", created.stderr);
-    assert!(created.stdout.starts_with("created tenant initech: component builtin:events, schema initech"));
+    assert!(created.stdout.starts_with("created tenant initech: component builtin:standard, schema initech"));
     assert!(created.stdout.contains("shown this once"), "{}", created.stdout);
     let key_line = created.stdout.lines().find(|l| l.starts_with("key ")).expect("a key line");
     let [_, id, key] = key_line.split_whitespace().collect::<Vec<_>>()[..] else { panic!("{key_line}") };
@@ -161,7 +161,7 @@ async fn tenant_commands_drive_the_admin_api() {
     assert_eq!(send(&events, key).await, 200);
     assert_eq!(count(&db, "initech.events").await, 1);
     let list = tenant(&["list"]);
-    assert_eq!(list_row(&list.stdout, "initech"), ["initech", "builtin:events", "1", "1", "0", "1", "0", "0"]);
+    assert_eq!(list_row(&list.stdout, "initech"), ["initech", "builtin:standard", "1", "1", "0", "1", "0", "0"]);
 
     // A second key for acme (as JSON), then the first one revoked.
     let added = tenant(&["add-key", "acme", "--json"]);

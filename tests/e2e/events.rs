@@ -193,7 +193,7 @@ async fn a_failing_component_fails_only_its_request() {
     let sluice = Sluice::start(
         Some(&db),
         &format!(
-            "[limits]\ncomponent_deadline_ms = 200\ncomponent_memory_bytes = 33554432\n[components]\nevents = {wasm:?}\n"
+            "[limits]\ncomponent_deadline_ms = 200\ncomponent_memory_bytes = 33554432\n[components]\nbuiltin = {wasm:?}\n"
         ),
     );
     for (fault, expect) in [("trap", "failed"), ("loop", "deadline of 200 ms"), ("alloc", "memory limit of 32 MiB")] {

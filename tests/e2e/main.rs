@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod events;
 mod lifecycle;
+mod logs;
 mod migrations;
 mod query;
 mod tenants;
