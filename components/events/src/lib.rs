@@ -89,7 +89,7 @@ pub fn tables() -> Vec<Table> {
 /// The table of an event type: `events_` and the type lower-cased, each run
 /// of characters outside `[a-z0-9]` made one `_`, leading and trailing ones
 /// dropped. When that changed more than case (`order.completed`), or the
-/// name had to be cut to [`MAX_TYPE_TABLE_BYTES`], `_` and 8 hex digits of a
+/// name had to be cut to `MAX_TYPE_TABLE_BYTES`, `_` and 8 hex digits of a
 /// hash of the type follow, so that distinct types get distinct tables;
 /// types that differ only in case share one.
 pub fn type_table(event_type: &str) -> String {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 /// A JSON string, borrowed from the input unless it holds escapes (serde's
 /// own `Cow<str>` always copies).
-pub struct Str<'a>(pub Cow<'a, str>);
+struct Str<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -79,7 +79,7 @@ impl<'de> Deserialize<'de> for Record<'de> {
 
 /// Reads an object's members (see [`object_members`]); anything else is
 /// skipped as [`Record::Other`].
-pub struct RecordVisitor;
+struct RecordVisitor;
 
 impl<'de> Visitor<'de> for RecordVisitor {
     type Value = Record<'de>;
@@ -215,14 +215,15 @@ const MAX_MICROS: i64 = 253_402_300_799_999_999;
 
 /// A unix time is read as seconds below 10^11 (the year 5138), else as
 /// milliseconds below 10^14, else as microseconds below 10^17, else as
-/// nanoseconds. Times from 1973-03-03 to 5138 are read right in every unit.
+/// nanoseconds. Times from 1973-03-03 to the year 5138 are read right in
+/// any unit (in nanoseconds, as far as an i64 goes: 2262).
 const SECONDS_BELOW: f64 = 1e11;
 const MILLIS_BELOW: f64 = 1e14;
 const MICROS_BELOW: f64 = 1e17;
 
 /// A timestamp field in unix µs: an ISO 8601 / RFC 3339 string (a time
 /// without offset is UTC), or a unix time whose unit its magnitude tells
-/// (see [`SECONDS_BELOW`]).
+/// (see `SECONDS_BELOW`).
 pub fn timestamp(field: &str, raw: &RawValue) -> Result<i64, String> {
     let json = raw.get();
     let micros = match json.as_bytes()[0] {

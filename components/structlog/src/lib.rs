@@ -27,7 +27,7 @@ pub const TEMPLATE: &str = "structured_logs";
 /// The table records go to unless the tenant's settings name another.
 pub const DEFAULT_TABLE: &str = "stogger_logs";
 
-/// The namespace of record ids: UUIDv5(NAMESPACE, "<tenant>/<text>").
+/// The namespace of record ids: `UUIDv5(NAMESPACE, "<tenant>/<text>")`.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0xe428_9558_dbb6_4f87_a863_f7a8_6657_02fb);
 
 /// The level of a record that gives none: structlog's default.
