@@ -356,9 +356,4 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationStream<S> {
         }
         Ok(self.client)
     }
-
-    /// A fixed wait helper for tests and callers: `Duration` until the next status update falls due.
-    pub fn until_next_status(&self) -> Duration {
-        self.next_status.saturating_duration_since(Instant::now())
-    }
 }

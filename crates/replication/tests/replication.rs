@@ -519,3 +519,37 @@ async fn logical_decoding_messages_arrive_when_asked_for() {
     assert_eq!(msg.prefix, "sluice");
     assert_eq!(&msg.content[..], b"hello");
 }
+
+#[tokio::test]
+async fn keepalives_that_ask_for_a_reply_are_answered() {
+    let c = cluster();
+    let db = c.new_database("keepalive");
+    c.psql(&db, "CREATE TABLE k (id int PRIMARY KEY)");
+    // The server wants a reply every half second and drops the connection after a second without one.
+    c.psql("postgres", &format!("ALTER DATABASE {db} SET wal_sender_timeout = '1s'"));
+    let mut client = ReplicationClient::connect(&c.config(&db)).await.unwrap();
+    let timeout_setting = client.simple_query("SHOW wal_sender_timeout").await.unwrap();
+    assert_eq!(timeout_setting[0].get(0), Some("1s"));
+    client.ensure_publication("pub", &["k".into()]).await.unwrap();
+    client.create_replication_slot(&db, SnapshotAction::NoExport).await.unwrap();
+    let mut options = StartOptions::new(&db, "pub");
+    // No timer-driven updates: only the answers to the server's requests keep the connection up.
+    options.status_interval = Duration::from_secs(3600);
+    let mut stream = client.start_replication(options).await.unwrap();
+
+    let mut asked = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        if let Ok(event) = tokio::time::timeout_at(until, stream.recv()).await {
+            match event.unwrap() {
+                Some(Event::Keepalive { reply_requested: true, .. }) => asked += 1,
+                Some(Event::Keepalive { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(asked >= 2, "the server asked for {asked} replies in 4 s");
+    c.psql(&db, "INSERT INTO k VALUES (1)");
+    let (changes, _) = next_transaction(&mut stream).await;
+    assert!(matches!(&changes[..], [PgMessage::Insert(_)]), "{changes:?}");
+}
