@@ -357,3 +357,241 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationStream<S> {
         Ok(self.client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stream against a scripted server over an in-memory pipe: the
+    //! exact status updates sent, and when the idle rule may confirm.
+
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::client::StartOptions;
+    use crate::config::ReplicationConfig;
+
+    fn backend(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u8(tag);
+        b.put_i32(body.len() as i32 + 4);
+        b.put_slice(body);
+        b.to_vec()
+    }
+
+    fn xlog(start: u64, payload: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u8(b'w');
+        b.put_u64(start);
+        b.put_u64(start);
+        b.put_i64(0);
+        b.put_slice(payload);
+        backend(b'd', &b)
+    }
+
+    fn keepalive(wal_end: u64, reply: bool) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u8(b'k');
+        b.put_u64(wal_end);
+        b.put_i64(0);
+        b.put_u8(u8::from(reply));
+        backend(b'd', &b)
+    }
+
+    fn begin(xid: u32) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u8(b'B');
+        b.put_u64(0);
+        b.put_i64(0);
+        b.put_u32(xid);
+        b.to_vec()
+    }
+
+    fn commit(end: u64) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u8(b'C');
+        b.put_u8(0);
+        b.put_u64(end - 8);
+        b.put_u64(end);
+        b.put_i64(0);
+        b.to_vec()
+    }
+
+    async fn read_frontend(io: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let tag = io.read_u8().await.unwrap();
+        let len = io.read_i32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        io.read_exact(&mut body).await.unwrap();
+        (tag, body)
+    }
+
+    /// The next standby status update: (written, flushed, applied, reply requested).
+    async fn read_status(io: &mut DuplexStream) -> (u64, u64, u64, u8) {
+        let (tag, body) = read_frontend(io).await;
+        assert_eq!(tag, b'd');
+        let mut b = &body[..];
+        assert_eq!(b.get_u8(), b'r');
+        let (w, f, a) = (b.get_u64(), b.get_u64(), b.get_u64());
+        let _time = b.get_i64();
+        let reply = b.get_u8();
+        assert!(b.is_empty());
+        (w, f, a, reply)
+    }
+
+    /// A client streaming from a scripted server; returns both ends.
+    async fn started() -> (ReplicationStream<DuplexStream>, DuplexStream) {
+        let (client_io, mut server) = tokio::io::duplex(1 << 16);
+        let server_side = async {
+            let len = server.read_i32().await.unwrap() as usize;
+            let mut startup = vec![0; len - 4];
+            server.read_exact(&mut startup).await.unwrap();
+            assert!(String::from_utf8_lossy(&startup).contains("replication\0database\0"));
+            let mut out = backend(b'R', &0i32.to_be_bytes());
+            out.extend(backend(b'S', b"server_version\x0015.4\0"));
+            out.extend(backend(b'Z', b"I"));
+            server.write_all(&out).await.unwrap();
+            let (tag, query) = read_frontend(&mut server).await;
+            assert_eq!(tag, b'Q');
+            let query = String::from_utf8_lossy(&query).into_owned();
+            assert!(query.starts_with("START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '2'"), "{query}");
+            assert!(query.contains("publication_names '\"p\"'") && query.contains("streaming 'on'"), "{query}");
+            server.write_all(&backend(b'W', &[0, 0, 0])).await.unwrap();
+        };
+        let client_side = async {
+            let config = ReplicationConfig::new("db", "u");
+            let client = ReplicationClient::handshake(client_io, &config).await.unwrap();
+            assert_eq!(client.server_version_num(), 150_004);
+            let mut options = StartOptions::new("s", "p");
+            options.status_interval = Duration::from_secs(3600);
+            client.start_replication(options).await.unwrap()
+        };
+        let (stream, ()) = tokio::join!(client_side, server_side);
+        (stream, server)
+    }
+
+    async fn recv(stream: &mut ReplicationStream<DuplexStream>) -> Event {
+        stream.recv().await.unwrap().expect("an event")
+    }
+
+    #[tokio::test]
+    async fn status_updates_confirm_only_what_the_caller_confirmed_or_an_idle_position() {
+        let (mut stream, mut server) = started().await;
+        assert_eq!((stream.protocol_version(), stream.streaming()), (2, true));
+
+        // A transaction, not yet confirmed: a keepalive asking for a reply gets
+        // the received position as written, nothing as flushed.
+        let mut out = xlog(0x100, &begin(7));
+        out.extend(xlog(0x180, &commit(0x1a0)));
+        out.extend(keepalive(0x200, true));
+        server.write_all(&out).await.unwrap();
+        assert!(matches!(recv(&mut stream).await, Event::Data { message: PgMessage::Begin(_), .. }));
+        let Event::Data { wal_start, message: PgMessage::Commit(c), .. } = recv(&mut stream).await else { panic!() };
+        assert_eq!((wal_start, c.end_lsn), (Lsn(0x180), Lsn(0x1a0)));
+        assert_eq!(
+            recv(&mut stream).await,
+            Event::Keepalive {
+                wal_end: Lsn(0x200),
+                send_time: crate::lsn::PG_EPOCH_OFFSET_MICROS,
+                reply_requested: true
+            }
+        );
+        assert_eq!(read_status(&mut server).await, (0x200, 0, 0, 0));
+
+        // Confirmed: nothing is pending, so the last keepalive's position (after
+        // the commit) is confirmed too, and so is the next one's.
+        stream.confirm(Lsn(0x1a0));
+        stream.send_status_now().await.unwrap();
+        assert_eq!(read_status(&mut server).await, (0x200, 0x200, 0x200, 0));
+        server.write_all(&keepalive(0x300, false)).await.unwrap();
+        recv(&mut stream).await;
+        assert_eq!(stream.confirmed_lsn(), Lsn(0x300));
+        stream.send_status_now().await.unwrap();
+        assert_eq!(read_status(&mut server).await, (0x300, 0x300, 0x300, 0));
+
+        // A streamed transaction is open (a subtransaction abort does not close
+        // it): keepalives are not confirmed until it commits and is confirmed.
+        let mut start = vec![b'S'];
+        start.extend(9u32.to_be_bytes());
+        start.push(1);
+        let mut abort_sub = vec![b'A'];
+        abort_sub.extend(9u32.to_be_bytes());
+        abort_sub.extend(10u32.to_be_bytes());
+        let mut out = xlog(0x400, &start);
+        out.extend(xlog(0x400, b"E"));
+        out.extend(xlog(0x410, &abort_sub));
+        out.extend(keepalive(0x500, true));
+        server.write_all(&out).await.unwrap();
+        for _ in 0..3 {
+            recv(&mut stream).await;
+        }
+        assert!(matches!(recv(&mut stream).await, Event::Keepalive { reply_requested: true, .. }));
+        assert_eq!(read_status(&mut server).await, (0x500, 0x300, 0x300, 0));
+
+        let mut stream_commit = vec![b'c'];
+        stream_commit.extend(9u32.to_be_bytes());
+        stream_commit.push(0);
+        stream_commit.extend(0x5f0u64.to_be_bytes());
+        stream_commit.extend(0x600u64.to_be_bytes());
+        stream_commit.extend(0i64.to_be_bytes());
+        let mut out = xlog(0x5f0, &stream_commit);
+        out.extend(keepalive(0x700, true));
+        server.write_all(&out).await.unwrap();
+        recv(&mut stream).await;
+        recv(&mut stream).await;
+        assert_eq!(read_status(&mut server).await, (0x700, 0x300, 0x300, 0), "the streamed commit is unconfirmed");
+        stream.confirm(Lsn(0x600));
+        server.write_all(&keepalive(0x800, true)).await.unwrap();
+        recv(&mut stream).await;
+        assert_eq!(read_status(&mut server).await, (0x800, 0x800, 0x800, 0));
+
+        // Explicit positions.
+        stream.send_status(Lsn(0x900), Lsn(0x880), Lsn(0x870), true).await.unwrap();
+        assert_eq!(read_status(&mut server).await, (0x900, 0x880, 0x870, 1));
+        // Positions never go back.
+        stream.confirm(Lsn(0x10));
+        assert_eq!(stream.confirmed_lsn(), Lsn(0x880));
+    }
+
+    #[tokio::test]
+    async fn the_timer_sends_status_updates_and_the_server_may_end_the_stream() {
+        let (mut stream, mut server) = started().await;
+        stream.status_interval = Duration::from_millis(20);
+        stream.next_status = Instant::now();
+        // No traffic: recv sends a status update on its own, then another.
+        let waiting = tokio::time::timeout(Duration::from_millis(200), stream.recv()).await;
+        assert!(waiting.is_err(), "no event expected");
+        assert_eq!(read_status(&mut server).await, (0, 0, 0, 0));
+        assert_eq!(read_status(&mut server).await, (0, 0, 0, 0));
+
+        // The server ends streaming: the client answers CopyDone and the stream ends.
+        let mut out = backend(b'c', &[]);
+        out.extend(backend(b'C', b"COPY 0\0"));
+        out.extend(backend(b'C', b"START_REPLICATION\0"));
+        out.extend(backend(b'Z', b"I"));
+        server.write_all(&out).await.unwrap();
+        // Status updates sent meanwhile are skipped; then the CopyDone.
+        let answer = async {
+            loop {
+                let (tag, _) = read_frontend(&mut server).await;
+                if tag == b'c' {
+                    break;
+                }
+            }
+        };
+        let (ended, ()) = tokio::join!(stream.recv(), answer);
+        assert_eq!(ended.unwrap(), None);
+        assert_eq!(stream.recv().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_broken_message_is_an_error() {
+        let (mut stream, mut server) = started().await;
+        server.write_all(&xlog(0x100, b"Zgarbage")).await.unwrap();
+        assert!(matches!(stream.recv().await, Err(Error::Decode(_))));
+        let (mut stream, mut server) = started().await;
+        server.write_all(&backend(b'd', b"w\0")).await.unwrap();
+        assert!(matches!(stream.recv().await, Err(Error::Protocol(_))));
+        let (mut stream, server) = started().await;
+        drop(server);
+        assert!(matches!(stream.recv().await, Err(Error::Closed)));
+    }
+}
