@@ -219,7 +219,8 @@ impl ReplicationClient<Socket> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationClient<S> {
     /// Runs the startup and authentication over an already open stream (a TLS
-    /// stream, for instance).
+    /// stream, for instance). Unlike [`connect`](ReplicationClient::connect),
+    /// it sets no time limit: wrap it in `tokio::time::timeout` if needed.
     pub async fn handshake(io: S, config: &ReplicationConfig) -> Result<ReplicationClient<S>> {
         let mut client =
             ReplicationClient { conn: Conn::new(io), params: HashMap::new(), server_version_num: 0, backend_pid: None };
