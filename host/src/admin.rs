@@ -77,12 +77,16 @@ pub fn status(tenant: &Tenant) -> Value {
         "limits": tenant.spec.limits,
         "batch": tenant.spec.batch,
         "apis": tenant.spec.apis,
+        "settings": tenant.spec.settings,
+        "write_modes": tenant.spec.write_modes,
+        "query_tokens": tenant.spec.query_tokens.iter().map(|k| key_id(k)).collect::<Vec<_>>(),
         "requests": stats.requests.load(Ordering::Relaxed),
         "errors": stats.errors.load(Ordering::Relaxed),
         "events": {
             "inserted": stats.events_inserted.load(Ordering::Relaxed),
             "duplicates": stats.events_duplicate.load(Ordering::Relaxed),
             "rejected": stats.events_rejected.load(Ordering::Relaxed),
+            "dead_lettered": stats.events_dead_lettered.load(Ordering::Relaxed),
         },
         "in_flight_bytes": stats.in_flight_bytes.load(Ordering::Relaxed),
     })
@@ -126,6 +130,10 @@ struct Change {
     #[serde(default, with = "serde_with_null")]
     database: Option<Option<crate::config::DatabaseConfig>>,
     limits: Option<TenantLimits>,
+    settings: Option<serde_json::Map<String, Value>>,
+    write_modes: Option<crate::write_modes::WriteModes>,
+    /// Replaces the query tokens (plain, at least 16 characters; stored hashed).
+    query_tokens: Option<Vec<String>>,
 }
 
 /// `"database": null` clears the tenant's own database; absent keeps it.
@@ -158,6 +166,15 @@ async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes
             }
             if let Some(batch) = change.batch {
                 spec.batch = batch;
+            }
+            if let Some(settings) = change.settings {
+                spec.settings = settings;
+            }
+            if let Some(write_modes) = change.write_modes {
+                spec.write_modes = write_modes;
+            }
+            if let Some(query_tokens) = change.query_tokens {
+                spec.query_tokens = query_tokens;
             }
             Ok(())
         })

@@ -4,6 +4,7 @@
 
 use crate::config::Limits;
 use crate::db::writer::{CheckedPlan, Origin, WriteError};
+use crate::write_modes::{SyncRun, WriteMode, delete_stale_sql};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
 use anyhow::Context;
@@ -120,6 +121,10 @@ pub struct Tally {
     pub duplicates: u32,
     /// Events refused, with why.
     pub rejected: Vec<Rejected>,
+    /// Rows of earlier syncs deleted at the end of this one
+    /// (`overwrite-delete-stale` tables, a request that ends a sync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_stale: Option<u64>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -245,6 +250,11 @@ impl Tenant {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
         let loaded = self.loaded();
         let normalizer = loaded.normalizer.clone();
+        let write_modes = &self.spec.write_modes;
+        let sync = match write_modes.is_empty() {
+            true => None,
+            false => Some(SyncRun::of(&request).map_err(|m| IngestError::Request(RequestError::Malformed(m)))?),
+        };
         let outcome = self.normalize(runtime, normalizer.clone(), request).await?;
         if !loaded.migrated.load(Ordering::Acquire) {
             self.migrate_late(&loaded, deadline).await?;
@@ -265,7 +275,7 @@ impl Tenant {
             }
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
-            self.check(&normalizer, outcome.plans, outcome.events, &mut rejected).into_iter().unzip();
+            self.check(&normalizer, outcome.plans, outcome.events, sync.as_ref(), &mut rejected).into_iter().unzip();
         let result = self.destination.writer.write(plans, deadline, &self.origin).await.map_err(IngestError::Write)?;
         let kept = if result.dead_lettered { "; its rows are kept in sluice_dead_letters" } else { "" };
         self.stats.events_dead_lettered.fetch_add(
@@ -286,7 +296,12 @@ impl Tenant {
                 }
             }
         }
+        let deleted_stale = match &sync {
+            Some(sync) if sync.last => Some(self.delete_stale(&normalizer, sync).await?),
+            _ => None,
+        };
         let tally = Tally {
+            deleted_stale,
             events: outcome.events,
             inserted: stored.values().filter(|w| **w).count() as u32,
             duplicates: stored.values().filter(|w| !**w).count() as u32,
@@ -306,11 +321,17 @@ impl Tenant {
         normalizer: &Normalizer,
         plans: Vec<UpsertPlan>,
         events: u32,
+        sync: Option<&SyncRun>,
         rejected: &mut BTreeMap<u32, String>,
     ) -> Vec<(CheckedPlan, Vec<u32>)> {
         let mut checked = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let upsert = self.upsert(normalizer, &plan);
+        for mut plan in plans {
+            let upsert = self.table(normalizer, &plan).and_then(|table| {
+                if let Some(sync) = sync {
+                    self.spec.write_modes.apply(&table, &mut plan, sync)?;
+                }
+                self.upsert(normalizer, &plan, table)
+            });
             for row in &plan.rows {
                 let problem = if row.event >= events {
                     Some(format!("the component tied a row to event {} of {events}", row.event))
@@ -346,7 +367,8 @@ impl Tenant {
         while !loaded.migrated.load(Ordering::Acquire) {
             let attempt = async {
                 let mut client = self.destination.pool.get().await.context("connect to the tenant's database")?;
-                crate::db::migrate::migrate(&mut client, &self.schema, &loaded.normalizer.tables).await
+                let tables = self.spec.write_modes.tables(&loaded.normalizer.tables);
+                crate::db::migrate::migrate(&mut client, &self.schema, &tables).await
             };
             match attempt.await {
                 Ok(()) => {
@@ -383,7 +405,11 @@ impl Tenant {
         let Some(shape) = normalizer.tables.iter().find(|t| t.name == template && t.template) else {
             return Ok(Err(format!("the component's plan names template {template:?}, which it does not declare")));
         };
+        if normalizer.tables.iter().any(|t| t.name == name && !t.template) {
+            return Ok(Err(format!("the component names table {name:?} of template {template:?}, but it declares a table of that name")));
+        }
         let table = shape.instance(name);
+        let table = self.spec.write_modes.shape(&table).unwrap_or(table);
         if let Err(e) = table.validate() {
             return Ok(Err(format!("table {name:?} cannot be made from template {template:?}: {e}")));
         }
@@ -404,24 +430,38 @@ impl Tenant {
         Ok(Ok(()))
     }
 
-    fn upsert<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<(Arc<Upsert>, TableRef<'n>), String> {
-        let table = match &plan.template {
-            None => TableRef::Declared(
-                normalizer
+    /// The table a plan writes, as this tenant stores it.
+    fn table<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<TableRef<'n>, String> {
+        let instance = |name: &str| self.instances.lock().unwrap().get(&(normalizer.digest.clone(), name.to_owned())).cloned();
+        match &plan.template {
+            None => {
+                let declared = normalizer
                     .tables
                     .iter()
                     .find(|t| t.name == plan.table && !t.template)
-                    .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?,
-            ),
-            Some(template) => TableRef::Instance(
-                self.instances
-                    .lock()
-                    .unwrap()
-                    .get(&(normalizer.digest.clone(), plan.table.clone()))
-                    .cloned()
-                    .ok_or_else(|| format!("table {:?} of template {template:?} does not exist", plan.table))?,
-            ),
-        };
+                    .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?;
+                // A declared table with sync columns is kept like an instance.
+                match self.spec.write_modes.shape(declared) {
+                    None => Ok(TableRef::Declared(declared)),
+                    Some(shaped) => Ok(TableRef::Instance(instance(&plan.table).unwrap_or_else(|| {
+                        let shaped = Arc::new(shaped);
+                        let key = (normalizer.digest.clone(), plan.table.clone());
+                        self.instances.lock().unwrap().entry(key).or_insert(shaped).clone()
+                    }))),
+                }
+            }
+            Some(template) => instance(&plan.table)
+                .map(TableRef::Instance)
+                .ok_or_else(|| format!("table {:?} of template {template:?} does not exist", plan.table)),
+        }
+    }
+
+    fn upsert<'n>(
+        &self,
+        normalizer: &Normalizer,
+        plan: &UpsertPlan,
+        table: TableRef<'n>,
+    ) -> Result<(Arc<Upsert>, TableRef<'n>), String> {
         let key = (normalizer.digest.clone(), plan.table.clone(), plan.columns.clone(), plan.conflict.clone());
         let mut cache = self.upserts.lock().unwrap();
         if let Some(upsert) = cache.get(&key) {
@@ -431,6 +471,54 @@ impl Tenant {
         cache.insert(key, upsert.clone());
         Ok((upsert, table))
     }
+
+    /// At the end of a sync, deletes the rows of its source that earlier
+    /// syncs wrote, in every `overwrite-delete-stale` table that exists.
+    async fn delete_stale(&self, normalizer: &Normalizer, sync: &SyncRun) -> Result<u64, IngestError> {
+        let mut tables: Vec<String> = normalizer
+            .tables
+            .iter()
+            .filter(|t| !t.template && self.spec.write_modes.shape(t).is_some())
+            .map(|t| t.name.clone())
+            .collect();
+        let instances = self.instances.lock().unwrap().keys().filter(|(d, _)| *d == normalizer.digest).map(|(_, n)| n.clone()).collect::<Vec<_>>();
+        tables.extend(instances.into_iter().filter(|n| self.spec.write_modes.of(n) == Some(WriteMode::OverwriteDeleteStale)));
+        tables.sort();
+        tables.dedup();
+        let unavailable = |e: tokio_postgres::Error| IngestError::Write(WriteError::from(e));
+        let mut client = self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let mut deleted = 0;
+        for table in tables {
+            let name = sluice_sdk::sql::qualified(&self.schema, &table);
+            let exists: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(unavailable)?.get(0);
+            if exists {
+                let sql = delete_stale_sql(&self.schema, &table);
+                deleted += tx.execute(&sql, &[&sync.source, &Timestamp(sync.time)]).await.map_err(unavailable)?;
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(deleted)
+    }
+}
+
+/// A timestamptz parameter from µs since the Unix epoch.
+#[derive(Debug)]
+struct Timestamp(i64);
+
+impl tokio_postgres::types::ToSql for Timestamp {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // PostgreSQL counts from 2000-01-01.
+        postgres_protocol::types::timestamp_to_sql(self.0 - 946_684_800_000_000, out);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    tokio_postgres::types::accepts!(TIMESTAMPTZ);
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A table a plan writes: declared by the component, or made from one of

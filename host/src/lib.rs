@@ -12,3 +12,4 @@ pub mod query;
 pub mod runtime;
 pub mod server;
 pub mod tenants;
+pub mod write_modes;

@@ -38,7 +38,7 @@ pub async fn serve(config: Config) -> Result<()> {
     ));
     registry.start(config.tenants.clone()).await?;
     let destination = registry.service_destination()?;
-    let migrated = match registry.migrate(&destination, &database.schema, &normalizer).await {
+    let migrated = match registry.migrate(&destination, &database.schema, &normalizer, &Default::default()).await {
         Ok(()) => true,
         // Serve anyway: /readyz says not ready, requests wait for the
         // database up to their deadline, and the first after it answers
@@ -59,6 +59,7 @@ pub async fn serve(config: Config) -> Result<()> {
         apis: crate::tenants::all_apis(),
         settings: config.settings.clone(),
         query_tokens: Vec::new(),
+        write_modes: Default::default(),
     };
     let default_tenant = Arc::new(Tenant::new(
         default_spec,

@@ -8,6 +8,7 @@ use crate::config::{BatchConfig, DatabaseConfig, Limits};
 use crate::db::{self, writer::Writer};
 use crate::ingest::Tenant;
 use crate::runtime::{Normalizer, Runtime, hex};
+use crate::write_modes::WriteModes;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
@@ -55,6 +56,10 @@ pub struct TenantSpec {
     /// Ingest keys never authorize queries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_tokens: Vec<String>,
+    /// How conflicts are written, by table (or `prefix*`): `append`,
+    /// `overwrite`, `overwrite-delete-stale`. Absent: as the component plans.
+    #[serde(default, skip_serializing_if = "WriteModes::is_empty")]
+    pub write_modes: WriteModes,
 }
 
 /// An ingest API a tenant can be allowed.
@@ -99,6 +104,7 @@ impl std::fmt::Debug for TenantSpec {
             .field("apis", &self.apis)
             .field("settings", &self.settings)
             .field("query_tokens", &self.query_tokens.len())
+            .field("write_modes", &self.write_modes)
             .finish()
     }
 }
@@ -436,12 +442,16 @@ impl Registry {
         let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
         let (normalizer, migrated) = match keep {
             // The kept component slot keeps its own record of migration.
-            Some(old) if old.spec.component == spec.component && old.spec.database == spec.database => {
+            Some(old)
+                if old.spec.component == spec.component
+                    && old.spec.database == spec.database
+                    && old.spec.write_modes == spec.write_modes =>
+            {
                 (old.normalizer(), true)
             }
             _ => {
                 let normalizer = self.normalizer(&spec).await?;
-                let migrated = match self.migrate(&destination, &database.schema, &normalizer).await {
+                let migrated = match self.migrate(&destination, &database.schema, &normalizer, &spec.write_modes).await {
                     Ok(()) => true,
                     Err(e) if db::is_unreachable(&e) => {
                         tracing::warn!(
@@ -459,9 +469,16 @@ impl Registry {
         Ok(Arc::new(Tenant::new(spec, database.schema, destination, limits, normalizer, migrated, keep)))
     }
 
-    pub async fn migrate(&self, destination: &Destination, schema: &str, normalizer: &Normalizer) -> Result<()> {
+    /// Creates `normalizer`'s tables in `schema`, as `modes` shape them.
+    pub async fn migrate(
+        &self,
+        destination: &Destination,
+        schema: &str,
+        normalizer: &Normalizer,
+        modes: &WriteModes,
+    ) -> Result<()> {
         let mut client = destination.pool.get().await.context("connect to the tenant's database")?;
-        db::migrate::migrate(&mut client, schema, &normalizer.tables).await
+        db::migrate::migrate(&mut client, schema, &modes.tables(&normalizer.tables)).await
     }
 
     fn publish(&self, next: Snapshot) -> Result<()> {
@@ -550,7 +567,9 @@ impl Registry {
         let _change = self.changes.lock().await;
         let old = self.get(id)?;
         let normalizer = self.load(id, wasm.clone()).await.map_err(RegistryError::Invalid)?;
-        self.migrate(&old.destination, &old.schema, &normalizer).await.map_err(RegistryError::Invalid)?;
+        self.migrate(&old.destination, &old.schema, &normalizer, &old.spec.write_modes)
+            .await
+            .map_err(RegistryError::Invalid)?;
         let digest = self.store_component(&wasm).map_err(RegistryError::Internal)?;
         let mut spec = old.spec.clone();
         spec.component = format!("sha256:{digest}");

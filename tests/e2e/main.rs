@@ -10,3 +10,4 @@ mod logs;
 mod migrations;
 mod query;
 mod tenants;
+mod write_modes;

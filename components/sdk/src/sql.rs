@@ -228,7 +228,7 @@ pub struct Upsert {
 /// gives all of it, else the first unique index over not-null columns that
 /// the plan gives (a table whose key is a serial number dedupes on such an
 /// index).
-fn conflict_key<'t>(table: &'t Table, columns: &[String]) -> Result<Vec<String>, String> {
+pub fn conflict_key<'t>(table: &'t Table, columns: &[String]) -> Result<Vec<String>, String> {
     let key = &table.primary_key;
     let Some(missing) = key.iter().find(|k| !columns.contains(k)) else {
         return Ok(key.clone());
