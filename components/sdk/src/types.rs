@@ -340,3 +340,83 @@ impl std::fmt::Display for RequestError {
         }
     }
 }
+
+/// A column and its value in a row image.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct NamedValue {
+    pub name: String,
+    pub value: Value,
+}
+
+impl NamedValue {
+    pub fn new(name: &str, value: Value) -> NamedValue {
+        NamedValue { name: name.to_owned(), value }
+    }
+}
+
+/// What a row change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[repr(u8)]
+pub enum ChangeOp {
+    #[cfg_attr(feature = "wasmtime", component(name = "insert"))]
+    Insert,
+    #[cfg_attr(feature = "wasmtime", component(name = "update"))]
+    Update,
+    #[cfg_attr(feature = "wasmtime", component(name = "delete"))]
+    Delete,
+    #[cfg_attr(feature = "wasmtime", component(name = "truncate"))]
+    Truncate,
+}
+
+impl ChangeOp {
+    /// `insert`, `update`, `delete` or `truncate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Insert => "insert",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+            ChangeOp::Truncate => "truncate",
+        }
+    }
+}
+
+/// One row change of a committed transaction.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct RowChange {
+    pub op: ChangeOp,
+    pub schema: String,
+    pub table: String,
+    /// `table:key` in `public`, `schema.table:key` elsewhere; none for a
+    /// truncate or a table without a key.
+    #[cfg_attr(feature = "wasmtime", component(name = "element-id"))]
+    pub element_id: Option<String>,
+    pub key: Vec<NamedValue>,
+    pub before: Option<Vec<NamedValue>>,
+    pub after: Option<Vec<NamedValue>>,
+    /// Columns left out of `after`: unchanged TOASTed values (not null).
+    #[cfg_attr(feature = "wasmtime", component(name = "unchanged-toast"))]
+    pub unchanged_toast: Vec<String>,
+}
+
+/// A committed transaction, or one part of a large one.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+pub struct Transaction {
+    pub source: String,
+    pub xid: u32,
+    #[cfg_attr(feature = "wasmtime", component(name = "commit-lsn"))]
+    pub commit_lsn: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "end-lsn"))]
+    pub end_lsn: u64,
+    #[cfg_attr(feature = "wasmtime", component(name = "commit-time"))]
+    pub commit_time: TimestampMicros,
+    /// The position of `changes[0]` among the transaction's changes.
+    #[cfg_attr(feature = "wasmtime", component(name = "first-change"))]
+    pub first_change: u32,
+    /// Whether this part is the transaction's last.
+    pub last: bool,
+    pub changes: Vec<RowChange>,
+}
