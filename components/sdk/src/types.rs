@@ -371,6 +371,19 @@ pub enum ChangeOp {
 }
 
 impl ChangeOp {
+    /// How wit-bindgen's generated glue reads the enum in a guest (it is
+    /// an input of `handle-transaction`).
+    #[doc(hidden)]
+    pub unsafe fn _lift(value: u8) -> ChangeOp {
+        match value {
+            0 => ChangeOp::Insert,
+            1 => ChangeOp::Update,
+            2 => ChangeOp::Delete,
+            3 => ChangeOp::Truncate,
+            _ => panic!("invalid change-op discriminant {value}"),
+        }
+    }
+
     /// `insert`, `update`, `delete` or `truncate`.
     pub fn as_str(self) -> &'static str {
         match self {
