@@ -42,6 +42,8 @@ pub struct Config {
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// The SQL query API (`/api/query`, see docs/query.md).
     pub query: crate::query::QueryConfig,
+    /// Change streams from PostgreSQL sources (see docs/cdc.md).
+    pub cdc: Vec<crate::cdc::CdcConfig>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             tenants: Vec::new(),
             settings: Default::default(),
             query: Default::default(),
+            cdc: Vec::new(),
         }
     }
 }
@@ -296,6 +299,9 @@ impl Config {
             bail!("limits.max_instances must be at least 1");
         }
         self.query.validate()?;
+        for source in &self.cdc {
+            source.validate()?;
+        }
         Ok(())
     }
 

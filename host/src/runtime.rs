@@ -5,7 +5,7 @@
 use crate::config::Limits;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use sluice_sdk::{Outcome, Request, RequestError, Table};
+use sluice_sdk::{Outcome, Request, RequestError, Table, Transaction, UpsertPlan};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,6 +114,23 @@ struct Exports {
 }
 
 type TablesFn = (Vec<Table>,);
+type HandleTransactionResult = (Result<Vec<UpsertPlan>, String>,);
+
+/// One loaded change-handler component (`sluice:ingest/change-handler`).
+pub struct ChangeHandler {
+    pub name: String,
+    /// SHA-256 of the component's bytes.
+    pub digest: String,
+    pub tables: Vec<Table>,
+    pre: InstancePre<State>,
+    exports: HandlerExports,
+}
+
+#[derive(Clone, Copy)]
+struct HandlerExports {
+    tables: ComponentExportIndex,
+    handle_transaction: ComponentExportIndex,
+}
 type HandleResult = (Result<Outcome, RequestError>,);
 
 impl Runtime {
@@ -184,7 +201,7 @@ impl Runtime {
         // before it serves anything.
         let limits = self.default_limits();
         let tables = self
-            .call(&normalizer, limits, |instance, store| {
+            .call(name, &normalizer.pre, limits, |instance, store| {
                 instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, exports.handle)?;
                 let (tables,) =
                     instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
@@ -256,10 +273,72 @@ impl Runtime {
         limits: CallLimits,
     ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
         let handle = normalizer.exports.handle;
-        self.call(normalizer, limits, |instance, store| {
+        self.call(&normalizer.name, &normalizer.pre, limits, |instance, store| {
             let func = instance.get_typed_func::<(&Request,), HandleResult>(&mut *store, handle)?;
             Ok(func.call(&mut *store, (request,))?.0)
         })
+    }
+
+    /// Compiles (or loads from the cache) a component of the
+    /// `change-handler` world and reads the tables it declares.
+    pub fn load_change_handler(&self, name: &str, wasm: &[u8]) -> Result<Arc<ChangeHandler>> {
+        let digest = hex(&Sha256::digest(wasm));
+        let component = self.compile_cached(&digest, wasm).with_context(|| format!("compile component {name}"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("component {name} imports something Sluice does not provide: {e}"))?;
+        let export = |export: &str| {
+            component.get_export_index(None, export).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "component {name} does not implement sluice:ingest/change-handler: it has no `{export}` export"
+                )
+            })
+        };
+        let exports = HandlerExports { tables: export("tables")?, handle_transaction: export("handle-transaction")? };
+        let tables = self
+            .call(name, &pre, self.default_limits(), |instance, store| {
+                instance.get_typed_func::<(&Transaction,), HandleTransactionResult>(
+                    &mut *store,
+                    exports.handle_transaction,
+                )?;
+                let (tables,) =
+                    instance.get_typed_func::<(), TablesFn>(&mut *store, exports.tables)?.call(&mut *store, ())?;
+                Ok(tables)
+            })
+            .map_err(|e| anyhow::anyhow!("component {name} does not fit the change-handler contract: {e}"))?;
+        for table in &tables {
+            table.validate().map_err(|e| anyhow::anyhow!("component {name} declares a bad table: {e}"))?;
+        }
+        Ok(Arc::new(ChangeHandler { name: name.to_owned(), digest, tables, pre, exports }))
+    }
+
+    /// Hands one committed transaction (or part of one) to a fresh
+    /// instance of `handler`, on a blocking thread, once an instance slot
+    /// is free (it waits for one as long as it takes).
+    pub async fn handle_transaction(
+        self: &Arc<Self>,
+        handler: Arc<ChangeHandler>,
+        tx: Transaction,
+        limits: CallLimits,
+    ) -> Result<Result<Vec<UpsertPlan>, String>, ComponentFailure> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ComponentFailure::Busy(format!("no instance of component {} can be had", handler.name)))?;
+        let runtime = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let func = handler.exports.handle_transaction;
+            runtime.call(&handler.name, &handler.pre, limits, |instance, store| {
+                let func = instance.get_typed_func::<(&Transaction,), HandleTransactionResult>(&mut *store, func)?;
+                Ok(func.call(&mut *store, (&tx,))?.0)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(ComponentFailure::Trap(format!("component call panicked in the host: {e}"))))
     }
 
     /// The service-wide limits of one call.
@@ -267,14 +346,14 @@ impl Runtime {
         CallLimits { deadline_ms: self.limits.component_deadline_ms, memory_bytes: self.limits.component_memory_bytes }
     }
 
-    /// Runs `f` in a fresh instance of `normalizer`.
+    /// Runs `f` in a fresh instance of the component `name`.
     fn call<R>(
         &self,
-        normalizer: &Normalizer,
+        name: &str,
+        pre: &InstancePre<State>,
         limits: CallLimits,
         f: impl FnOnce(Instance, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, ComponentFailure> {
-        let name = &normalizer.name;
         let mut store = Store::new(
             &self.engine,
             State {
@@ -286,7 +365,7 @@ impl Runtime {
         store.limiter(|state| &mut state.limiter);
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
         store.set_epoch_deadline(ticks);
-        let result = normalizer.pre.instantiate(&mut store).and_then(|instance| f(instance, &mut store));
+        let result = pre.instantiate(&mut store).and_then(|instance| f(instance, &mut store));
         result.map_err(|error| {
             if store.data().limiter.hit {
                 ComponentFailure::Memory(format!(

@@ -89,6 +89,7 @@ pub async fn serve(config: Config) -> Result<()> {
         queries: crate::query::Queries::new(config.query.clone()),
     });
     drop(destination);
+    let cdc = crate::cdc::start(&config, app.runtime.clone(), &database).await?;
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -102,6 +103,7 @@ pub async fn serve(config: Config) -> Result<()> {
     // Every connection is closed, so every request has its answer; the
     // writer drains what is left and stops.
     tracing::info!("stopping: writing what is queued");
+    cdc.stop().await;
     registry.close().await;
     if let Some(cluster) = embedded.as_mut() {
         tokio::task::block_in_place(|| cluster.stop())?;

@@ -1,0 +1,77 @@
+//! Change streams: a logical-replication stream from a PostgreSQL source
+//! into a change-handler component, with the handler's effects committed
+//! exactly once (see docs/cdc.md).
+//!
+//! Each `[[cdc]]` source runs one [`runner`] task: it takes the slot's
+//! advisory lock (a standby waits for it), ensures the publication and the
+//! slot, streams, gathers each transaction (spilling large ones to disk),
+//! hands it to a fresh instance of the component, then writes the plans
+//! and the checkpoint (source, commit end LSN) in one destination
+//! transaction, and only then confirms the LSN to the source.
+
+pub mod changes;
+pub mod config;
+pub mod runner;
+pub mod spill;
+
+use crate::config::{Config, DatabaseConfig};
+use crate::runtime::Runtime;
+use anyhow::{Context, Result, bail};
+pub use config::CdcConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The running sources.
+pub struct Cdc {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Loads each source's component and starts its runner.
+pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseConfig) -> Result<Cdc> {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for source in &config.cdc {
+        if !names.insert(source.name().to_owned()) {
+            bail!("two [[cdc]] sources are named {:?}", source.name());
+        }
+        let wasm = match source.component.as_str() {
+            config::BUILTIN_AUDIT => sluice_artifacts::AUDIT.to_vec(),
+            path => std::fs::read(path).with_context(|| format!("read component {path}"))?,
+        };
+        let handler = {
+            let (runtime, name) = (runtime.clone(), format!("cdc:{}", source.name()));
+            tokio::task::spawn_blocking(move || runtime.load_change_handler(&name, &wasm)).await??
+        };
+        let pool = crate::db::pool(database.pg_config()?, 2, Duration::from_millis(database.connect_timeout_ms))?;
+        let schema = source.schema.clone().unwrap_or_else(|| database.schema.clone());
+        let runner = runner::Runner::new(
+            source.clone(),
+            runtime.clone(),
+            handler,
+            pool,
+            schema,
+            config.data_dir.join("cdc-spill").join(source.name()),
+        );
+        tasks.push(tokio::spawn(runner.run(stopped.clone())));
+    }
+    if !tasks.is_empty() {
+        tracing::info!(sources = tasks.len(), "change streams started");
+    }
+    Ok(Cdc { stop, tasks })
+}
+
+impl Cdc {
+    /// Stops every source after the transaction it is applying.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(30), task).await.is_err() {
+                tracing::warn!("a change stream did not stop in time");
+            }
+        }
+    }
+}

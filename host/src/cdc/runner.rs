@@ -1,0 +1,465 @@
+//! One source's loop: ownership, publication and slot, streaming, and the
+//! exactly-once apply of each committed transaction.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use deadpool_postgres::Pool;
+use postgres_protocol::escape::escape_literal;
+use sluice_replication::pgoutput::Message;
+use sluice_replication::{EnsuredSlot, Event, Lsn, ReplicationClient, ReplicationStream, StartOptions, TableName};
+use sluice_sdk::sql::{Upsert, qualified};
+use sluice_sdk::{Table, Transaction, UpsertPlan};
+use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
+
+use super::changes::Keys;
+use super::config::CdcConfig;
+use super::spill::TxBuffer;
+use crate::db::encode::ColumnArray;
+use crate::runtime::{CallLimits, ChangeHandler, Runtime};
+
+/// The table of checkpoints, in the destination schema.
+pub const CHECKPOINTS: &str = "sluice_cdc_checkpoints";
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a standby tries the lock.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Counters of one source.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub transactions: AtomicU64,
+    pub changes: AtomicU64,
+    pub skipped_transactions: AtomicU64,
+    pub handler_errors: AtomicU64,
+    /// Changes delivered without an element id.
+    pub without_key: Arc<AtomicU64>,
+}
+
+pub struct Runner {
+    config: CdcConfig,
+    name: String,
+    runtime: Arc<Runtime>,
+    handler: Arc<ChangeHandler>,
+    pool: Pool,
+    schema: String,
+    spill_dir: PathBuf,
+    limits: CallLimits,
+    tables: HashMap<String, Table>,
+    pub stats: Arc<Stats>,
+}
+
+/// A transaction being gathered.
+struct Pending {
+    xid: u32,
+    changes: TxBuffer,
+}
+
+/// What the commit says of a transaction.
+struct Commit {
+    xid: u32,
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time: i64,
+}
+
+impl Runner {
+    pub fn new(
+        config: CdcConfig,
+        runtime: Arc<Runtime>,
+        handler: Arc<ChangeHandler>,
+        pool: Pool,
+        schema: String,
+        spill_dir: PathBuf,
+    ) -> Runner {
+        let mut limits = runtime.default_limits();
+        if let Some(ms) = config.deadline_ms {
+            limits.deadline_ms = ms;
+        }
+        let tables = handler.tables.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        Runner {
+            name: config.name().to_owned(),
+            config,
+            runtime,
+            handler,
+            pool,
+            schema,
+            spill_dir,
+            limits,
+            tables,
+            stats: Default::default(),
+        }
+    }
+
+    /// Streams until `stop` turns true, reconnecting with backoff.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let _ = std::fs::remove_dir_all(&self.spill_dir);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.run_once(&mut stop).await {
+                Ok(()) => {
+                    tracing::info!(source = %self.name, "change stream stopped");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name, "change stream failed, reconnecting in {backoff:?}: {e:#}")
+                }
+            }
+            if started.elapsed() > MAX_BACKOFF * 2 {
+                backoff = FIRST_BACKOFF;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One connection's life. `Ok` only when asked to stop.
+    async fn run_once(&self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        let source = &self.config.source;
+        let mut checkpoint = self.prepare_destination().await.context("prepare the destination")?;
+
+        // Ownership: one host streams the slot at a time.
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&source.host).port(source.port).user(&source.user).dbname(&source.database);
+        pg.application_name("sluice-cdc-lock").connect_timeout(Duration::from_secs(source.connect_timeout_secs));
+        if let Some(password) = &source.password {
+            pg.password(password);
+        }
+        let (lock, connection) = pg.connect(tokio_postgres::NoTls).await.context("connect to the source")?;
+        let mut lock_connection = tokio::spawn(connection);
+        let lock_key = format!("sluice:cdc:{}", source.slot_name);
+        let mut said_standby = false;
+        loop {
+            let row = lock.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&lock_key]).await?;
+            if row.get::<_, bool>(0) {
+                break;
+            }
+            if !said_standby {
+                tracing::info!(source = %self.name, slot = %source.slot_name, "standby: another host streams this slot");
+                said_standby = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STANDBY_POLL) => {}
+                _ = stopped(stop) => return Ok(()),
+            }
+        }
+        tracing::info!(source = %self.name, slot = %source.slot_name, %checkpoint, "owns the slot");
+
+        let mut client = ReplicationClient::connect(source).await?;
+        if client.ensure_publication(&source.publication_name, &source.tables).await? {
+            tracing::info!(source = %self.name, publication = %source.publication_name, "created the publication");
+        }
+        match client.ensure_slot(&source.slot_name).await? {
+            EnsuredSlot::Created(slot) => tracing::info!(
+                source = %self.name,
+                slot = %slot.slot_name,
+                consistent_point = %slot.consistent_point,
+                "created the replication slot: changes from here on are streamed (no bootstrap of existing rows)"
+            ),
+            EnsuredSlot::Existing(slot) => tracing::info!(
+                source = %self.name,
+                slot = %slot.slot_name,
+                confirmed = ?slot.confirmed_flush_lsn.map(|l| l.to_string()),
+                "reusing the replication slot"
+            ),
+        }
+        let mut keys =
+            Keys::new(self.configured_keys(), self.primary_keys(&mut client).await?, self.stats.without_key.clone());
+        let mut options = StartOptions::new(&source.slot_name, &source.publication_name);
+        options.messages = false;
+        let mut stream = client.start_replication(options).await?;
+
+        let mut current: Option<Pending> = None;
+        let mut streamed: HashMap<u32, Pending> = HashMap::new();
+        let mut stream_xid: Option<u32> = None;
+        loop {
+            let event = tokio::select! {
+                event = stream.recv() => event?,
+                ended = &mut lock_connection => {
+                    bail!("the connection holding the slot's lock ended: {ended:?}");
+                }
+                _ = stopped(stop) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
+                    return Ok(());
+                }
+            };
+            let Some(event) = event else { bail!("the server ended the replication stream") };
+            let Event::Data { message, .. } = event else { continue };
+            match message {
+                Message::Begin(begin) => {
+                    current = Some(Pending {
+                        xid: begin.xid,
+                        changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
+                    });
+                }
+                Message::Commit(commit) => {
+                    let pending = current.take().ok_or_else(|| anyhow!("a commit without a begin"))?;
+                    let commit = Commit {
+                        xid: pending.xid,
+                        commit_lsn: commit.commit_lsn,
+                        end_lsn: commit.end_lsn,
+                        commit_time: commit.commit_time,
+                    };
+                    self.apply(&mut stream, pending.changes, commit, &mut checkpoint).await?;
+                }
+                Message::StreamStart { xid, .. } => {
+                    stream_xid = Some(xid);
+                    streamed.entry(xid).or_insert_with(|| Pending {
+                        xid,
+                        changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
+                    });
+                }
+                Message::StreamStop => stream_xid = None,
+                Message::StreamCommit(commit) => {
+                    let pending = streamed
+                        .remove(&commit.xid)
+                        .ok_or_else(|| anyhow!("a stream commit for an unknown transaction"))?;
+                    let commit = Commit {
+                        xid: commit.xid,
+                        commit_lsn: commit.commit_lsn,
+                        end_lsn: commit.end_lsn,
+                        commit_time: commit.commit_time,
+                    };
+                    self.apply(&mut stream, pending.changes, commit, &mut checkpoint).await?;
+                }
+                Message::StreamAbort(abort) => {
+                    if abort.xid == abort.subxid {
+                        streamed.remove(&abort.xid);
+                    } else if let Some(pending) = streamed.get_mut(&abort.xid) {
+                        pending.changes.abort_subtransaction(abort.subxid);
+                    }
+                }
+                Message::Insert(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.insert(&m))?,
+                Message::Update(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.update(&m))?,
+                Message::Delete(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.delete(&m))?,
+                Message::Truncate(m) => {
+                    for change in keys.truncate(&m) {
+                        self.push(&mut current, &mut streamed, stream_xid, m.xid, change)?;
+                    }
+                }
+                Message::Origin(_) | Message::Relation { .. } | Message::Type(_) | Message::Message(_) => {}
+            }
+        }
+    }
+
+    /// Adds a change to the open transaction (plain or streamed).
+    fn push(
+        &self,
+        current: &mut Option<Pending>,
+        streamed: &mut HashMap<u32, Pending>,
+        stream_xid: Option<u32>,
+        subxid: Option<u32>,
+        change: sluice_sdk::RowChange,
+    ) -> Result<()> {
+        let (pending, sub) = match (stream_xid, subxid) {
+            (Some(top), Some(sub)) => (streamed.get_mut(&top), sub),
+            _ => {
+                let pending = current.as_mut();
+                let xid = pending.as_ref().map_or(0, |p| p.xid);
+                (pending, xid)
+            }
+        };
+        let pending = pending.ok_or_else(|| anyhow!("a change outside a transaction"))?;
+        pending.changes.push(sub, change).context("spill a large transaction to disk")?;
+        Ok(())
+    }
+
+    /// Hands a committed transaction to the component, writes its plans and
+    /// the checkpoint in one transaction, then confirms it.
+    async fn apply(
+        &self,
+        stream: &mut ReplicationStream,
+        changes: TxBuffer,
+        commit: Commit,
+        checkpoint: &mut Lsn,
+    ) -> Result<()> {
+        let end = commit.end_lsn;
+        let total = changes.len();
+        if end <= *checkpoint || total == 0 {
+            // Applied before (a restart re-sent it), or nothing to apply.
+            if end <= *checkpoint {
+                self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(source = %self.name, lsn = %end, "skipping a transaction at or below the checkpoint");
+            }
+            stream.confirm(end);
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.context("connect to the destination")?;
+        let tx = client.transaction().await?;
+        // The checkpoint row, locked: if another host applied this
+        // transaction meanwhile, it is not applied twice.
+        let stored: String = tx
+            .query_one(
+                &format!("SELECT lsn::text FROM {} WHERE source = $1 FOR UPDATE", qualified(&self.schema, CHECKPOINTS)),
+                &[&self.name],
+            )
+            .await?
+            .get(0);
+        let stored = Lsn::from_str(&stored).map_err(|e| anyhow!("{e}"))?;
+        if end <= stored {
+            tx.rollback().await?;
+            *checkpoint = stored;
+            stream.confirm(end);
+            return Ok(());
+        }
+        let mut reader = changes.into_reader().context("read a spilled transaction")?;
+        let mut first: u64 = 0;
+        loop {
+            let part = reader.next_part(self.config.batch_changes).context("read a spilled transaction")?;
+            let count = part.len() as u64;
+            let last = first + count >= total;
+            let part = Transaction {
+                source: self.name.clone(),
+                xid: commit.xid,
+                commit_lsn: commit.commit_lsn.0,
+                end_lsn: end.0,
+                commit_time: commit.commit_time,
+                first_change: u32::try_from(first).map_err(|_| anyhow!("a transaction of more than 2^32 changes"))?,
+                last,
+                changes: part,
+            };
+            let plans = match self.runtime.handle_transaction(self.handler.clone(), part, self.limits).await {
+                Ok(Ok(plans)) => plans,
+                Ok(Err(refused)) => {
+                    self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+                    bail!("the handler refused the transaction committed at {}: {refused}", commit.commit_lsn);
+                }
+                Err(failure) => {
+                    self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+                    bail!("the handler failed on the transaction committed at {}: {failure}", commit.commit_lsn);
+                }
+            };
+            self.write_plans(&tx, &plans).await?;
+            // A long transaction must not leave the source without news.
+            stream.send_status_if_due().await?;
+            first += count;
+            if last || count == 0 {
+                break;
+            }
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1",
+                qualified(&self.schema, CHECKPOINTS)
+            ),
+            &[&self.name, &end.to_string()],
+        )
+        .await?;
+        tx.commit().await?;
+        stream.confirm(end);
+        *checkpoint = end;
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats.changes.fetch_add(total, Ordering::Relaxed);
+        tracing::debug!(source = %self.name, lsn = %end, changes = total, "applied a transaction");
+        Ok(())
+    }
+
+    /// Writes plans inside the open transaction: one set-based upsert each.
+    async fn write_plans(&self, tx: &deadpool_postgres::Transaction<'_>, plans: &[UpsertPlan]) -> Result<()> {
+        for plan in plans {
+            if plan.rows.is_empty() {
+                continue;
+            }
+            if plan.template.is_some() {
+                bail!(
+                    "the handler's plan for {:?} names a template: change handlers cannot use templates yet",
+                    plan.table
+                );
+            }
+            let table = self.tables.get(&plan.table).filter(|t| !t.template).ok_or_else(|| {
+                anyhow!("the handler plans rows for table {:?}, which it does not declare", plan.table)
+            })?;
+            let upsert = Upsert::new(&self.schema, table, &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
+            let mut columns: Vec<ColumnArray> =
+                upsert.param_types.iter().map(|&param_type| ColumnArray { param_type, values: Vec::new() }).collect();
+            for row in &plan.rows {
+                if row.values.len() != plan.columns.len() {
+                    bail!(
+                        "a row for table {:?} has {} values for {} columns",
+                        plan.table,
+                        row.values.len(),
+                        plan.columns.len()
+                    );
+                }
+                for ((column, value), name) in columns.iter_mut().zip(&row.values).zip(&plan.columns) {
+                    let declared = table.column(name).map(|c| c.data_type);
+                    if value.column_type().is_some_and(|t| Some(t) != declared) {
+                        bail!("a {:?} value for column {name:?} of table {:?}", value.column_type(), plan.table);
+                    }
+                    column.values.push(value);
+                }
+            }
+            let statement = tx.prepare_cached(&upsert.sql).await?;
+            let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            tx.query(&statement, &params).await.with_context(|| format!("write to table {:?}", plan.table))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the handler's tables and the checkpoint table; returns the checkpoint.
+    async fn prepare_destination(&self) -> Result<Lsn> {
+        let mut client = self.pool.get().await?;
+        crate::db::migrate::migrate(&mut client, &self.schema, &self.handler.tables).await?;
+        let table = qualified(&self.schema, CHECKPOINTS);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (source text PRIMARY KEY, lsn pg_lsn NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await?;
+        client
+            .execute(
+                &format!("INSERT INTO {table} (source, lsn) VALUES ($1, '0/0') ON CONFLICT DO NOTHING"),
+                &[&self.name],
+            )
+            .await?;
+        let lsn: String =
+            client.query_one(&format!("SELECT lsn::text FROM {table} WHERE source = $1"), &[&self.name]).await?.get(0);
+        Lsn::from_str(&lsn).map_err(|e| anyhow!("{e}"))
+    }
+
+    fn configured_keys(&self) -> HashMap<(String, String), Vec<String>> {
+        self.config
+            .table_keys
+            .iter()
+            .filter_map(|k| TableName::parse(&k.table).ok().map(|t| ((t.schema, t.name), k.key_columns.clone())))
+            .collect()
+    }
+
+    /// The primary keys of the publication's tables.
+    async fn primary_keys(&self, client: &mut ReplicationClient) -> Result<HashMap<(String, String), Vec<String>>> {
+        let sql = format!(
+            "SELECT p.schemaname, p.tablename, a.attname \
+             FROM pg_catalog.pg_publication_tables p \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = p.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+             JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+             WHERE p.pubname = {} \
+             ORDER BY 1, 2, array_position(i.indkey::int2[], a.attnum)",
+            escape_literal(&self.config.source.publication_name)
+        );
+        let mut keys: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for row in client.simple_query(&sql).await? {
+            let (Some(schema), Some(table), Some(column)) = (row.get(0), row.get(1), row.get(2)) else { continue };
+            keys.entry((schema.to_owned(), table.to_owned())).or_default().push(column.to_owned());
+        }
+        Ok(keys)
+    }
+}
