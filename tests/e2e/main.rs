@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cdc;
 mod cli;
 mod delivery;
 mod events;
