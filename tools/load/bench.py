@@ -3,16 +3,23 @@
 on the same PostgreSQL, in one run. Prints a Markdown table of ratios.
 
     python3 tools/load/bench.py [--duration 10] [--out results.json]
+    python3 tools/load/bench.py --kind logflare [--runs 3] [--events 250] [--concurrency 4]
 
 It builds release binaries, starts `sluice serve` on its embedded
 PostgreSQL (a fresh data folder), and for each scenario runs
 `sluice-load baseline` and `sluice-load http` one after the other against
 that same database.
+
+`--kind logflare`: Logflare batches (`{"batch": [...]}` to
+`/api/logs?source_name=bench`) against the same events normalized natively
+and written to the source's table with the host's statement; `--runs`
+pairs, alternating which side goes first.
 """
 
 import argparse
 import json
 import os
+import resource
 import re
 import signal
 import subprocess
@@ -26,8 +33,9 @@ SLUICE = os.path.join(TARGET, "release", "sluice")
 LOAD = os.path.join(TARGET, "release", "sluice-load")
 
 
-def load(mode, args, duration, extra=()):
-    cmd = [LOAD, "--threads", "1", mode, *args, "--duration", f"{duration}s", "--truncate", "--json", *extra]
+def load(mode, args, duration, extra=(), truncate=True):
+    cmd = [LOAD, "--threads", "1", mode, *args, "--duration", f"{duration}s", *(["--truncate"] if truncate else []),
+           "--json", *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode not in (0, 3):
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
@@ -37,37 +45,135 @@ def load(mode, args, duration, extra=()):
     return result
 
 
+class Service:
+    """A release `sluice serve` on a fresh embedded cluster in a temporary
+    folder: `base` (its HTTP address), `db` (the database URL), `pgdata`,
+    `process`."""
+
+    def __init__(self, toml=""):
+        self.data = data = tempfile.mkdtemp(prefix="sluice-bench-")
+        os.chmod(data, 0o755)  # the embedded server may run as another user
+        with open(os.path.join(data, "sluice.toml"), "w") as f:
+            f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{toml}\n')
+        self.process = subprocess.Popen(
+            [SLUICE, "serve", "--config", os.path.join(data, "sluice.toml")],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(data, "sluice.log"), "w"), text=True,
+            env={**os.environ, "SLUICE_LOG": "warn"},
+        )
+        self.base = port = None
+        for line in self.process.stdout:
+            if m := re.search(r"embedded PostgreSQL at postgres://\S+@127\.0\.0\.1:(\d+)/", line):
+                port = m.group(1)
+            if line.startswith("sluice listening on "):
+                self.base = line.split()[-1]
+                break
+        if not (self.base and port):
+            sys.exit(f"sluice did not start; see {data}/sluice.log")
+        self.port = int(port)
+        self.pgdata = os.path.join(data, "postgres")
+        password = open(os.path.join(data, "postgres.password")).read().strip()
+        self.db = f"postgres://sluice:{password}@127.0.0.1:{port}/sluice"
+
+    def stop(self, remove=True):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        if remove:
+            subprocess.run(["rm", "-rf", self.data])
+
+
+def cpu_seconds(pid, children=False):
+    """User + system CPU of a process (with `children`, also of its reaped
+    children), from /proc."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(service):
+    """CPU seconds so far of PostgreSQL (the postmaster, its live and its
+    reaped backends), of Sluice, and of this script's children (the load)."""
+    postmaster = int(open(os.path.join(service.pgdata, "postmaster.pid")).readline())
+    pg = cpu_seconds(postmaster, children=True)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pg += cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"postgres": pg, "sluice": cpu_seconds(service.process.pid),
+            "load": children.ru_utime + children.ru_stime}
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-p", "sluice", "-p", "sluice-load"], cwd=ROOT, check=True)
+
+
+def logflare(opts):
+    """Logflare batches through Sluice against direct SQL, `opts.runs` pairs."""
+    service = Service(opts.toml)
+    common = ["--kind", "logflare", "--events-per-request", str(opts.events), "--concurrency", str(opts.concurrency)]
+    pairs = []
+    try:
+        for run in range(opts.runs):
+            pair = {}
+            # Alternate which goes first, so neither always meets a warmer table.
+            for mode in (("baseline", "http") if run % 2 == 0 else ("http", "baseline")):
+                args = ["--database-url", service.db]
+                if mode == "http":
+                    args += ["--url", f"{service.base}/api/logs?source_name=bench"]
+                before = cpu_now(service)
+                pair[mode] = load(mode, args + common, opts.duration)
+                after = cpu_now(service)
+                # CPU µs per acknowledged event, by process.
+                events = max(pair[mode]["events_acknowledged"], 1)
+                pair[mode]["cpu_us_per_event"] = {k: round((after[k] - before[k]) / events * 1e6, 2) for k in after}
+            pairs.append(pair)
+    finally:
+        service.stop()
+    name = f"Logflare, {opts.events} events/request, {opts.concurrency} concurrent"
+    print(f"| {name}: run | baseline events/s | Sluice events/s | ratio | Sluice p50 / p99 ms | baseline p50 / p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i, pair in enumerate(pairs, 1):
+        b, s = pair["baseline"], pair["http"]
+        print(f"| {i} ({'baseline' if i % 2 else 'Sluice'} first) | {b['events_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
+              f"{s['events_per_s'] / b['events_per_s']:.2f} | {s['latency_ms']['p50']:.1f} / {s['latency_ms']['p99']:.1f} | "
+              f"{b['latency_ms']['p50']:.1f} / {b['latency_ms']['p99']:.1f} |")
+    total_b = sum(p["baseline"]["events_per_s"] for p in pairs)
+    total_s = sum(p["http"]["events_per_s"] for p in pairs)
+    print(f"| all | {total_b / len(pairs):,.0f} | {total_s / len(pairs):,.0f} | **{total_s / total_b:.2f}** | | |")
+    print("\nCPU µs per event (mean of the runs): " + "; ".join(
+        f"{mode}: " + ", ".join(f"{k} {sum(p[mode]['cpu_us_per_event'][k] for p in pairs) / len(pairs):.1f}"
+                                for k in ("postgres", "sluice", "load"))
+        for mode in ("baseline", "http")))
+    for pair in pairs:
+        for mode, r in pair.items():
+            if r["rows_in_table"] != r["events_acknowledged"]:
+                print(f"  ! {mode}: {r['rows_in_table']} rows for {r['events_acknowledged']} acknowledged events")
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump(pairs, f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--out")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--toml", default="", help="extra lines for the service's config file, e.g. '[batch]\\nwriters = 4'")
+    parser.add_argument("--kind", choices=["events", "logflare"], default="events")
+    parser.add_argument("--runs", type=int, default=3, help="--kind logflare: pairs of runs")
+    parser.add_argument("--events", type=int, default=250, help="--kind logflare: events a request")
+    parser.add_argument("--concurrency", type=int, default=4, help="--kind logflare: concurrent requests")
     opts = parser.parse_args()
 
     if not opts.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "sluice", "-p", "sluice-load"], cwd=ROOT, check=True)
+        build()
+    if opts.kind == "logflare":
+        return logflare(opts)
 
-    data = tempfile.mkdtemp(prefix="sluice-bench-")
-    os.chmod(data, 0o755)  # the embedded server may run as another user
-    with open(os.path.join(data, "sluice.toml"), "w") as f:
-        f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{opts.toml}\n')
-    server = subprocess.Popen(
-        [SLUICE, "serve", "--config", os.path.join(data, "sluice.toml")],
-        stdout=subprocess.PIPE, stderr=open(os.path.join(data, "sluice.log"), "w"), text=True,
-        env={**os.environ, "SLUICE_LOG": "warn"},
-    )
-    base = port = None
-    for line in server.stdout:
-        if m := re.search(r"embedded PostgreSQL at postgres://\S+@127\.0\.0\.1:(\d+)/", line):
-            port = m.group(1)
-        if line.startswith("sluice listening on "):
-            base = line.split()[-1]
-            break
-    if not (base and port):
-        sys.exit(f"sluice did not start; see {data}/sluice.log")
-    password = open(os.path.join(data, "postgres.password")).read().strip()
-    db = f"postgres://sluice:{password}@127.0.0.1:{port}/sluice"
+    service = Service(opts.toml)
+    base, db = service.base, service.db
     http = ["--url", f"{base}/v1/events", "--database-url", db]
     baseline = ["--database-url", db]
 
@@ -99,8 +205,7 @@ def main():
                     opts.duration)
         results["half rate"] = half
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        service.stop()
 
     print("| scenario | compared with | baseline events/s | Sluice events/s | ratio | Sluice p50 / p99 ms |")
     print("|---|---|---:|---:|---:|---:|")
@@ -114,7 +219,6 @@ def main():
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump(results, f, indent=2)
-    subprocess.run(["rm", "-rf", data])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 //! straight to PostgreSQL with the statement and encoding the host uses, one
 //! transaction per request on one connection per worker.
 
-use crate::generate::{self, Format, Generator};
+use crate::generate::{self, Format, Generator, Kind};
 use crate::run::{Attempt, Failure, Worker};
 use anyhow::{Context, Result, anyhow, bail};
 use sluice::db::encode::ColumnArray;
@@ -35,67 +35,109 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The events table, as the normalizer declares it.
-pub fn table() -> Table {
-    sluice_events::tables().remove(0)
+/// What a run writes: the kind of events, and the table they go to.
+pub struct Target {
+    pub kind: Kind,
+    /// Logflare: the source's name (of the default tenant).
+    source_name: String,
+    /// The table, as the normalizer declares it (Logflare: the source's
+    /// table, made from the template as the host makes it).
+    pub table: Table,
+    pub schema: String,
 }
 
-/// Creates the schema and table (as the host's migration would) when
-/// missing.
-pub async fn prepare_table(client: &Client, schema: &str) -> Result<()> {
-    client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(schema)))
-        .await
-        .context("creating the schema")?;
-    for statement in sql::create_table(schema, &table()).map_err(|e| anyhow!(e))? {
-        client.batch_execute(&statement).await.with_context(|| format!("running {statement}"))?;
+impl Target {
+    pub fn new(kind: Kind, source_name: &str, schema: &str) -> Result<Target> {
+        let mut target = Target {
+            kind,
+            source_name: source_name.to_owned(),
+            table: sluice_events::tables().remove(0),
+            schema: schema.to_owned(),
+        };
+        if kind == Kind::Logflare {
+            // The source's table is named by the normalizer: ask it.
+            let (_, plan) = target.normalize(Generator::new("probe", 0).logflare_body(1)).map_err(|e| anyhow!(e))?;
+            let template = sluice_logflare::tables().remove(0);
+            if plan.template.as_deref() != Some(template.name.as_str()) {
+                bail!("the Logflare plan is not of template {}", template.name);
+            }
+            target.table = template.instance(&plan.table);
+        }
+        Ok(target)
     }
-    Ok(())
-}
 
-pub async fn truncate(client: &Client, schema: &str) -> Result<()> {
-    let target = sql::qualified(schema, sluice_events::TABLE);
-    client.batch_execute(&format!("TRUNCATE {target}")).await.with_context(|| format!("truncating {target}"))
-}
-
-pub async fn count_rows(client: &Client, schema: &str) -> Result<i64> {
-    let target = sql::qualified(schema, sluice_events::TABLE);
-    let row = client.query_one(&format!("SELECT count(*) FROM {target}"), &[]).await?;
-    Ok(row.get(0))
-}
-
-fn request(body: String) -> Request {
-    Request {
-        tenant: "default".into(),
-        method: "POST".into(),
-        path: "/v1/events".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), Format::JsonArray.content_type().into())],
-        body: body.into_bytes(),
-        received_at: generate::now_micros(),
-        settings: "{}".into(),
+    /// The table, schema-qualified and quoted.
+    pub fn qualified(&self) -> String {
+        sql::qualified(&self.schema, &self.table.name)
     }
-}
 
-/// Normalizes `body` into its one plan; every event must make a row.
-fn normalize(body: String) -> Result<(u32, UpsertPlan), String> {
-    let outcome = sluice_events::handle(&request(body)).map_err(|e| e.to_string())?;
-    if let Some(rejection) = outcome.rejections.first() {
-        return Err(format!("event {} rejected: {}", rejection.index, rejection.reason));
+    fn request(&self, body: String) -> Request {
+        let (path, query) = match self.kind {
+            Kind::Events => ("/v1/events", String::new()),
+            Kind::Logflare => ("/api/logs", format!("source_name={}", self.source_name)),
+        };
+        Request {
+            tenant: "default".into(),
+            method: "POST".into(),
+            path: path.into(),
+            query,
+            headers: vec![("content-type".into(), Format::JsonArray.content_type().into())],
+            body: body.into_bytes(),
+            received_at: generate::now_micros(),
+            settings: "{}".into(),
+        }
     }
-    let mut plans = outcome.plans.into_iter();
-    match (plans.next(), plans.next()) {
-        (Some(plan), None) => Ok((outcome.events, plan)),
-        _ => Err("expected exactly one plan".into()),
-    }
-}
 
-/// The statement for the normalizer's plans, from one sample event.
-pub fn upsert(schema: &str) -> Result<Arc<Upsert>> {
-    let body = Generator::new("probe", 0).body(1, Format::JsonArray);
-    let (_, plan) = normalize(body).map_err(|e| anyhow!(e))?;
-    let upsert = Upsert::new(schema, &table(), &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
-    Ok(Arc::new(upsert))
+    /// Normalizes `body` natively into its one plan; every event must make
+    /// a row.
+    fn normalize(&self, body: String) -> Result<(u32, UpsertPlan), String> {
+        let request = self.request(body);
+        let outcome = match self.kind {
+            Kind::Events => sluice_events::handle(&request),
+            Kind::Logflare => sluice_logflare::handle(&request),
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(rejection) = outcome.rejections.first() {
+            return Err(format!("event {} rejected: {}", rejection.index, rejection.reason));
+        }
+        let mut plans = outcome.plans.into_iter();
+        match (plans.next(), plans.next()) {
+            (Some(plan), None) => Ok((outcome.events, plan)),
+            _ => Err("expected exactly one plan".into()),
+        }
+    }
+
+    /// The host's statement for the normalizer's plans, from one sample
+    /// request.
+    pub fn upsert(&self) -> Result<Arc<Upsert>> {
+        let body = Generator::new("probe", 0).request_body(self.kind, 1, Format::JsonArray);
+        let (_, plan) = self.normalize(body).map_err(|e| anyhow!(e))?;
+        let upsert = Upsert::new(&self.schema, &self.table, &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
+        Ok(Arc::new(upsert))
+    }
+
+    /// Creates the schema and table (as the host's migration, or its first
+    /// use of a template, would) when missing.
+    pub async fn prepare_table(&self, client: &Client) -> Result<()> {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(&self.schema)))
+            .await
+            .context("creating the schema")?;
+        for statement in sql::create_table(&self.schema, &self.table).map_err(|e| anyhow!(e))? {
+            client.batch_execute(&statement).await.with_context(|| format!("running {statement}"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn truncate(&self, client: &Client) -> Result<()> {
+        let target = self.qualified();
+        client.batch_execute(&format!("TRUNCATE {target}")).await.with_context(|| format!("truncating {target}"))
+    }
+
+    pub async fn count_rows(&self, client: &Client) -> Result<i64> {
+        let row = client.query_one(&format!("SELECT count(*) FROM {}", self.qualified()), &[]).await?;
+        Ok(row.get(0))
+    }
 }
 
 /// How the baseline writes a request's rows.
@@ -113,12 +155,12 @@ pub enum Method {
 
 pub struct BaselineWorker {
     client: Client,
+    target: Arc<Target>,
     upsert: Arc<Upsert>,
     statement: Statement,
     generator: Generator,
     events: usize,
     method: Method,
-    schema: String,
 }
 
 impl BaselineWorker {
@@ -126,11 +168,11 @@ impl BaselineWorker {
     /// host's `prepare_cached` does the same once per pooled connection).
     pub async fn connect(
         url: &str,
+        target: Arc<Target>,
         upsert: Arc<Upsert>,
         generator: Generator,
         events: usize,
         method: Method,
-        schema: &str,
     ) -> Result<BaselineWorker> {
         let client = connect(url).await?;
         let statement = client.prepare(&upsert.sql).await.context("preparing the upsert")?;
@@ -138,25 +180,24 @@ impl BaselineWorker {
             bail!("the upsert returns {} columns, not 1", statement.columns().len());
         }
         if method == Method::CopyUpsert {
-            let target = sql::qualified(schema, &table().name);
             client
-                .batch_execute(&format!("CREATE TEMP TABLE staging (LIKE {target} INCLUDING DEFAULTS)"))
+                .batch_execute(&format!("CREATE TEMP TABLE staging (LIKE {} INCLUDING DEFAULTS)", target.qualified()))
                 .await
                 .context("creating the staging table")?;
         }
-        Ok(BaselineWorker { client, upsert, statement, generator, events, method, schema: schema.to_owned() })
+        Ok(BaselineWorker { client, target, upsert, statement, generator, events, method })
     }
 
     /// Binary COPY of the plan's rows into `target`.
     async fn copy(
         tx: &tokio_postgres::Transaction<'_>,
+        table: &Table,
         target: &str,
         plan: &UpsertPlan,
     ) -> Result<u64, tokio_postgres::Error> {
         use futures_util::pin_mut;
         use sluice::db::encode::{ValueParam, column_type};
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
-        let table = table();
         let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
         let types: Vec<_> = plan.columns.iter().map(|c| column_type(table.column(c).unwrap().data_type)).collect();
         let sink = tx.copy_in(&format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)")).await?;
@@ -188,16 +229,17 @@ impl BaselineWorker {
         let tx = self.client.transaction().await?;
         let written = match self.method {
             Method::Unnest => tx.query(&self.statement, &params).await?.len() as u64,
-            Method::Copy => Self::copy(&tx, &sql::qualified(&self.schema, &table().name), plan).await?,
+            Method::Copy => Self::copy(&tx, &self.target.table, &self.target.qualified(), plan).await?,
             Method::CopyUpsert => {
-                Self::copy(&tx, "staging", plan).await?;
-                let target = sql::qualified(&self.schema, &table().name);
+                Self::copy(&tx, &self.target.table, "staging", plan).await?;
+                let target = self.target.qualified();
                 let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
+                let key = self.upsert.conflict_key.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
                 let written = tx
                     .execute(
                         &format!(
                             "INSERT INTO {target} ({columns}) SELECT {columns} FROM staging \
-                             ON CONFLICT (event_id) DO NOTHING"
+                             ON CONFLICT ({key}) DO NOTHING"
                         ),
                         &[],
                     )
@@ -213,9 +255,9 @@ impl BaselineWorker {
 
 impl Worker for BaselineWorker {
     async fn send(&mut self) -> Attempt {
-        let body = self.generator.body(self.events, Format::JsonArray);
+        let body = self.generator.request_body(self.target.kind, self.events, Format::JsonArray);
         let bytes = body.len() as u64;
-        let (events, plan) = match normalize(body) {
+        let (events, plan) = match self.target.normalize(body) {
             Ok(normalized) => normalized,
             Err(e) => {
                 return Attempt { result: Err(Failure::new("normalize", e)), latency: Default::default(), bytes };
@@ -256,8 +298,23 @@ mod tests {
 
     #[test]
     fn the_statement_fits_the_plans() {
-        let upsert = upsert("loadtest").unwrap();
+        let upsert = Target::new(Kind::Events, "bench", "loadtest").unwrap().upsert().unwrap();
         assert!(upsert.sql.contains(r#"INSERT INTO "loadtest"."events""#));
         assert_eq!(upsert.param_types.len(), 9);
+    }
+
+    #[test]
+    fn logflare_rows_go_to_the_sources_table() {
+        let target = Target::new(Kind::Logflare, "bench", "loadtest").unwrap();
+        // The default tenant's source "bench", as the host names it:
+        // UUIDv5(logflare namespace, "default/bench").
+        assert_eq!(target.table.name, "log_events_10e64fb8_ea24_55d5_a02a_7e527abecb55");
+        assert!(!target.table.template);
+        let upsert = target.upsert().unwrap();
+        assert!(upsert.sql.contains(&format!(r#"INSERT INTO "loadtest"."{}""#, target.table.name)), "{}", upsert.sql);
+        assert_eq!(upsert.conflict_key, ["id"]);
+        let mut generator = Generator::new("t", 0);
+        let (events, plan) = target.normalize(generator.logflare_body(250)).unwrap();
+        assert_eq!((events, plan.rows.len()), (250, 250));
     }
 }

@@ -1,6 +1,7 @@
 //! Canonical events in the shape of the `/v1/events` example, each with an
-//! idempotency key no other event (of this run or any other) has, so every
-//! event is a real insert.
+//! idempotency key no other event (of this run or any other) has, and
+//! Logflare log events (`POST /api/logs`), each with an `id` no other event
+//! has: every event is a real insert.
 
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +24,16 @@ impl Format {
     }
 }
 
+/// What the requests carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Canonical events for `POST /v1/events` (a JSON array or NDJSON).
+    Events,
+    /// Logflare log events for `POST /api/logs?source_name=…`, as
+    /// `{"batch": [events]}`.
+    Logflare,
+}
+
 pub const EVENT_TYPES: [&str; 4] = ["order.completed", "order.created", "invoice.paid", "subscription.renewed"];
 const TIERS: [&str; 3] = ["free", "pro", "enterprise"];
 const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-2"];
@@ -41,11 +52,27 @@ pub fn now_micros() -> i64 {
 pub struct Generator {
     prefix: String,
     seq: u64,
+    /// Logflare ids: 60 bits of the run, then the worker (14 bits) and the
+    /// event's number (48 bits) — see [`logflare_id`].
+    run_bits: u64,
+    worker: u16,
 }
 
 impl Generator {
     pub fn new(run: &str, worker: usize) -> Generator {
-        Generator { prefix: format!("{run}-w{worker}-"), seq: 0 }
+        // FNV-1a of the run's tag: runs differ in their ids' first 60 bits.
+        let run_bits =
+            run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Generator { prefix: format!("{run}-w{worker}-"), seq: 0, run_bits, worker: (worker & 0x3fff) as u16 }
+    }
+
+    /// A request body of `count` events of `kind` (Logflare bodies are
+    /// always `{"batch": [events]}`).
+    pub fn request_body(&mut self, kind: Kind, count: usize, format: Format) -> String {
+        match kind {
+            Kind::Events => self.body(count, format),
+            Kind::Logflare => self.logflare_body(count),
+        }
     }
 
     /// A request body of `count` events.
@@ -99,6 +126,104 @@ impl Generator {
             region = REGIONS[(k % 3) as usize],
         );
     }
+}
+
+impl Generator {
+    /// `{"batch": [events]}` of `count` Logflare events of about 720 bytes:
+    /// a request log line with its metadata, as an application's logger
+    /// sends it.
+    pub fn logflare_body(&mut self, count: usize) -> String {
+        let mut out = String::with_capacity(count * 680 + 16);
+        let now = now_micros();
+        out.push_str(r#"{"batch":["#);
+        for i in 0..count {
+            if i > 0 {
+                out.push(',');
+            }
+            self.log_event(now - (count - i) as i64, &mut out);
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn log_event(&mut self, at: i64, out: &mut String) {
+        const METHODS: [&str; 4] = ["GET", "GET", "POST", "PUT"];
+        const ROUTES: [(&str, &str, &str); 4] = [
+            ("orders", "StorefrontWeb.OrderController", "show/2"),
+            ("carts", "StorefrontWeb.CartController", "update/2"),
+            ("customers", "StorefrontWeb.CustomerController", "show/2"),
+            ("invoices", "BillingWeb.InvoiceController", "index/2"),
+        ];
+        const STATUSES: [u16; 8] = [200, 200, 200, 200, 201, 304, 404, 500];
+        let k = self.seq;
+        self.seq += 1;
+        let method = METHODS[(k % 4) as usize];
+        let (resource, module, function) = ROUTES[((k / 4) % 4) as usize];
+        let status = STATUSES[(k.wrapping_mul(2_654_435_761) >> 7) as usize % 8];
+        let level = match status {
+            500 => "error",
+            404 => "warn",
+            _ => "info",
+        };
+        let duration_us = 800 + k.wrapping_mul(7919) % 48_000;
+        let user = k.wrapping_mul(104_729) % 90_000;
+        out.push_str(r#"{"id":""#);
+        logflare_id(self.run_bits, self.worker, k, out);
+        let _ = write!(
+            out,
+            r#"","message":"{method} /api/v1/{resource}/{k:x} {status} in {ms}.{frac:03}ms","timestamp":""#,
+            ms = duration_us / 1000,
+            frac = duration_us % 1000,
+        );
+        rfc3339_micros(at, out);
+        let _ = write!(
+            out,
+            concat!(
+                r#"","metadata":{{"level":"{level}","host":"web-{host}","region":"{region}","#,
+                r#""request":{{"method":"{method}","path":"/api/v1/{resource}/{k:x}","status":{status},"#,
+                r#""duration_ms":{ms}.{frac:03},"remote_ip":"10.{a}.{b}.{c}","request_id":"F{k:016x}","#,
+                r#""user_agent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"}},"#,
+                r#""user":{{"id":{user},"plan":"{plan}","email_verified":{verified}}},"#,
+                r#""context":{{"application":"storefront","module":"{module}","function":"{function}","#,
+                r#""file":"lib/storefront_web/controllers/{resource}_controller.ex","line":{line},"pid":"<0.{pid}.0>"}}}}}}"#,
+            ),
+            level = level,
+            host = 1 + k % 6,
+            region = REGIONS[(k % 3) as usize],
+            method = method,
+            resource = resource,
+            k = k,
+            status = status,
+            ms = duration_us / 1000,
+            frac = duration_us % 1000,
+            a = k % 7,
+            b = (k >> 3) % 256,
+            c = (k >> 11) % 256,
+            user = user,
+            plan = TIERS[(user % 3) as usize],
+            verified = !user.is_multiple_of(5),
+            module = module,
+            function = function,
+            line = 40 + k % 90,
+            pid = 4000 + k % 900,
+        );
+    }
+}
+
+/// A Logflare event's id: a UUID (version 4 layout) whose last two groups
+/// hold the worker and the event's number, so a row can be traced to the
+/// request that carried it: `substr(id::text, 20, 4)` is `8000 + worker`
+/// and `substr(id::text, 25, 12)` the number, in hex.
+pub fn logflare_id(run_bits: u64, worker: u16, seq: u64, out: &mut String) {
+    let _ = write!(
+        out,
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        run_bits >> 32,
+        (run_bits >> 16) & 0xffff,
+        (run_bits >> 4) & 0xfff,
+        0x8000 | (worker & 0x3fff),
+        seq & 0xffff_ffff_ffff
+    );
 }
 
 /// `2026-05-26T14:21:08.493123Z` for µs since the Unix epoch.
@@ -166,6 +291,40 @@ mod tests {
             }
         }
         assert_eq!(ids.len(), 150);
+    }
+
+    #[test]
+    fn logflare_events_normalize_cleanly_with_traceable_ids() {
+        let mut generator = Generator::new(&run_tag(), 5);
+        generator.logflare_body(10);
+        let body = generator.logflare_body(100);
+        let per_event = body.len() / 100;
+        assert!((650..800).contains(&per_event), "{per_event} bytes an event");
+        let request = Request {
+            tenant: "default".into(),
+            method: "POST".into(),
+            path: "/api/logs".into(),
+            query: "source_name=bench".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into_bytes(),
+            received_at: now_micros(),
+            settings: "{}".into(),
+        };
+        let outcome = sluice_logflare::handle(&request).unwrap();
+        assert_eq!(outcome.events, 100);
+        assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+        for (n, row) in outcome.plans[0].rows.iter().enumerate() {
+            let Value::Uuid((hi, lo)) = row.values[0] else { panic!("not a uuid") };
+            let id = format!("{:032x}", (u128::from(hi) << 64) | u128::from(lo));
+            assert_eq!(&id[16..20], "8005", "the worker");
+            assert_eq!(u64::from_str_radix(&id[20..], 16).unwrap(), 10 + n as u64, "the event's number");
+            assert_eq!(&id[12..13], "4");
+        }
+        let mut a = String::new();
+        let mut b = String::new();
+        logflare_id(Generator::new("r1", 0).run_bits, 0, 0, &mut a);
+        logflare_id(Generator::new("r2", 0).run_bits, 0, 0, &mut b);
+        assert_ne!(a, b, "runs have their own ids");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Mode `http`: requests of fresh events to a running `sluice serve`.
 
-use crate::generate::{Format, Generator};
+use crate::generate::{Format, Generator, Kind};
 use crate::run::{Attempt, Failure, Worker};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ pub struct HttpWorker {
     client: reqwest::Client,
     url: String,
     generator: Generator,
+    kind: Kind,
     events: usize,
     format: Format,
 }
@@ -33,14 +34,21 @@ pub fn client(concurrency: usize, timeout: Duration, headers: &[String]) -> anyh
 }
 
 impl HttpWorker {
-    pub fn new(client: reqwest::Client, url: &str, generator: Generator, events: usize, format: Format) -> HttpWorker {
-        HttpWorker { client, url: url.to_owned(), generator, events, format }
+    pub fn new(
+        client: reqwest::Client,
+        url: &str,
+        generator: Generator,
+        kind: Kind,
+        events: usize,
+        format: Format,
+    ) -> HttpWorker {
+        HttpWorker { client, url: url.to_owned(), generator, kind, events, format }
     }
 }
 
 impl Worker for HttpWorker {
     async fn send(&mut self) -> Attempt {
-        let body = self.generator.body(self.events, self.format);
+        let body = self.generator.request_body(self.kind, self.events, self.format);
         let bytes = body.len() as u64;
         let started = Instant::now();
         let response = self

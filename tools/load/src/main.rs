@@ -1,5 +1,6 @@
-//! `sluice-load`: load for `POST /v1/events`, the direct-to-PostgreSQL
-//! baseline to hold it against, and small queries for `/api/query`.
+//! `sluice-load`: load for `POST /v1/events` and Logflare's `POST /api/logs`,
+//! the direct-to-PostgreSQL baseline to hold it against, and small queries
+//! for `/api/query`.
 
 mod baseline;
 mod generate;
@@ -10,7 +11,7 @@ mod run;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use generate::{Format, Generator};
+use generate::{Format, Generator, Kind};
 use report::Setup;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,9 +33,11 @@ struct Cli {
 enum Mode {
     /// Post events to a running `sluice serve`.
     Http {
-        /// The ingest endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
-        url: String,
+        /// The ingest endpoint [default: http://127.0.0.1:8080/v1/events,
+        /// or for --kind logflare
+        /// http://127.0.0.1:8080/api/logs?source_name=<--source-name>].
+        #[arg(long)]
+        url: Option<String>,
         /// Send NDJSON (application/x-ndjson) instead of a JSON array.
         #[arg(long)]
         ndjson: bool,
@@ -103,6 +106,13 @@ enum Mode {
 
 #[derive(Args)]
 struct Common {
+    /// What to send: canonical events, or Logflare log events (`{"batch":
+    /// [events]}` to `/api/logs`, into the source's table).
+    #[arg(long, value_enum, default_value = "events")]
+    kind: Kind,
+    /// --kind logflare: the source, by name, of the default tenant.
+    #[arg(long, default_value = "bench")]
+    source_name: String,
     /// Events in each request (each transaction, for the baseline).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     events_per_request: u32,
@@ -116,8 +126,8 @@ struct Common {
     /// latency counts from each request's due time). Default: back to back.
     #[arg(long)]
     rate: Option<f64>,
-    /// Schema of table `events` (where --truncate empties it; the baseline
-    /// also creates it there).
+    /// Schema of the table (`events`, or the Logflare source's): where
+    /// --truncate empties it, and the baseline creates it.
     #[arg(long, default_value = "public")]
     schema: String,
     /// Empty table `events` before the run.
@@ -126,11 +136,44 @@ struct Common {
     /// Print one JSON line of results instead of the text report.
     #[arg(long)]
     json: bool,
+    /// Also tally the answers per interval of this long, by when they
+    /// arrived (e.g. 1s): a timeline of the run.
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Write every request's answer to this file, a line per request:
+    /// `worker request answer` (request counts from 0 in each worker; the
+    /// answer is the HTTP status, or timeout, connect, …).
+    #[arg(long)]
+    outcomes: Option<std::path::PathBuf>,
 }
 
 impl Common {
     fn plan(&self) -> Result<run::Plan> {
-        plan(self.duration, self.rate)
+        let mut plan = plan(self.duration, self.rate)?;
+        if self.interval.is_some_and(|i| i.is_zero()) {
+            bail!("--interval must be more than zero");
+        }
+        plan.interval = self.interval;
+        plan.outcomes = self.outcomes.is_some();
+        Ok(plan)
+    }
+
+    fn target(&self) -> Result<baseline::Target> {
+        baseline::Target::new(self.kind, &self.source_name, &self.schema)
+    }
+
+    /// Writes the outcomes file, when asked for.
+    fn write_outcomes(&self, stats: &run::Stats) -> Result<()> {
+        use std::io::Write;
+        let Some(path) = &self.outcomes else { return Ok(()) };
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (worker, answers) in &stats.outcomes {
+            for (i, answer) in answers.iter().enumerate() {
+                writeln!(out, "{worker} {i} {answer}")?;
+            }
+        }
+        out.flush()?;
+        Ok(())
     }
 }
 
@@ -143,7 +186,7 @@ fn plan(duration: Duration, rate: Option<f64>) -> Result<run::Plan> {
     if duration.is_zero() {
         bail!("--duration must be more than zero");
     }
-    Ok(run::Plan { duration, rate })
+    Ok(run::Plan { duration, rate, interval: None, outcomes: false })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -196,7 +239,7 @@ fn main() -> ExitCode {
 }
 
 async fn http_mode(
-    url: String,
+    url: Option<String>,
     ndjson: bool,
     timeout: Duration,
     database_url: Option<String>,
@@ -204,27 +247,41 @@ async fn http_mode(
     common: Common,
 ) -> Result<run::Stats> {
     let plan = common.plan()?;
+    let target = common.target()?;
+    let url = url.unwrap_or_else(|| match common.kind {
+        Kind::Events => "http://127.0.0.1:8080/v1/events".into(),
+        Kind::Logflare => format!("http://127.0.0.1:8080/api/logs?source_name={}", common.source_name),
+    });
     let database = match (&database_url, common.truncate) {
         (Some(db), true) => {
             let client = baseline::connect(db).await?;
-            baseline::truncate(&client, &common.schema).await?;
-            Some(client)
+            // Logflare: the host makes the source's table on first use;
+            // making it here does the same.
+            target.prepare_table(&client).await?;
+            target.truncate(&client).await?;
+            Some(db)
         }
         (None, true) => bail!("--truncate needs --database-url"),
         _ => None,
     };
+    if ndjson && common.kind == Kind::Logflare {
+        bail!("--ndjson is for --kind events; Logflare bodies are {{\"batch\": [events]}}");
+    }
     let format = if ndjson { Format::Ndjson } else { Format::JsonArray };
     let client = http::client(common.concurrency as usize, timeout, &headers)?;
     let run_tag = generate::run_tag();
     let workers = (0..common.concurrency as usize)
         .map(|w| {
             let generator = Generator::new(&run_tag, w);
-            http::HttpWorker::new(client.clone(), &url, generator, common.events_per_request as usize, format)
+            let events = common.events_per_request as usize;
+            http::HttpWorker::new(client.clone(), &url, generator, common.kind, events, format)
         })
         .collect();
     let stats = run::run(workers, plan).await;
-    let rows = match &database {
-        Some(client) => Some(baseline::count_rows(client, &common.schema).await?),
+    common.write_outcomes(&stats)?;
+    let rows = match database {
+        // A new connection: the server may have restarted meanwhile.
+        Some(db) => Some((target.table.name.clone(), target.count_rows(&baseline::connect(db).await?).await?)),
         None => None,
     };
     let setup = Setup {
@@ -273,12 +330,13 @@ async fn query_mode(
 
 async fn baseline_mode(database_url: String, method: baseline::Method, common: Common) -> Result<run::Stats> {
     let plan = common.plan()?;
+    let target = Arc::new(common.target()?);
     let admin = baseline::connect(&database_url).await?;
-    baseline::prepare_table(&admin, &common.schema).await?;
+    target.prepare_table(&admin).await?;
     if common.truncate {
-        baseline::truncate(&admin, &common.schema).await?;
+        target.truncate(&admin).await?;
     }
-    let upsert = baseline::upsert(&common.schema)?;
+    let upsert = target.upsert()?;
     let run_tag = generate::run_tag();
     let mut workers = Vec::with_capacity(common.concurrency as usize);
     for w in 0..common.concurrency as usize {
@@ -286,17 +344,21 @@ async fn baseline_mode(database_url: String, method: baseline::Method, common: C
         workers.push(
             baseline::BaselineWorker::connect(
                 &database_url,
+                target.clone(),
                 upsert.clone(),
                 generator,
                 common.events_per_request as usize,
                 method,
-                &common.schema,
             )
             .await?,
         );
     }
     let stats = run::run(workers, plan).await;
-    let rows = if common.truncate { Some(baseline::count_rows(&admin, &common.schema).await?) } else { None };
+    common.write_outcomes(&stats)?;
+    let rows = match common.truncate {
+        true => Some((target.table.name.clone(), target.count_rows(&admin).await?)),
+        false => None,
+    };
     let setup = Setup {
         mode: match method {
             baseline::Method::Unnest => "baseline",

@@ -11,8 +11,9 @@ pub struct Setup {
     pub events_per_request: u32,
     pub concurrency: u32,
     pub plan: Plan,
-    /// Rows in table `events` after the run, when it was truncated first.
-    pub rows_in_table: Option<i64>,
+    /// The table written and its rows after the run, when it was truncated
+    /// first.
+    pub rows_in_table: Option<(String, i64)>,
     /// Mode `query`: the SQL. Its requests are queries, and what they
     /// acknowledged are rows returned.
     pub sql: Option<String>,
@@ -80,8 +81,26 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
             "errors_by_kind": stats.errors,
             "error_samples": stats.error_samples.iter().map(|(_, sample)| sample).collect::<Vec<_>>(),
             "unsent": setup.plan.rate.map(|_| stats.unsent),
-            "rows_in_table": setup.rows_in_table,
+            "rows_in_table": setup.rows_in_table.as_ref().map(|(_, rows)| rows),
+            "answers": stats.answers,
+            "started_at_unix": round(unix(stats.started_at), 3),
         });
+        if let Some((table, _)) = &setup.rows_in_table {
+            line["table"] = table.as_str().into();
+        }
+        if let Some(interval) = setup.plan.interval {
+            line["timeline"] = json!({
+                "interval_s": interval.as_secs_f64(),
+                "buckets": stats.timeline.iter().enumerate().map(|(i, b)| json!({
+                    "t": round(i as f64 * interval.as_secs_f64(), 3),
+                    "requests": b.requests,
+                    "requests_ok": b.requests_ok,
+                    "events_acknowledged": b.events_acknowledged,
+                    "events_per_s": round(b.events_acknowledged as f64 / interval.as_secs_f64(), 1),
+                    "answers": b.answers,
+                })).collect::<Vec<_>>(),
+            });
+        }
         if let Some(sql) = &setup.sql {
             line["sql"] = sql.as_str().into();
             line["queries_per_s"] = line["requests_per_s"].clone();
@@ -120,8 +139,12 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
     if setup.plan.rate.is_some() {
         println!("  unsent      {} (slots no worker could take before the end)", stats.unsent);
     }
-    if let Some(rows) = setup.rows_in_table {
-        println!("  table       {rows} rows in events after the run");
+    if let Some((table, rows)) = &setup.rows_in_table {
+        println!("  table       {rows} rows in {table} after the run");
+    }
+    if setup.sql.is_none() {
+        let answers: Vec<String> = stats.answers.iter().map(|(a, n)| format!("{n} × {a}")).collect();
+        println!("  answers     {}", answers.join(", "));
     }
     println!("  errors      {}", stats.error_count());
     for (kind, n) in &stats.errors {
@@ -130,4 +153,20 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
     for (_, sample) in &stats.error_samples {
         println!("    e.g. {sample}");
     }
+    if let Some(interval) = setup.plan.interval {
+        println!("  timeline    (by arrival; events acknowledged a second, then answers)");
+        for (i, b) in stats.timeline.iter().enumerate() {
+            let answers: Vec<String> = b.answers.iter().map(|(a, n)| format!("{n} × {a}")).collect();
+            println!(
+                "    {:>8.2} s  {:>10.0} events/s  {}",
+                i as f64 * interval.as_secs_f64(),
+                b.events_acknowledged as f64 / interval.as_secs_f64(),
+                answers.join(", ")
+            );
+        }
+    }
+}
+
+fn unix(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

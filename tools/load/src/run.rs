@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Error bodies kept for the report.
@@ -49,6 +49,36 @@ pub struct Plan {
     pub duration: Duration,
     /// Requests a second over all workers; `None` is closed-loop.
     pub rate: Option<f64>,
+    /// Tally the answers in intervals of this long, by when they arrived.
+    pub interval: Option<Duration>,
+    /// Keep every request's answer, in order, per worker.
+    pub outcomes: bool,
+}
+
+/// What came back in one interval of the run, by arrival.
+#[derive(Debug, Clone, Default)]
+pub struct Bucket {
+    pub requests: u64,
+    pub requests_ok: u64,
+    pub events_acknowledged: u64,
+    /// By [`answer`].
+    pub answers: BTreeMap<String, u64>,
+}
+
+/// How a request was answered, for counting: the HTTP status (`200`,
+/// `429`, `503`, …; a 200 whose events were not all inserted is still a
+/// 200), or, when there was no answer, the failure (`timeout`, `connect`,
+/// `transport`). The baseline's committed transactions count as `200`.
+pub fn answer(result: &Result<u64, Failure>) -> String {
+    match result {
+        Ok(_) => "200".into(),
+        Err(failure) => match failure.kind.strip_prefix("HTTP ") {
+            Some(status) => status.to_owned(),
+            // What `http::judge` says of a 200.
+            None if matches!(failure.kind.as_str(), "not all inserted" | "bad response") => "200".into(),
+            None => failure.kind.clone(),
+        },
+    }
 }
 
 pub struct Stats {
@@ -65,6 +95,14 @@ pub struct Stats {
     /// worker was free to send in time.
     pub unsent: u64,
     pub elapsed: Duration,
+    /// Requests by [`answer`].
+    pub answers: BTreeMap<String, u64>,
+    /// With `Plan::interval`: what arrived in each interval from the start.
+    pub timeline: Vec<Bucket>,
+    /// With `Plan::outcomes`: each worker's answers, in the order sent.
+    pub outcomes: Vec<(usize, Vec<String>)>,
+    /// When the run started.
+    pub started_at: SystemTime,
 }
 
 impl Stats {
@@ -79,12 +117,41 @@ impl Stats {
             error_samples: Vec::new(),
             unsent: 0,
             elapsed: Duration::ZERO,
+            answers: BTreeMap::new(),
+            timeline: Vec::new(),
+            outcomes: Vec::new(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// Adds a request answered `since_start` into the run to the timeline
+    /// and the worker's outcomes, as the plan asks.
+    fn track(&mut self, worker: usize, attempt: &Attempt, since_start: Duration, plan: &Plan) {
+        if let Some(interval) = plan.interval {
+            let index = (since_start.as_secs_f64() / interval.as_secs_f64()) as usize;
+            if self.timeline.len() <= index {
+                self.timeline.resize(index + 1, Bucket::default());
+            }
+            let bucket = &mut self.timeline[index];
+            bucket.requests += 1;
+            if let Ok(events) = attempt.result {
+                bucket.requests_ok += 1;
+                bucket.events_acknowledged += events;
+            }
+            *bucket.answers.entry(answer(&attempt.result)).or_default() += 1;
+        }
+        if plan.outcomes {
+            match self.outcomes.first_mut() {
+                Some((_, answers)) => answers.push(answer(&attempt.result)),
+                None => self.outcomes.push((worker, vec![answer(&attempt.result)])),
+            }
         }
     }
 
     pub fn record(&mut self, attempt: Attempt, latency: Duration) {
         self.requests += 1;
         self.bytes_sent += attempt.bytes;
+        *self.answers.entry(answer(&attempt.result)).or_default() += 1;
         match attempt.result {
             Ok(events) => {
                 self.requests_ok += 1;
@@ -119,6 +186,21 @@ impl Stats {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
+        for (answer, n) in other.answers {
+            *self.answers.entry(answer).or_default() += n;
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), Bucket::default());
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            mine.requests += theirs.requests;
+            mine.requests_ok += theirs.requests_ok;
+            mine.events_acknowledged += theirs.events_acknowledged;
+            for (answer, n) in theirs.answers {
+                *mine.answers.entry(answer).or_default() += n;
+            }
+        }
+        self.outcomes.extend(other.outcomes);
     }
 
     pub fn error_count(&self) -> u64 {
@@ -148,11 +230,12 @@ fn truncate(text: &mut String, max: usize) {
 /// it as latency rather than as a slower schedule. Slots still unsent when
 /// the time is up are counted as `unsent`.
 pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
+    let started_at = SystemTime::now();
     let start = Instant::now();
     let deadline = start + plan.duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(workers.len());
-    for mut worker in workers {
+    for (w, mut worker) in workers.into_iter().enumerate() {
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::new();
@@ -161,6 +244,7 @@ pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
                     while Instant::now() < deadline {
                         let attempt = worker.send().await;
                         let latency = attempt.latency;
+                        stats.track(w, &attempt, start.elapsed(), &plan);
                         stats.record(attempt, latency);
                     }
                 }
@@ -175,6 +259,7 @@ pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
                     }
                     tokio::time::sleep_until(due).await;
                     let attempt = worker.send().await;
+                    stats.track(w, &attempt, start.elapsed(), &plan);
                     stats.record(attempt, due.elapsed());
                 },
             }
@@ -192,9 +277,49 @@ pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
         }
     }
     total.elapsed = start.elapsed();
+    total.started_at = started_at;
+    total.outcomes.sort_by_key(|(w, _)| *w);
     if let Some(rate) = plan.rate {
         let slots = (plan.duration.as_secs_f64() * rate).ceil() as u64;
         total.unsent = slots.saturating_sub(total.requests);
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(result: Result<u64, Failure>) -> Attempt {
+        Attempt { result, latency: Duration::from_millis(1), bytes: 10 }
+    }
+
+    #[test]
+    fn answers_are_statuses_or_failures() {
+        assert_eq!(answer(&Ok(5)), "200");
+        assert_eq!(answer(&Err(Failure::new("HTTP 429", "busy"))), "429");
+        assert_eq!(answer(&Err(Failure::new("not all inserted", ""))), "200");
+        assert_eq!(answer(&Err(Failure::new("timeout", ""))), "timeout");
+    }
+
+    #[test]
+    fn timelines_and_outcomes_merge() {
+        let plan = Plan {
+            duration: Duration::from_secs(3),
+            rate: None,
+            interval: Some(Duration::from_secs(1)),
+            outcomes: true,
+        };
+        let mut a = Stats::new();
+        a.track(1, &attempt(Ok(5)), Duration::from_millis(200), &plan);
+        a.track(1, &attempt(Err(Failure::new("HTTP 503", ""))), Duration::from_millis(2500), &plan);
+        let mut b = Stats::new();
+        b.track(0, &attempt(Ok(5)), Duration::from_millis(900), &plan);
+        a.merge(b);
+        assert_eq!(a.timeline.len(), 3);
+        assert_eq!((a.timeline[0].requests_ok, a.timeline[0].events_acknowledged), (2, 10));
+        assert_eq!(a.timeline[1].requests, 0);
+        assert_eq!(a.timeline[2].answers.get("503"), Some(&1));
+        assert_eq!(a.outcomes, vec![(1, vec!["200".to_owned(), "503".to_owned()]), (0, vec!["200".to_owned()])]);
+    }
 }
