@@ -44,6 +44,8 @@ pub struct Config {
     pub query: crate::query::QueryConfig,
     /// Change streams from PostgreSQL sources (see docs/cdc.md).
     pub cdc: Vec<crate::cdc::CdcConfig>,
+    /// Where requests wait on disk while their destination cannot take them.
+    pub spool: crate::spool::SpoolConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             settings: Default::default(),
             query: Default::default(),
             cdc: Vec::new(),
+            spool: Default::default(),
         }
     }
 }

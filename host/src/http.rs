@@ -34,6 +34,8 @@ pub struct App {
     pub in_flight_bytes: AtomicUsize,
     /// The SQL query API's settings and connection pools.
     pub queries: crate::query::Queries,
+    /// Requests kept on disk while their destination cannot take them.
+    pub spool: crate::spool::Spool,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -282,6 +284,8 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         received_at,
         settings: tenant.settings.clone(),
     };
+    // Kept to spool it if the destination cannot take its rows.
+    let spare = app.spool.enabled().then(|| request.clone());
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     match tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await {
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out before its rows were committed"),
@@ -315,19 +319,38 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
             response
         }
-        Ok(Err(IngestError::Write(e))) => {
-            tracing::warn!(tenant = %tenant.id(), "write failed: {e}");
-            // Either way nothing was committed: the client should retry
-            // later (an operator must fix an unusable destination first).
-            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            let seconds = match e {
-                WriteError::Unavailable(_) => 1,
-                WriteError::Unusable(_) => 30,
-            };
-            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
-            response
+        Ok(Err(IngestError::Write(e))) if spare.is_some() => {
+            let request = spare.expect("checked");
+            match app.spool.keep(&request) {
+                Ok(true) => {
+                    tracing::warn!(tenant = %tenant.id(), "write failed, request spooled: {e}");
+                    let message = format!("{e}; the request is kept on disk and is written when the database takes it");
+                    (StatusCode::ACCEPTED, axum::Json(json!({ "spooled": true, "message": message }))).into_response()
+                }
+                kept => {
+                    if let Err(k) = kept {
+                        tracing::error!(tenant = %tenant.id(), "the spool cannot take the request: {k:#}");
+                    }
+                    write_failed(tenant, e)
+                }
+            }
         }
+        Ok(Err(IngestError::Write(e))) => write_failed(tenant, e),
     }
+}
+
+/// 503 with Retry-After: nothing was committed, the client should retry.
+fn write_failed(tenant: &Tenant, e: WriteError) -> Response {
+    tracing::warn!(tenant = %tenant.id(), "write failed: {e}");
+    // Either way nothing was committed: the client should retry later (an
+    // operator must fix an unusable destination first).
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let seconds = match e {
+        WriteError::Unavailable(_) => 1,
+        WriteError::Unusable(_) => 30,
+    };
+    response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+    response
 }
 
 /// Headers a component sees: lower-case names, UTF-8 values, and never

@@ -247,7 +247,10 @@ impl Tenant {
 
     /// Normalizes and writes one request; answers after the rows commit.
     pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Request) -> Result<Tally, IngestError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.request_timeout_ms);
+        // Writes stop retrying a little before the request times out, so it
+        // can still be answered (or spooled) in time.
+        let timeout = self.limits.request_timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout - (timeout / 5).min(2_000));
         let loaded = self.loaded();
         let normalizer = loaded.normalizer.clone();
         let write_modes = &self.spec.write_modes;

@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod query;
 pub mod runtime;
 pub mod server;
+pub mod spool;
 pub mod tenants;
 pub mod write_modes;

@@ -87,7 +87,9 @@ pub async fn serve(config: Config) -> Result<()> {
         admin_token: config.admin_token.clone(),
         in_flight_bytes: Default::default(),
         queries: crate::query::Queries::new(config.query.clone()),
+        spool: crate::spool::Spool::open(config.data_dir.join("spool"), config.spool.clone())?,
     });
+    crate::spool::Spool::start(&app);
     drop(destination);
     let cdc = crate::cdc::start(&config, app.runtime.clone(), &database).await?;
     let listener =

@@ -31,7 +31,9 @@ async fn rows_the_database_refuses_are_isolated_and_reported() {
 
     let kinds = ["ok", "bad", "ok", "ok", "ok", "bad", "ok", "ok", "ok", "ok", "ok", "bad"];
     let body: Vec<Value> = kinds.iter().enumerate().map(|(i, k)| event(k, &format!("k{i}"))).collect();
-    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!(body)).await;
+    let (status, _, answer) = tokio::time::timeout(Duration::from_secs(20), send(&sluice.url("/v1/events"), &json!(body)))
+        .await
+        .unwrap_or_else(|_| panic!("no answer in 20 s; the service's log:\n{}", sluice.log()));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["inserted"], 9, "{answer}");
     let rejected: Vec<u64> = answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
@@ -48,7 +50,9 @@ async fn rows_the_database_refuses_are_isolated_and_reported() {
         let kind = if i % 4 == 0 { "bad" } else { "ok" };
         async move { send(&url, &json!([event(kind, &format!("c{i}"))])).await }
     });
-    let answers = futures_join(sends).await;
+    let answers = tokio::time::timeout(Duration::from_secs(20), futures_join(sends))
+        .await
+        .unwrap_or_else(|_| panic!("no answer in 20 s; the service's log:\n{}", sluice.log()));
     for (i, (status, _, answer)) in answers.iter().enumerate() {
         if i % 4 == 0 {
             assert_eq!((*status, answer["rejected"][0]["index"].as_u64()), (400, Some(0)), "{answer}");
@@ -58,12 +62,14 @@ async fn rows_the_database_refuses_are_isolated_and_reported() {
     }
 }
 
-/// A destination that refuses everything answers 503 with Retry-After and
-/// the reason, and the service keeps serving.
+/// A destination that refuses everything: with the spool off, 503 with
+/// Retry-After and the reason; with it on (the default), 202 and the
+/// request waits on disk until the destination takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unusable_destination_answers_503_and_the_service_recovers() {
+async fn an_unusable_destination_spools_or_answers_503() {
     let db = TestDb::new().await;
-    let sluice = Sluice::start(Some(&db), "");
+    let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("unusable-{}", std::process::id()));
+    let sluice = Sluice::start(Some(&db), "[spool]\nenabled = false\n");
     let client = db.client().await;
     let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
     assert_eq!(status, 200);
@@ -73,23 +79,40 @@ async fn an_unusable_destination_answers_503_and_the_service_recovers() {
     assert!(retry_after.is_some());
     let message = answer["error"].as_str().unwrap();
     assert!(message.contains("events") && message.contains("42P01"), "{message}");
-    // Put right, the same request goes through.
-    client.batch_execute("ALTER TABLE events_away RENAME TO events").await.unwrap();
+    drop(sluice);
+
+    // Started again, the service creates the table anew; take it away again.
+    let sluice = Sluice::start_in(Some(&db), "[spool]\nretry_interval_ms = 100\n", Some(&data_dir));
+    client.batch_execute("ALTER TABLE events RENAME TO events_gone").await.unwrap();
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2"), event("a", "3")])).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["spooled"], true);
+    assert!(answer["message"].as_str().unwrap().contains("42P01"), "{answer}");
+    assert_eq!(spooled(&data_dir), 1);
+    // Put right, the spooled request is written by itself.
+    client.batch_execute("ALTER TABLE events_gone RENAME TO events").await.unwrap();
+    drained(&data_dir).await;
+    let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(count, 2);
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
-    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!((status, answer["duplicates"].as_u64()), (200, Some(1)), "{answer}");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-async fn futures_join<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-    F: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for handle in handles {
-        out.push(handle.await.unwrap());
+/// Requests waiting in the spool of a service with data folder `dir`.
+fn spooled(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("spool"))
+        .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "req"))).count())
+        .unwrap_or(0)
+}
+
+/// Waits until the spool is empty.
+async fn drained(dir: &Path) {
+    let started = Instant::now();
+    while spooled(dir) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the spool still holds {} requests", spooled(dir));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    out
 }
 
 /// Past the service's in-flight cap a request is turned away with 503 and
@@ -138,25 +161,32 @@ async fn the_service_rides_out_database_outages() {
     let db = TestDb { url: cluster.url(), name: "sluice".into() };
     cluster.stop().unwrap();
 
-    let sluice = Sluice::start(Some(&db), "[limits]\nrequest_timeout_ms = 1500\n");
+    let data_dir = dir.join("sluice");
+    let sluice = Sluice::start_in(
+        Some(&db),
+        "[limits]\nrequest_timeout_ms = 1500\n[spool]\nretry_interval_ms = 100\n",
+        Some(&data_dir),
+    );
     until_status(&sluice.url("/readyz"), 503, Duration::from_secs(5)).await;
     let started = Instant::now();
-    let (status, retry_after, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
-    assert_eq!(status, 503, "{answer}");
-    assert!(retry_after.is_some());
+    // Past its deadline the request is spooled: accepted, on disk.
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
+    assert_eq!((status, answer["spooled"].as_bool()), (202, Some(true)), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(10), "answered within its deadline");
+    assert_eq!(spooled(&data_dir), 1);
 
     // The server comes up: the service is ready and writes, tables created late.
     let mut cluster = Cluster::start(options.clone()).unwrap();
     until_status(&sluice.url("/readyz"), 200, Duration::from_secs(10)).await;
+    drained(&data_dir).await;
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;
-    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!((status, answer["duplicates"].as_u64()), (200, Some(1)), "written from the spool: {answer}");
 
     // Down mid-run, with connections open in the pool.
     cluster.stop().unwrap();
     until_status(&sluice.url("/readyz"), 503, Duration::from_secs(5)).await;
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
-    assert_eq!(status, 503, "{answer}");
+    assert_eq!(status, 202, "{answer}");
     // A request sent while it is down commits once it is back within the deadline.
     let url = sluice.url("/v1/events");
     let pending = tokio::spawn(async move { send(&url, &json!([event("a", "3")])).await });
@@ -166,8 +196,9 @@ async fn the_service_rides_out_database_outages() {
     assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
     let back = until_status(&sluice.url("/readyz"), 200, Duration::from_secs(10)).await;
     assert!(back < Duration::from_secs(5), "ready {back:?} after the server");
+    drained(&data_dir).await;
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "2")])).await;
-    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!((status, answer["duplicates"].as_u64()), (200, Some(1)), "written from the spool: {answer}");
 
     let client = db.client().await;
     let keys: Vec<String> = client
@@ -272,4 +303,18 @@ async fn acknowledged_events_survive_sigkill() {
     }
     assert_eq!(keys.len(), (acked.len() + unsure.len()) * BATCH as usize);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Runs the futures on the runtime at once and collects their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+    F: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
 }
