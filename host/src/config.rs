@@ -193,12 +193,45 @@ pub struct BatchConfig {
     pub batch_size_bytes: usize,
     /// How long rows may wait for more to join them, in milliseconds. 0
     /// flushes at once whenever a writer is idle (group commit).
+    /// Also read as CloudQuery's `batch_timeout`, a duration such as
+    /// `"20s"` or `"500ms"`.
+    #[serde(alias = "batch_timeout", deserialize_with = "millis")]
     pub batch_timeout_ms: u64,
     /// Flushes that may run at once (each on its own connection).
     pub writers: usize,
     /// Retry a batch that failed on a deadlock (`40P01`) or serialization
     /// failure (`40001`), as other transient failures are.
     pub retry_on_deadlock: bool,
+}
+
+/// Milliseconds as a number, or a duration text: `"500ms"`, `"20s"`, `"1m"`.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Millis {
+        Number(u64),
+        Text(String),
+    }
+    match Millis::deserialize(d)? {
+        Millis::Number(n) => Ok(n),
+        Millis::Text(text) => {
+            let text = text.trim();
+            let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+            let (number, unit) = text.split_at(split);
+            let number: u64 = number
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a duration such as 500ms or 20s")))?;
+            let scale = match unit.trim() {
+                "ms" => 1,
+                "" | "s" => 1_000,
+                "m" => 60_000,
+                other => {
+                    return Err(serde::de::Error::custom(format!("unknown unit {other:?} in {text:?}: use ms, s or m")));
+                }
+            };
+            Ok(number * scale)
+        }
+    }
 }
 
 impl Default for BatchConfig {
@@ -409,6 +442,19 @@ mod tests {
         let pg = config.database.pg_config().unwrap();
         assert_eq!(pg.get_user(), Some("postgres"));
         assert!(!format!("{:?}", config).contains("s3cret"));
+    }
+
+    #[test]
+    fn reads_cloudquerys_batch_knobs() {
+        let config =
+            Config::parse("[batch]\nbatch_timeout = \"20s\"\nretry_on_deadlock = false\nbatch_size_bytes = 1024", &env)
+                .unwrap();
+        assert_eq!(config.batch.batch_timeout_ms, 20_000);
+        assert!(!config.batch.retry_on_deadlock);
+        assert_eq!(Config::parse("[batch]\nbatch_timeout_ms = 5", &env).unwrap().batch.batch_timeout_ms, 5);
+        assert_eq!(Config::parse("[batch]\nbatch_timeout = \"250ms\"", &env).unwrap().batch.batch_timeout_ms, 250);
+        let e = Config::parse("[batch]\nbatch_timeout = \"2 fortnights\"", &env).unwrap_err().to_string();
+        assert!(e.contains("fortnights"), "{e}");
     }
 
     #[test]

@@ -481,4 +481,19 @@ mod tests {
         bad.columns[2].default = Some(ColumnDefault::Serial);
         assert!(bad.validate().unwrap_err().contains("must be int8"));
     }
+
+    #[test]
+    fn an_all_key_table_overwrites_by_touching_its_key() {
+        let pairs = Table {
+            name: "pairs".into(),
+            columns: vec![Column::new("a", Text).not_null(), Column::new("b", Text).not_null()],
+            primary_key: vec!["a".into(), "b".into()],
+            indexes: vec![],
+            template: false,
+        };
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let up = Upsert::new("app", &pairs, &cols, &Conflict::Update(vec![])).unwrap();
+        assert!(up.sql.contains(r#"ON CONFLICT ("a", "b") DO UPDATE SET "a" = EXCLUDED."a""#), "{}", up.sql);
+        assert!(up.sql.contains("SELECT DISTINCT ON (c1, c2)"), "duplicates in a batch merge first: {}", up.sql);
+    }
 }
