@@ -247,12 +247,13 @@ async fn serve(app: &App, tenant: Arc<Tenant>, method: Method, uri: Uri, headers
 async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let limits = &tenant.limits;
     let received_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    let body = match read_body(&headers, body, limits.max_body_bytes).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let _in_flight_total = InFlight(&app.in_flight_bytes, body.len());
-    if app.in_flight_bytes.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes_total {
+    // The body is charged to the budgets before it is read: its declared
+    // length, or the most it may be when it has none (chunked). So bodies
+    // being read count too, and a refused one is never read.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let charge = declared.unwrap_or(limits.max_body_bytes).min(limits.max_body_bytes);
+    let _in_flight_total = InFlight(&app.in_flight_bytes, charge);
+    if app.in_flight_bytes.fetch_add(charge, Ordering::Relaxed) + charge > limits.max_in_flight_bytes_total {
         let mut response = error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total),
@@ -261,8 +262,8 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         return response;
     }
     let in_flight = &tenant.stats.in_flight_bytes;
-    let _in_flight = InFlight(in_flight, body.len());
-    if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > limits.max_in_flight_bytes {
+    let _in_flight = InFlight(in_flight, charge);
+    if in_flight.fetch_add(charge, Ordering::Relaxed) + charge > limits.max_in_flight_bytes {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -274,6 +275,10 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return response;
     }
+    let body = match read_body(&headers, body, limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let request = Request {
         tenant: tenant.id().to_owned(),
         method: method.to_string(),

@@ -219,7 +219,9 @@ impl Batcher {
                 }
                 let jobs = self.take();
                 linger_ends = (!self.pending.is_empty()).then(|| Instant::now() + linger);
-                flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock));
+                if !jobs.is_empty() {
+                    flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock));
+                }
             }
             if closed && self.pending.is_empty() && flushing.is_empty() {
                 return;
@@ -256,10 +258,15 @@ impl Batcher {
                 break;
             }
             let job = self.pending.pop_front().unwrap();
-            rows += job.rows;
-            bytes += job.bytes;
             self.pending_rows -= job.rows;
             self.pending_bytes -= job.bytes;
+            // Its request has been answered (it timed out): writing its rows
+            // now would commit what the client was told was not.
+            if job.reply.is_closed() {
+                continue;
+            }
+            rows += job.rows;
+            bytes += job.bytes;
             jobs.push(job);
         }
         jobs
@@ -437,7 +444,7 @@ async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal
 
 /// The first wait between retries; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 fn rand_u32() -> u32 {
     let mut bytes = [0u8; 4];
