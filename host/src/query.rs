@@ -16,7 +16,7 @@ use crate::config::DatabaseConfig;
 use crate::db;
 use crate::http::{App, api_key, error};
 use crate::ingest::Tenant;
-use crate::tenants::Api;
+use crate::tenants::{Api, Registry};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 
 /// `[query]` in the config file.
@@ -53,8 +53,9 @@ pub struct QueryConfig {
     /// Connections per database for queries, apart from the ingest pool.
     pub pool_size: usize,
     /// A role to `SET LOCAL ROLE` to for every query (it should be able to
-    /// read the tenant schemas and nothing else). Without one, queries run
-    /// as the user Sluice connects as.
+    /// read the tenant schemas and nothing else); `{tenant}` in it is
+    /// replaced by the tenant's id, for a role per tenant. Without one,
+    /// queries run as the user Sluice connects as.
     pub role: Option<String>,
 }
 
@@ -82,40 +83,106 @@ impl QueryConfig {
     }
 }
 
-/// The query API's state: its settings and its pools, one per database
-/// (by connection settings), made on first use.
+/// The query API's state: its settings, and per database (by connection
+/// settings, made on first use) its pool and what it learnt of statements.
 pub struct Queries {
     config: QueryConfig,
-    pools: Mutex<HashMap<String, Pool>>,
+    databases: Mutex<HashMap<String, Arc<Database>>>,
+    /// Each tenant's database, with the `database` setting it came from.
+    tenants: Mutex<HashMap<String, (Option<DatabaseConfig>, Arc<Database>)>>,
 }
+
+/// A database queries run on.
+struct Database {
+    pool: Pool,
+    /// Statements that passed the checks, with what `PREPARE` said of
+    /// them, by schema and SQL text: a repeated query is neither parsed
+    /// by Sluice nor prepared again, and runs in one round trip.
+    prepared: Mutex<HashMap<(String, String), Arc<Prepared>>>,
+}
+
+/// A checked statement and its shape.
+struct Prepared {
+    /// The text to wrap (without trailing semicolons).
+    inner: String,
+    /// `columns` of the answer, as JSON text.
+    columns: String,
+    /// Its parameters' types.
+    types: Vec<Type>,
+    at: Instant,
+}
+
+/// How long what `PREPARE` said of a statement is trusted: a table changed
+/// since (a column added, say) shows in answers within this long.
+const PREPARED_FOR: Duration = Duration::from_secs(10);
+/// Statements remembered per database.
+const PREPARED_MAX: usize = 1024;
 
 impl Queries {
     pub fn new(config: QueryConfig) -> Queries {
-        Queries { config, pools: Mutex::default() }
+        Queries { config, databases: Mutex::default(), tenants: Mutex::default() }
     }
 
     pub fn config(&self) -> &QueryConfig {
         &self.config
     }
 
-    /// The query pool of `database`.
-    fn pool(&self, database: &DatabaseConfig) -> anyhow::Result<Pool> {
-        let mut pg = database.pg_config()?;
+    /// The database `tenant`'s queries run on.
+    fn database(&self, registry: &Registry, tenant: &Tenant) -> anyhow::Result<Arc<Database>> {
+        if let Some((setting, database)) = self.tenants.lock().unwrap().get(tenant.id())
+            && *setting == tenant.spec.database
+        {
+            return Ok(database.clone());
+        }
+        let settings = registry.database_of(&tenant.spec);
+        let mut pg = settings.pg_config()?;
         // Debug of tokio_postgres::Config redacts the password; the key must
         // still tell two passwords apart.
         let key = format!("{pg:?}/{:?}", pg.get_password());
-        let mut pools = self.pools.lock().unwrap();
-        if let Some(pool) = pools.get(&key) {
-            return Ok(pool.clone());
+        let database = {
+            let mut databases = self.databases.lock().unwrap();
+            match databases.get(&key) {
+                Some(database) => database.clone(),
+                None => {
+                    // Tell query sessions from ingest ones in
+                    // pg_stat_activity, unless the operator named them.
+                    if pg.get_application_name() == Some("sluice") {
+                        pg.application_name("sluice query");
+                    }
+                    let wait = Duration::from_millis(settings.connect_timeout_ms);
+                    let pool = db::pool(pg, self.config.pool_size, wait)?;
+                    let database = Arc::new(Database { pool, prepared: Mutex::default() });
+                    databases.insert(key, database.clone());
+                    database
+                }
+            }
+        };
+        self.tenants.lock().unwrap().insert(tenant.id().to_owned(), (tenant.spec.database.clone(), database.clone()));
+        Ok(database)
+    }
+}
+
+impl Database {
+    fn prepared(&self, schema: &str, sql: &str) -> Option<Arc<Prepared>> {
+        let prepared = self.prepared.lock().unwrap();
+        // (A tuple of Strings cannot be looked up by (&str, &str).)
+        let found = prepared.get(&(schema.to_owned(), sql.to_owned()))?;
+        (found.at.elapsed() < PREPARED_FOR).then(|| found.clone())
+    }
+
+    fn remember(&self, schema: &str, sql: &str, prepared: Arc<Prepared>) {
+        let mut all = self.prepared.lock().unwrap();
+        if all.len() >= PREPARED_MAX {
+            all.retain(|_, p| p.at.elapsed() < PREPARED_FOR);
+            if all.len() >= PREPARED_MAX {
+                all.clear();
+            }
         }
-        // Tell query sessions from ingest ones in pg_stat_activity, unless
-        // the operator named them.
-        if pg.get_application_name() == Some("sluice") {
-            pg.application_name("sluice query");
-        }
-        let pool = db::pool(pg, self.config.pool_size, Duration::from_millis(database.connect_timeout_ms))?;
-        pools.insert(key, pool.clone());
-        Ok(pool)
+        all.insert((schema.to_owned(), sql.to_owned()), prepared);
+    }
+
+    fn forget(&self, schema: &str, sql: &str) {
+        self.prepared.lock().unwrap().remove(&(schema.to_owned(), sql.to_owned()));
     }
 }
 
@@ -216,42 +283,57 @@ fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Ten
 
 /// Checks and runs one query for `tenant`.
 async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Value>) -> Response {
-    let inner = match check(&sql, &tenant.schema) {
-        Ok(inner) => inner.to_owned(),
-        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
-    };
-    let database = app.registry.database_of(&tenant.spec);
-    let pool = match app.queries.pool(&database) {
-        Ok(pool) => pool,
+    let database = match app.queries.database(&app.registry, tenant) {
+        Ok(database) => database,
         Err(e) => {
             tracing::warn!(tenant = %tenant.id(), "query pool: {e:#}");
             return error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database is unusable: {e:#}"));
         }
     };
+    let prepared = database.prepared(&tenant.schema, &sql);
+    let inner = match &prepared {
+        Some(prepared) => {
+            if let Err(failure) = count_params(&prepared.types, &params) {
+                return failure.response(&app.queries.config, tenant);
+            }
+            prepared.inner.clone()
+        }
+        None => match check(&sql, &tenant.schema) {
+            Ok(inner) => inner.to_owned(),
+            Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+        },
+    };
+    let config = &app.queries.config;
     let job = Job {
         sql,
         inner,
         params: params.iter().map(TextParam::from_json).collect(),
         schema: tenant.schema.clone(),
-        config: app.queries.config.clone(),
+        role: config.role.as_ref().map(|role| role.replace("{tenant}", tenant.id())),
+        config: config.clone(),
+        prepared,
+        database: database.clone(),
     };
     // The query runs to its end (bounded by statement_timeout) in a task of
     // its own, so a client that goes away never returns a connection to
     // the pool in the middle of a transaction.
     let (answer, answered) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let client = match pool.get().await {
+        let client = match database.pool.get().await {
             Ok(client) => client,
             Err(e) => {
                 let _ = answer.send(Err(Failure::Unavailable(e.to_string())));
                 return;
             }
         };
-        let result = job.execute(&client).await;
+        if answer.is_closed() {
+            return; // the client left while the query waited for a connection
+        }
+        let (result, clean) = job.execute(&client).await;
         let _ = answer.send(result);
-        // Answered; now end the transaction before the connection goes
-        // back. A connection that cannot is closed rather than reused.
-        if client.batch_execute("ROLLBACK").await.is_err() {
+        // A connection whose transaction could not be ended is closed
+        // rather than reused.
+        if !clean {
             drop(Object::take(client));
         }
     });
@@ -262,6 +344,19 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
     }
 }
 
+fn count_params(types: &[Type], params: &[impl Sized]) -> Result<(), Failure> {
+    if types.len() == params.len() {
+        return Ok(());
+    }
+    Err(Failure::Params(format!(
+        "the query has {} parameter{} but {} {} given",
+        types.len(),
+        if types.len() == 1 { "" } else { "s" },
+        params.len(),
+        if params.len() == 1 { "was" } else { "were" },
+    )))
+}
+
 /// One query, ready to run.
 struct Job {
     /// As the client sent it: prepared to learn its columns and parameters.
@@ -270,7 +365,12 @@ struct Job {
     inner: String,
     params: Vec<TextParam>,
     schema: String,
+    /// `[query] role` for this tenant.
+    role: Option<String>,
     config: QueryConfig,
+    /// What `PREPARE` said of this statement before, if it was asked lately.
+    prepared: Option<Arc<Prepared>>,
+    database: Arc<Database>,
 }
 
 enum Failure {
@@ -287,9 +387,18 @@ enum Failure {
 }
 
 impl Job {
-    /// Runs the query in a read-only transaction it leaves open (the caller
-    /// rolls it back) and returns the answer's JSON text.
-    async fn execute(self, client: &Object) -> Result<String, Failure> {
+    /// Runs the query in a read-only transaction and ends it. Returns the
+    /// answer's JSON text, and whether the connection is clean (its
+    /// transaction rolled back).
+    ///
+    /// The transaction's settings, the query and the ROLLBACK go out
+    /// together, pipelined on the connection: tokio-postgres sends a
+    /// request when its future is first polled, `join!` polls in order, and
+    /// PostgreSQL runs what it receives in order. A statement seen lately
+    /// (its shape remembered) thus takes one round trip; a new one takes
+    /// two, the first preparing it inside the transaction, after the search
+    /// path is set.
+    async fn execute(self, client: &Object) -> (Result<String, Failure>, bool) {
         let config = &self.config;
         let mut setup = format!(
             "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL search_path = {}; \
@@ -298,45 +407,93 @@ impl Job {
             config.statement_timeout_ms,
             quote_ident(&self.schema)
         );
-        if let Some(role) = &config.role {
+        if let Some(role) = &self.role {
             setup.push_str(&format!(" SET LOCAL ROLE {};", quote_ident(role)));
         }
-        let database = |error, prepared| Failure::Database { error, prepared };
-        client.batch_execute(&setup).await.map_err(Failure::Setup)?;
-        // The client's statement itself: its columns and parameter types
-        // (PostgreSQL also refuses more than one statement here).
-        let statement = client.prepare(&self.sql).await.map_err(|e| database(e, true))?;
-        let types = statement.params();
-        if types.len() != self.params.len() {
-            return Err(Failure::Params(format!(
-                "the query has {} parameter{} but {} {} given",
-                types.len(),
-                if types.len() == 1 { "" } else { "s" },
-                self.params.len(),
-                if self.params.len() == 1 { "was" } else { "were" },
-            )));
-        }
-        let columns: Vec<serde_json::Value> =
-            statement.columns().iter().map(|c| json!({ "name": c.name(), "type": c.type_().name() })).collect();
         // PostgreSQL renders each row as JSON, with the parameters typed as
         // the statement's own (sent as text, parsed by their input functions).
         let wrapped =
             format!("SELECT to_json(q)::text FROM (\n{}\n) q LIMIT {}", self.inner, config.max_rows as u64 + 1);
-        let params: Vec<(&(dyn ToSql + Sync), Type)> =
-            self.params.iter().zip(types).map(|(p, ty)| (p as &(dyn ToSql + Sync), ty.clone())).collect();
-        let rows = client.query_typed(&wrapped, &params).await.map_err(|e| database(e, false))?;
-        let truncated = rows.len() > config.max_rows;
-        let shown = rows.len().min(config.max_rows);
-        let mut body = String::with_capacity(64 + shown * 64);
+        let database = |error, prepared| Failure::Database { error, prepared };
+
+        let prepared = match &self.prepared {
+            Some(prepared) => {
+                let params = self.params(&prepared.types);
+                let (setup, rows, rollback) = tokio::join!(
+                    client.batch_execute(&setup),
+                    client.query_typed(&wrapped, &params),
+                    client.batch_execute("ROLLBACK"),
+                );
+                let clean = rollback.is_ok();
+                let result = match (setup, rows) {
+                    (Err(e), _) => Err(Failure::Setup(e)),
+                    (Ok(()), Err(e)) => {
+                        // The table may have changed: look again next time.
+                        self.database.forget(&self.schema, &self.sql);
+                        Err(database(e, false))
+                    }
+                    (Ok(()), Ok(rows)) => self.answer(prepared, &rows),
+                };
+                return (result, clean);
+            }
+            None => {
+                // The client's statement itself: its columns and parameter
+                // types (PostgreSQL also refuses more than one statement).
+                let (setup, statement) = tokio::join!(client.batch_execute(&setup), client.prepare(&self.sql));
+                let failed = match (setup, statement) {
+                    (Err(e), _) => Err(Failure::Setup(e)),
+                    (Ok(()), Err(e)) => Err(database(e, true)),
+                    (Ok(()), Ok(statement)) => {
+                        let columns: Vec<serde_json::Value> = statement
+                            .columns()
+                            .iter()
+                            .map(|c| json!({ "name": c.name(), "type": c.type_().name() }))
+                            .collect();
+                        let prepared = Arc::new(Prepared {
+                            inner: self.inner.clone(),
+                            columns: serde_json::Value::Array(columns).to_string(),
+                            types: statement.params().to_vec(),
+                            at: Instant::now(),
+                        });
+                        self.database.remember(&self.schema, &self.sql, prepared.clone());
+                        count_params(&prepared.types, &self.params).map(|()| prepared)
+                    }
+                };
+                match failed {
+                    Ok(prepared) => prepared,
+                    Err(failure) => return (Err(failure), client.batch_execute("ROLLBACK").await.is_ok()),
+                }
+            }
+        };
+        let params = self.params(&prepared.types);
+        let (rows, rollback) = tokio::join!(client.query_typed(&wrapped, &params), client.batch_execute("ROLLBACK"));
+        let result = match rows {
+            Ok(rows) => self.answer(&prepared, &rows),
+            Err(e) => Err(database(e, false)),
+        };
+        (result, rollback.is_ok())
+    }
+
+    fn params<'a>(&'a self, types: &[Type]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+        self.params.iter().zip(types).map(|(p, ty)| (p as &(dyn ToSql + Sync), ty.clone())).collect()
+    }
+
+    /// The answer: the rows' JSON as PostgreSQL wrote it, and the rest.
+    fn answer(&self, prepared: &Prepared, rows: &[tokio_postgres::Row]) -> Result<String, Failure> {
+        let max = self.config.max_rows;
+        let truncated = rows.len() > max;
+        let shown = rows.len().min(max);
+        let mut body = String::with_capacity(64 + prepared.columns.len() + shown * 64);
         body.push_str("{\"result\":[");
         for (i, row) in rows.iter().take(shown).enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(row.try_get::<_, &str>(0).map_err(|e| database(e, false))?);
+            let json = row.try_get::<_, &str>(0).map_err(|error| Failure::Database { error, prepared: false })?;
+            body.push_str(json);
         }
         body.push_str("],\"columns\":");
-        body.push_str(&serde_json::Value::Array(columns).to_string());
+        body.push_str(&prepared.columns);
         body.push_str(&format!(",\"rows\":{shown},\"truncated\":{truncated}}}"));
         Ok(body)
     }
