@@ -169,7 +169,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn error(status: u16, message: impl Into<String>) -> Answer {
+    pub fn error(status: u16, message: impl Into<String>) -> Answer {
         Answer { status, body: serde_json::json!({ "error": message.into() }), retry_after: None }
     }
 
