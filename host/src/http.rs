@@ -259,6 +259,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total),
         );
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        drain(body, limits.max_body_bytes).await;
         return response;
     }
     let in_flight = &tenant.stats.in_flight_bytes;
@@ -273,6 +274,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             ),
         );
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        drain(body, limits.max_body_bytes).await;
         return response;
     }
     let body = match read_body(&headers, body, limits.max_body_bytes).await {
@@ -402,6 +404,23 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         Ok(None) => Err(too_large()),
         Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("the {encoding} body does not decompress: {e}"))),
     }
+}
+
+/// Reads a refused request's body and throws it away, a frame at a time,
+/// so the client, still sending, gets the answer instead of a reset
+/// connection. Bounded by `limit` bytes and a few seconds.
+async fn drain(body: Body, limit: usize) {
+    let discard = async {
+        let mut body = body;
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
 }
 
 /// Decompresses at most `limit` bytes; `None` when there are more.
