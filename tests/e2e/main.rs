@@ -10,5 +10,6 @@ mod lifecycle;
 mod logs;
 mod migrations;
 mod query;
+mod spin;
 mod tenants;
 mod write_modes;
