@@ -119,7 +119,7 @@ def check_requests(service, table, outcomes_path):
 
 def overload(opts):
     toml = (f"[limits]\nmax_in_flight_bytes = {opts.tenant_cap_mib << 20}\n"
-            f"max_in_flight_bytes_total = {opts.total_cap_mib << 20}\n")
+            f"max_in_flight_bytes_total = {opts.total_cap_mib << 20}\n{opts.limits}\n")
     service = Service(toml)
     pid = service.process.pid
     try:
@@ -300,6 +300,7 @@ def main():
     parser.add_argument("--measure", type=int, default=10, help="overload: seconds measuring the sustainable rate")
     parser.add_argument("--concurrency", type=int, default=512, help="overload: connections")
     parser.add_argument("--tenant-cap-mib", type=int, default=32, help="overload: [limits] max_in_flight_bytes")
+    parser.add_argument("--limits", default="", help="overload: more [limits] lines, e.g. 'max_instances = 8'")
     parser.add_argument("--total-cap-mib", type=int, default=64, help="overload: [limits] max_in_flight_bytes_total")
     parser.add_argument("--warmup", type=float, default=12, help="restart: seconds of load before the first")
     parser.add_argument("--gap", type=float, default=12, help="restart: seconds between the restarts")
