@@ -318,3 +318,37 @@ where
     }
     out
 }
+
+/// Past a tenant's own in-flight cap its requests get 429 with
+/// Retry-After; another tenant is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_in_flight_cap_gets_429() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(
+        Some(&db),
+        r#"
+[[tenants]]
+id = "small"
+keys = ["small-tenant-key-0123456789"]
+limits = { max_in_flight_bytes = 2000 }
+[[tenants]]
+id = "big"
+keys = ["big-tenant-key-0123456789ab"]
+"#,
+    );
+    let body: Vec<Value> = (0..30).map(|i| event("big", &format!("b{i}"))).collect();
+    let post = |key: &'static str| {
+        let url = sluice.url("/v1/events");
+        let body = json!(body);
+        async move {
+            let response = http().post(url).header("x-api-key", key).json(&body).send().await.unwrap();
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), retry_after, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, retry_after, answer) = post("small-tenant-key-0123456789").await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("tenant small has more than 2000 bytes"), "{answer}");
+    let (status, _, answer) = post("big-tenant-key-0123456789ab").await;
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(30)), "{answer}");
+}
