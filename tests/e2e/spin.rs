@@ -394,3 +394,139 @@ fn spin_toml_is_consistent() {
     assert_ne!(tenant.1, &routes["/v1/events"], "the tenant's route goes to its own component");
     assert!(tenant.0.ends_with("/..."), "{}: a wildcard reaching every API", tenant.0);
 }
+
+/// Every column type, edge values included, through the Spin path's text
+/// parameters and through the host's binary ones: the same stored values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_stores_the_same_as_the_hosts_binary_parameters() {
+    use sluice::db::encode::{ColumnArray, array_type};
+    use sluice_sdk::{Column, ColumnType, Conflict, Outcome, Row, Table, UpsertPlan, Value};
+
+    let db = TestDb::new().await;
+    let types = [
+        ColumnType::Boolean,
+        ColumnType::Int8,
+        ColumnType::Float8,
+        ColumnType::Numeric,
+        ColumnType::Text,
+        ColumnType::Jsonb,
+        ColumnType::Uuid,
+        ColumnType::Timestamptz,
+        ColumnType::Bytea,
+    ];
+    let shape = |name: &str| Table {
+        name: name.into(),
+        columns: std::iter::once(Column::new("k", ColumnType::Int8).not_null())
+            .chain(types.iter().enumerate().map(|(i, t)| Column::new(&format!("c{i}"), *t)))
+            .collect(),
+        primary_key: vec!["k".into()],
+        indexes: vec![],
+        template: false,
+    };
+    let rows: Vec<Vec<Value>> = vec![
+        vec![
+            Value::Boolean(true),
+            Value::Int8(i64::MIN),
+            Value::Float8(0.1),
+            Value::Numeric("12345678901234567890.000000000001".into()),
+            Value::Text("é \" \\ ' , {} NULL".into()),
+            Value::Jsonb(r#"{"a":[1,2.5,"x"],"b":null}"#.into()),
+            Value::uuid(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            Value::Timestamptz(1_779_805_268_493_123),
+            Value::Bytea(vec![0, 1, 254, 255]),
+        ],
+        vec![
+            Value::Boolean(false),
+            Value::Int8(i64::MAX),
+            Value::Float8(f64::NAN),
+            Value::Numeric("-0.5".into()),
+            Value::Text(String::new()),
+            Value::Jsonb("\"NULL\"".into()),
+            Value::uuid(u128::MAX),
+            Value::Timestamptz(-62_135_596_800_000_000 - 1),
+            Value::Bytea(vec![]),
+        ],
+        vec![
+            Value::Null,
+            Value::Int8(0),
+            Value::Float8(f64::NEG_INFINITY),
+            Value::Null,
+            Value::Null,
+            Value::Jsonb("[]".into()),
+            Value::Null,
+            Value::Timestamptz(-1),
+            Value::Null,
+        ],
+        vec![
+            Value::Null,
+            Value::Null,
+            Value::Float8(-1.7976931348623157e308),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ],
+    ];
+    let columns: Vec<String> =
+        std::iter::once("k".to_owned()).chain((0..types.len()).map(|i| format!("c{i}"))).collect();
+    let plan = |table: &str| UpsertPlan {
+        table: table.into(),
+        template: None,
+        columns: columns.clone(),
+        conflict: Conflict::DoNothing,
+        rows: rows
+            .iter()
+            .enumerate()
+            .map(|(i, values)| Row {
+                event: i as u32,
+                values: std::iter::once(Value::Int8(i as i64)).chain(values.iter().cloned()).collect(),
+            })
+            .collect(),
+    };
+
+    // The Spin path.
+    let outcome = Outcome { events: rows.len() as u32, plans: vec![plan("by_text")], rejections: vec![] };
+    let prepared = sluice_spin_core::render(sluice_spin_core::Api::Events, "public", &[shape("by_text")], outcome);
+    let mut executor = Pg(db.client().await);
+    let answer = sluice_spin_core::write(&mut executor, "public", prepared).await;
+    assert_eq!(answer.body["inserted"], 4, "{}", answer.body);
+
+    // The host's statement and binary parameters.
+    let client = db.client().await;
+    let table = shape("by_binary");
+    for sql in sluice_sdk::sql::create_table("public", &table).unwrap() {
+        client.batch_execute(&sql).await.unwrap();
+    }
+    let upsert = sluice_sdk::sql::Upsert::new("public", &table, &columns, &Conflict::DoNothing).unwrap();
+    let plan = plan("by_binary");
+    let arrays: Vec<ColumnArray> = upsert
+        .param_types
+        .iter()
+        .enumerate()
+        .map(|(c, &param_type)| ColumnArray { param_type, values: plan.rows.iter().map(|r| &r.values[c]).collect() })
+        .collect();
+    let statement = client
+        .prepare_typed(&upsert.sql, &arrays.iter().map(|a| array_type(a.param_type)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    assert_eq!(client.query(&statement, &params).await.unwrap().len(), 4);
+
+    let read = |table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(&format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY k"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (by_text, by_binary) = (read("by_text").await, read("by_binary").await);
+    assert_eq!(by_text, by_binary);
+    assert!(by_text[1].contains(" BC"), "a timestamp before year 1: {}", by_text[1]);
+}

@@ -247,7 +247,9 @@ pub fn prepare(config: &Config, incoming: Incoming) -> Result<Prepared, Answer> 
         RequestError::NotFound(m) => Answer::error(404, m),
     })?;
     let api = api.expect("a path without an API is not found");
-    Ok(render(api, &config.schema, &tables(), outcome))
+    // The declarations are constant: made once per instance.
+    static TABLES: std::sync::OnceLock<Vec<Table>> = std::sync::OnceLock::new();
+    Ok(render(api, &config.schema, TABLES.get_or_init(tables), outcome))
 }
 
 /// Checks an outcome's plans against the declared tables and renders one
@@ -294,6 +296,7 @@ pub fn render(api: Api, schema: &str, declared: &[Table], outcome: Outcome) -> P
         let sql = text_parameters(&upsert);
         let width = plan.columns.len();
         let per_chunk = (MAX_PARAMETERS / width).max(1);
+        let capacity = plan.rows.len().min(per_chunk);
         let index = *by_sql.entry(sql.clone()).or_insert_with(|| {
             statements.push(Statement { table, sql, chunks: Vec::new() });
             statements.len() - 1
@@ -304,10 +307,9 @@ pub fn render(api: Api, schema: &str, declared: &[Table], outcome: Outcome) -> P
                 continue;
             }
             if chunks.last().is_none_or(|c| c.events.len() >= per_chunk) {
-                let rows = per_chunk.min(4096);
                 chunks.push(Chunk {
-                    columns: (0..width).map(|_| Vec::with_capacity(rows)).collect(),
-                    events: Vec::with_capacity(rows),
+                    columns: (0..width).map(|_| Vec::with_capacity(capacity)).collect(),
+                    events: Vec::with_capacity(capacity),
                 });
             }
             let chunk = chunks.last_mut().expect("pushed above");
@@ -419,19 +421,16 @@ pub fn text(value: Value) -> Option<String> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn uuid_text(id: u128) -> String {
-    let mut out = [0u8; 36];
-    let mut at = 0;
+    let mut out = Vec::with_capacity(36);
     for i in 0..16 {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out[at] = b'-';
-            at += 1;
+            out.push(b'-');
         }
         let byte = (id >> (120 - 8 * i)) as u8;
-        out[at] = HEX[(byte >> 4) as usize];
-        out[at + 1] = HEX[(byte & 15) as usize];
-        at += 2;
+        out.push(HEX[(byte >> 4) as usize]);
+        out.push(HEX[(byte & 15) as usize]);
     }
-    String::from_utf8(out.to_vec()).expect("ASCII")
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff+00` (with ` BC` before year 1): ISO input
@@ -441,9 +440,33 @@ fn timestamp_text(micros: i64) -> String {
     let of_day = micros.rem_euclid(86_400_000_000);
     let (year, month, day) = civil_from_days(days);
     let (seconds, fraction) = (of_day / 1_000_000, of_day % 1_000_000);
-    let (hour, minute, second) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     let (year, era) = if year <= 0 { (1 - year, " BC") } else { (year, "") };
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{fraction:06}+00{era}")
+    if year > 9999 {
+        let (hour, minute, second) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+        return format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{fraction:06}+00{era}");
+    }
+    let mut out = Vec::with_capacity(33);
+    let digits = |value: u64, width: u32, out: &mut Vec<u8>| {
+        for i in (0..width).rev() {
+            out.push(b'0' + (value / 10u64.pow(i) % 10) as u8);
+        }
+    };
+    digits(year as u64, 4, &mut out);
+    out.push(b'-');
+    digits(month.into(), 2, &mut out);
+    out.push(b'-');
+    digits(day.into(), 2, &mut out);
+    out.push(b' ');
+    digits((seconds / 3600) as u64, 2, &mut out);
+    out.push(b':');
+    digits((seconds / 60 % 60) as u64, 2, &mut out);
+    out.push(b':');
+    digits((seconds % 60) as u64, 2, &mut out);
+    out.push(b'.');
+    digits(fraction as u64, 6, &mut out);
+    out.extend_from_slice(b"+00");
+    out.extend_from_slice(era.as_bytes());
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// (year, month, day) of a day counted from 1970-01-01, proleptic Gregorian

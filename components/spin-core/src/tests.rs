@@ -92,6 +92,7 @@ fn values_in_text_form() {
         "0001-12-31 00:00:00.000000+00 BC"
     );
     assert_eq!(text(Value::Timestamptz(951_782_400_000_000)).unwrap(), "2000-02-29 00:00:00.000000+00");
+    assert_eq!(text(Value::Timestamptz(253_402_300_800_000_000)).unwrap(), "10000-01-01 00:00:00.000000+00");
     assert_eq!(text(Value::Float8(0.1)).unwrap(), "0.1");
     assert_eq!(text(Value::Float8(1e300)).unwrap(), "1e300");
     assert_eq!(text(Value::Float8(f64::NEG_INFINITY)).unwrap(), "-Infinity");
