@@ -6,11 +6,12 @@
 //! `cargo bench -p sluice-spin-core --bench render`
 
 use bytes::BytesMut;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use encode::{ColumnArray, array_type};
 use sluice_sdk::sql::Upsert;
 use sluice_spin_core::{Config, Incoming};
 use std::hint::black_box;
+use std::time::Instant;
 use tokio_postgres::types::ToSql;
 
 /// The host's own encoding of parameters, compiled here.
@@ -108,5 +109,57 @@ fn render(c: &mut Criterion) {
     group.finish();
 }
 
+/// Host and Spin path alternately, one request each per round: the medians
+/// and their ratio, robust to other load on a shared machine (criterion
+/// measures each side in its own stretch of time).
+fn paired() {
+    let config = Config::default();
+    let tables = sluice_standard::tables();
+    for kind in ["events", "logflare", "structlog"] {
+        let (path, body, content_type) = body(kind, 1000);
+        let incoming = Incoming {
+            method: "POST".into(),
+            path,
+            query: "source_name=app".into(),
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into_bytes(),
+            received_at: 1_780_000_000_000_000,
+        };
+        let request = sluice_sdk::Request {
+            tenant: config.tenant.clone(),
+            method: incoming.method.clone(),
+            path: incoming.path.clone(),
+            query: incoming.query.clone(),
+            headers: incoming.headers.clone(),
+            body: incoming.body.clone(),
+            received_at: incoming.received_at,
+            settings: config.settings.clone(),
+        };
+        let (mut host_times, mut spin_times) = (Vec::new(), Vec::new());
+        for _ in 0..400 {
+            let start = Instant::now();
+            black_box(host(&request.clone(), &config.schema, &tables));
+            host_times.push(start.elapsed());
+            let start = Instant::now();
+            black_box(sluice_spin_core::prepare(&config, incoming.clone()).unwrap());
+            spin_times.push(start.elapsed());
+        }
+        host_times.sort();
+        spin_times.sort();
+        let (host, spin) = (host_times[200], spin_times[200]);
+        println!(
+            "paired/{kind}: host {:.3} ms, spin {:.3} ms, ratio {:.2} (medians of 400 alternating requests of 1,000 events)",
+            host.as_secs_f64() * 1e3,
+            spin.as_secs_f64() * 1e3,
+            spin.as_secs_f64() / host.as_secs_f64()
+        );
+    }
+}
+
 criterion_group!(benches, render);
-criterion_main!(benches);
+
+fn main() {
+    paired();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
