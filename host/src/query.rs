@@ -89,8 +89,10 @@ pub struct Queries {
     config: QueryConfig,
     databases: Mutex<HashMap<String, Arc<Database>>>,
     /// Each tenant's database, with the `database` setting it came from.
-    tenants: Mutex<HashMap<String, (Option<DatabaseConfig>, Arc<Database>)>>,
+    tenants: Mutex<HashMap<String, TenantDatabase>>,
 }
+
+type TenantDatabase = (Option<DatabaseConfig>, Arc<Database>);
 
 /// A database queries run on.
 struct Database {
@@ -246,6 +248,7 @@ async fn post_query(
 /// The tenant whose query token the request carries. While no tenant is
 /// configured, the default tenant queries from loopback without one, as it
 /// ingests.
+#[allow(clippy::result_large_err)] // as http::resolve: the refusal is the answer
 fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
     let snapshot = app.registry.snapshot();
     let tenant = if snapshot.tenants.is_empty() {
