@@ -216,9 +216,15 @@ async fn a_killed_host_resumes_from_its_checkpoint_with_no_gap_and_no_duplicate(
         sluice = Sluice::start(Some(&db), &toml);
     }
     writer.await.unwrap();
-    assert!(sluice.log().contains("reusing the replication slot"), "{}", sluice.log());
     let updates: i64 = (0..400).step_by(50).map(|i: i64| i.min(29) + 1).sum();
     wait_for_audit(&client, 400 + updates, &sluice).await;
+    // A killed owner's session can hold the slot's lock a moment longer;
+    // until then the new host waits as a standby.
+    let started = Instant::now();
+    while !sluice.log().contains("reusing the replication slot") {
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let row = client
         .query_one(
             "SELECT count(DISTINCT element_id) FILTER (WHERE op = 'insert'), count(*) FILTER (WHERE op = 'update'),
