@@ -226,7 +226,9 @@ fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
                 "" | "s" => 1_000,
                 "m" => 60_000,
                 other => {
-                    return Err(serde::de::Error::custom(format!("unknown unit {other:?} in {text:?}: use ms, s or m")));
+                    return Err(serde::de::Error::custom(format!(
+                        "unknown unit {other:?} in {text:?}: use ms, s or m"
+                    )));
                 }
             };
             Ok(number * scale)
@@ -262,6 +264,8 @@ pub struct Limits {
     /// Request bytes the whole service may have in flight at once; past
     /// it, 503. With `max_body_bytes` it bounds the memory requests take.
     pub max_in_flight_bytes_total: usize,
+    /// HTTP connections open at once; more wait to be accepted.
+    pub max_connections: usize,
     /// Component calls one tenant may run at once; more wait their turn.
     pub max_concurrent_calls: u32,
     /// Component instances that may run at once.
@@ -277,6 +281,7 @@ impl Default for Limits {
             component_memory_bytes: 256 << 20,
             max_in_flight_bytes: 256 << 20,
             max_in_flight_bytes_total: 1 << 30,
+            max_connections: 1024,
             max_concurrent_calls: 4,
             max_instances: 64,
         }

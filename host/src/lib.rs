@@ -9,6 +9,7 @@ pub mod db;
 pub mod embedded;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod query;
 pub mod runtime;
 pub mod server;

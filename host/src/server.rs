@@ -9,6 +9,7 @@ use crate::ingest::Tenant;
 use crate::runtime::Runtime;
 use crate::tenants::{Registry, TenantSpec};
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -99,6 +100,8 @@ pub async fn serve(config: Config) -> Result<()> {
     // Scripts and tests read this line to find the port.
     println!("sluice listening on http://{address}");
 
+    // tap_io only to get axum's ConnectInfo for a listener of our own.
+    let listener = crate::listener::LimitedListener::new(listener, config.limits.max_connections).tap_io(|_| {});
     axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;

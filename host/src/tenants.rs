@@ -145,6 +145,7 @@ impl TenantLimits {
             max_concurrent_calls: self.max_concurrent_calls.unwrap_or(service.max_concurrent_calls).max(1),
             max_instances: service.max_instances,
             max_in_flight_bytes_total: service.max_in_flight_bytes_total,
+            max_connections: service.max_connections,
         }
     }
 }

@@ -352,3 +352,20 @@ keys = ["big-tenant-key-0123456789ab"]
     let (status, _, answer) = post("big-tenant-key-0123456789ab").await;
     assert_eq!((status, answer["inserted"].as_u64()), (200, Some(30)), "{answer}");
 }
+
+/// Past `max_connections` a connection waits to be accepted (it costs the
+/// service nothing meanwhile) and is served as soon as one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_their_turn() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "[limits]\nmax_connections = 1\n");
+    let address = sluice.base.trim_start_matches("http://").to_owned();
+    let holder = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // The one slot is taken: a second client is not answered.
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().unwrap();
+    let waiting = client.get(sluice.url("/healthz")).send().await;
+    assert!(waiting.is_err_and(|e| e.is_timeout()), "a request past the limit was served");
+    drop(holder);
+    let served = http().get(sluice.url("/healthz")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+}
