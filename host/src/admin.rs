@@ -272,6 +272,13 @@ fn tenant_or_default(app: &App, id: &str) -> Result<Arc<Tenant>, Response> {
     }
 }
 
+/// A tenant (as `tenant_or_default`) and a connection to its database.
+async fn tenant_client(app: &App, id: &str) -> Result<(Arc<Tenant>, deadpool_postgres::Object), Response> {
+    let tenant = tenant_or_default(app, id)?;
+    let client = tenant.destination.pool.get().await.map_err(database_error)?;
+    Ok((tenant, client))
+}
+
 fn database_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database: {e}"))
 }
@@ -282,13 +289,9 @@ async fn dead_letters(
     Path(id): Path<String>,
     axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
 ) -> Response {
-    let tenant = match tenant_or_default(&app, &id) {
-        Ok(tenant) => tenant,
+    let (tenant, client) = match tenant_client(&app, &id).await {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let client = match tenant.destination.pool.get().await {
-        Ok(client) => client,
-        Err(e) => return database_error(e),
     };
     match dead_letters::list(&**client, &tenant.schema, tenant.id(), &selection).await {
         Ok((letters, total)) => Json(json!({ "dead_letters": letters, "total": total })).into_response(),
@@ -307,13 +310,9 @@ async fn replay_dead_letters(State(app): State<Arc<App>>, Path(id): Path<String>
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a replay selection: {e}")),
         }
     };
-    let tenant = match tenant_or_default(&app, &id) {
-        Ok(tenant) => tenant,
+    let (tenant, mut client) = match tenant_client(&app, &id).await {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let mut client = match tenant.destination.pool.get().await {
-        Ok(client) => client,
-        Err(e) => return database_error(e),
     };
     match dead_letters::replay(&mut client, &tenant.schema, tenant.id(), &selection).await {
         Ok(report) => Json(report).into_response(),
@@ -327,13 +326,9 @@ async fn purge_dead_letters(
     Path(id): Path<String>,
     axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
 ) -> Response {
-    let tenant = match tenant_or_default(&app, &id) {
-        Ok(tenant) => tenant,
+    let (tenant, client) = match tenant_client(&app, &id).await {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let client = match tenant.destination.pool.get().await {
-        Ok(client) => client,
-        Err(e) => return database_error(e),
     };
     match dead_letters::purge(&**client, &tenant.schema, tenant.id(), selection.table.as_deref()).await {
         Ok(purged) => Json(json!({ "purged": purged })).into_response(),

@@ -40,13 +40,13 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/events", post(events))
-        .route("/t/{tenant}/v1/events", post(events))
-        .route("/v1/logs", post(logs))
-        .route("/t/{tenant}/v1/logs", post(logs))
-        .route("/api/logs", post(logflare))
-        .route("/logs", post(logflare))
-        .route("/t/{tenant}/api/logs", post(logflare))
+        .route("/v1/events", ingest_route(Api::Events))
+        .route("/t/{tenant}/v1/events", ingest_route(Api::Events))
+        .route("/v1/logs", ingest_route(Api::Logs))
+        .route("/t/{tenant}/v1/logs", ingest_route(Api::Logs))
+        .route("/api/logs", ingest_route(Api::Logflare))
+        .route("/logs", ingest_route(Api::Logflare))
+        .route("/t/{tenant}/api/logs", ingest_route(Api::Logflare))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(crate::admin::routes(app.clone()))
@@ -82,47 +82,23 @@ struct Incoming {
     body: Body,
 }
 
-/// `POST /v1/events` and `POST /t/{tenant}/v1/events`: canonical events.
-async fn events(
-    State(app): State<Arc<App>>,
-    path_tenant: Option<Path<String>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
-    ingest(&app, Api::Events, incoming).await
-}
-
-/// `POST /v1/logs` and `POST /t/{tenant}/v1/logs`: structured log records.
-async fn logs(
-    State(app): State<Arc<App>>,
-    path_tenant: Option<Path<String>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
-    ingest(&app, Api::Logs, incoming).await
-}
-
-/// `POST /api/logs`, `POST /logs` and `POST /t/{tenant}/api/logs`:
-/// Logflare's ingest API, answered the way Logflare answers.
-async fn logflare(
-    State(app): State<Arc<App>>,
-    path_tenant: Option<Path<String>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
-    ingest(&app, Api::Logflare, incoming).await
+/// The handler of an ingest API's routes: `POST /v1/events` (canonical
+/// events), `POST /v1/logs` (structured log records), `POST /api/logs` and
+/// `POST /logs` (Logflare's API, answered the way Logflare answers), each
+/// also under `/t/{tenant}`.
+fn ingest_route(api: Api) -> axum::routing::MethodRouter<Arc<App>> {
+    post(
+        move |State(app): State<Arc<App>>,
+              path_tenant: Option<Path<String>>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              method: Method,
+              uri: Uri,
+              headers: HeaderMap,
+              body: Body| async move {
+            let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
+            ingest(&app, api, incoming).await
+        },
+    )
 }
 
 async fn ingest(app: &App, api: Api, incoming: Incoming) -> Response {
@@ -292,6 +268,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         settings: tenant.settings.clone(),
     };
     // Kept to spool it if the destination cannot take its rows.
+    let request = Arc::new(request);
     let spare = app.spool.enabled().then(|| request.clone());
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     match tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await {

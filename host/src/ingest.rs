@@ -4,14 +4,14 @@
 
 use crate::config::Limits;
 use crate::db::writer::{CheckedPlan, Origin, WriteError};
-use crate::write_modes::{SyncRun, WriteMode, delete_stale_sql};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
+use crate::write_modes::{SyncRun, WriteMode, delete_stale_sql};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sluice_sdk::sql::Upsert;
-use sluice_sdk::{Conflict, Outcome, Request, RequestError, Table, UpsertPlan, Value};
+use sluice_sdk::{Conflict, Outcome, Request, RequestError, Table, UpsertPlan};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -216,7 +216,7 @@ impl Tenant {
         &self,
         runtime: &Arc<Runtime>,
         normalizer: Arc<Normalizer>,
-        request: Request,
+        request: Arc<Request>,
     ) -> Result<Outcome, IngestError> {
         let resting = self.penalty.lock().unwrap().remaining();
         if let Some(rest) = resting {
@@ -246,7 +246,9 @@ impl Tenant {
     }
 
     /// Normalizes and writes one request; answers after the rows commit.
-    pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Request) -> Result<Tally, IngestError> {
+    /// The request is shared so a caller can keep it (to spool it) without
+    /// copying its body.
+    pub async fn ingest(&self, runtime: &Arc<Runtime>, request: Arc<Request>) -> Result<Tally, IngestError> {
         // Writes stop retrying a little before the request times out, so it
         // can still be answered (or spooled) in time.
         let timeout = self.limits.request_timeout_ms;
@@ -281,10 +283,9 @@ impl Tenant {
             self.check(&normalizer, outcome.plans, outcome.events, sync.as_ref(), &mut rejected).into_iter().unzip();
         let result = self.destination.writer.write(plans, deadline, &self.origin).await.map_err(IngestError::Write)?;
         let kept = if result.dead_lettered { "; its rows are kept in sluice_dead_letters" } else { "" };
-        self.stats.events_dead_lettered.fetch_add(
-            if result.dead_lettered { result.refused.len() as u64 } else { 0 },
-            Ordering::Relaxed,
-        );
+        self.stats
+            .events_dead_lettered
+            .fetch_add(if result.dead_lettered { result.refused.len() as u64 } else { 0 }, Ordering::Relaxed);
         for (event, reason) in result.refused {
             rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}{kept}"));
         }
@@ -341,7 +342,7 @@ impl Tenant {
                 } else {
                     match &upsert {
                         Err(e) => Some(format!("the component's plan is invalid: {e}")),
-                        Ok((_, table)) => check_row(table, &plan, &row.values).err(),
+                        Ok((_, table)) => table.check_row(&plan.columns, &row.values).err(),
                     }
                 };
                 if let Some(reason) = problem {
@@ -405,17 +406,10 @@ impl Tenant {
         if self.instances.lock().unwrap().contains_key(&key) {
             return Ok(Ok(()));
         }
-        let Some(shape) = normalizer.tables.iter().find(|t| t.name == template && t.template) else {
-            return Ok(Err(format!("the component's plan names template {template:?}, which it does not declare")));
+        let table = match sluice_sdk::sql::template_instance(&normalizer.tables, template, name) {
+            Ok(table) => self.spec.write_modes.shape(&table).unwrap_or(table),
+            Err(reason) => return Ok(Err(reason)),
         };
-        if normalizer.tables.iter().any(|t| t.name == name && !t.template) {
-            return Ok(Err(format!("the component names table {name:?} of template {template:?}, but it declares a table of that name")));
-        }
-        let table = shape.instance(name);
-        let table = self.spec.write_modes.shape(&table).unwrap_or(table);
-        if let Err(e) = table.validate() {
-            return Ok(Err(format!("table {name:?} cannot be made from template {template:?}: {e}")));
-        }
         let _creating = self.creating.lock().await;
         if self.instances.lock().unwrap().contains_key(&key) {
             return Ok(Ok(()));
@@ -435,7 +429,8 @@ impl Tenant {
 
     /// The table a plan writes, as this tenant stores it.
     fn table<'n>(&self, normalizer: &'n Normalizer, plan: &UpsertPlan) -> Result<TableRef<'n>, String> {
-        let instance = |name: &str| self.instances.lock().unwrap().get(&(normalizer.digest.clone(), name.to_owned())).cloned();
+        let instance =
+            |name: &str| self.instances.lock().unwrap().get(&(normalizer.digest.clone(), name.to_owned())).cloned();
         match &plan.template {
             None => {
                 let declared = normalizer
@@ -443,15 +438,16 @@ impl Tenant {
                     .iter()
                     .find(|t| t.name == plan.table && !t.template)
                     .ok_or_else(|| format!("it writes table {:?}, which it does not declare", plan.table))?;
-                // A declared table with sync columns is kept like an instance.
-                match self.spec.write_modes.shape(declared) {
-                    None => Ok(TableRef::Declared(declared)),
-                    Some(shaped) => Ok(TableRef::Instance(instance(&plan.table).unwrap_or_else(|| {
-                        let shaped = Arc::new(shaped);
-                        let key = (normalizer.digest.clone(), plan.table.clone());
-                        self.instances.lock().unwrap().entry(key).or_insert(shaped).clone()
-                    }))),
+                // A declared table with sync columns is kept like an instance,
+                // shaped once.
+                if self.spec.write_modes.of(&plan.table) != Some(WriteMode::OverwriteDeleteStale) {
+                    return Ok(TableRef::Declared(declared));
                 }
+                Ok(TableRef::Instance(instance(&plan.table).unwrap_or_else(|| {
+                    let shaped = Arc::new(self.spec.write_modes.shape(declared).expect("its mode adds sync columns"));
+                    let key = (normalizer.digest.clone(), plan.table.clone());
+                    self.instances.lock().unwrap().entry(key).or_insert(shaped).clone()
+                })))
             }
             Some(template) => instance(&plan.table)
                 .map(TableRef::Instance)
@@ -481,11 +477,20 @@ impl Tenant {
         let mut tables: Vec<String> = normalizer
             .tables
             .iter()
-            .filter(|t| !t.template && self.spec.write_modes.shape(t).is_some())
+            .filter(|t| !t.template && self.spec.write_modes.of(&t.name) == Some(WriteMode::OverwriteDeleteStale))
             .map(|t| t.name.clone())
             .collect();
-        let instances = self.instances.lock().unwrap().keys().filter(|(d, _)| *d == normalizer.digest).map(|(_, n)| n.clone()).collect::<Vec<_>>();
-        tables.extend(instances.into_iter().filter(|n| self.spec.write_modes.of(n) == Some(WriteMode::OverwriteDeleteStale)));
+        let instances = self
+            .instances
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(d, _)| *d == normalizer.digest)
+            .map(|(_, n)| n.clone())
+            .collect::<Vec<_>>();
+        tables.extend(
+            instances.into_iter().filter(|n| self.spec.write_modes.of(n) == Some(WriteMode::OverwriteDeleteStale)),
+        );
         tables.sort();
         tables.dedup();
         let unavailable = |e: tokio_postgres::Error| IngestError::Write(WriteError::from(e));
@@ -494,7 +499,8 @@ impl Tenant {
         let mut deleted = 0;
         for table in tables {
             let name = sluice_sdk::sql::qualified(&self.schema, &table);
-            let exists: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(unavailable)?.get(0);
+            let exists: bool =
+                tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.map_err(unavailable)?.get(0);
             if exists {
                 let sql = delete_stale_sql(&self.schema, &table);
                 deleted += tx.execute(&sql, &[&sync.source, &Timestamp(sync.time)]).await.map_err(unavailable)?;
@@ -540,33 +546,4 @@ impl std::ops::Deref for TableRef<'_> {
             TableRef::Instance(table) => table,
         }
     }
-}
-
-fn check_row(table: &Table, plan: &UpsertPlan, values: &[Value]) -> Result<(), String> {
-    if values.len() != plan.columns.len() {
-        return Err(format!(
-            "the component gave a row {} values for {} columns of table {:?}",
-            values.len(),
-            plan.columns.len(),
-            table.name
-        ));
-    }
-    for (name, value) in plan.columns.iter().zip(values) {
-        let column = table.column(name).expect("checked with the plan");
-        match value.column_type() {
-            None if !column.nullable => {
-                return Err(format!("column {name:?} of table {:?} may not be null", table.name));
-            }
-            Some(ty) if ty != column.data_type => {
-                return Err(format!(
-                    "the component gave column {name:?} of table {:?} a {} value; it is declared {}",
-                    table.name,
-                    ty.sql_name(),
-                    column.data_type.sql_name()
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

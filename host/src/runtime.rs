@@ -179,23 +179,38 @@ impl Runtime {
         }))
     }
 
-    /// Compiles (or loads from the cache) a component, checks it implements
-    /// the normalizer world, and reads the tables it declares.
-    pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Arc<Normalizer>> {
+    /// Compiles (or loads from the cache) a component, links it, and finds
+    /// the exports of `world` it must have: its digest, its instance-to-be
+    /// and those exports.
+    fn prepare<const N: usize>(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        world: &str,
+        exports: [&str; N],
+    ) -> Result<(String, InstancePre<State>, [ComponentExportIndex; N])> {
         let digest = hex(&Sha256::digest(wasm));
         let component = self.compile_cached(&digest, wasm).with_context(|| format!("compile component {name}"))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow::anyhow!("component {name} imports something Sluice does not provide: {e}"))?;
-        let export = |export: &str| {
-            component.get_export_index(None, export).ok_or_else(|| {
+        let mut found = [None; N];
+        for (slot, export) in found.iter_mut().zip(exports) {
+            *slot = Some(component.get_export_index(None, export).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "component {name} does not implement sluice:ingest/normalizer: it has no `{export}` export"
+                    "component {name} does not implement sluice:ingest/{world}: it has no `{export}` export"
                 )
-            })
-        };
-        let exports = Exports { tables: export("tables")?, handle: export("handle")? };
+            })?);
+        }
+        Ok((digest, pre, found.map(|f| f.expect("every export was found"))))
+    }
+
+    /// Compiles (or loads from the cache) a component, checks it implements
+    /// the normalizer world, and reads the tables it declares.
+    pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Arc<Normalizer>> {
+        let (digest, pre, [tables, handle]) = self.prepare(name, wasm, "normalizer", ["tables", "handle"])?;
+        let exports = Exports { tables, handle };
         let mut normalizer = Normalizer { name: name.to_owned(), digest, tables: Vec::new(), pre, exports };
         // Typing both exports here refuses a component of another contract
         // before it serves anything.
@@ -246,7 +261,7 @@ impl Runtime {
     pub async fn handle(
         self: &Arc<Self>,
         normalizer: Arc<Normalizer>,
-        request: Request,
+        request: Arc<Request>,
         limits: CallLimits,
     ) -> Result<Result<Outcome, RequestError>, ComponentFailure> {
         let busy = || ComponentFailure::Busy(format!("no instance of component {} came free in time", normalizer.name));
@@ -282,20 +297,9 @@ impl Runtime {
     /// Compiles (or loads from the cache) a component of the
     /// `change-handler` world and reads the tables it declares.
     pub fn load_change_handler(&self, name: &str, wasm: &[u8]) -> Result<Arc<ChangeHandler>> {
-        let digest = hex(&Sha256::digest(wasm));
-        let component = self.compile_cached(&digest, wasm).with_context(|| format!("compile component {name}"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("component {name} imports something Sluice does not provide: {e}"))?;
-        let export = |export: &str| {
-            component.get_export_index(None, export).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "component {name} does not implement sluice:ingest/change-handler: it has no `{export}` export"
-                )
-            })
-        };
-        let exports = HandlerExports { tables: export("tables")?, handle_transaction: export("handle-transaction")? };
+        let (digest, pre, [tables, handle_transaction]) =
+            self.prepare(name, wasm, "change-handler", ["tables", "handle-transaction"])?;
+        let exports = HandlerExports { tables, handle_transaction };
         let tables = self
             .call(name, &pre, self.default_limits(), |instance, store| {
                 instance.get_typed_func::<(&Transaction,), HandleTransactionResult>(

@@ -185,7 +185,7 @@ impl Spool {
                 }
             };
             request.settings = tenant.settings.clone();
-            match tenant.ingest(&app.runtime, request).await {
+            match tenant.ingest(&app.runtime, Arc::new(request)).await {
                 Ok(tally) => {
                     if !tally.rejected.is_empty() {
                         tracing::warn!(tenant = %tenant.id(), rejected = tally.rejected.len(), "a spooled request had events refused");

@@ -130,6 +130,58 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Checks one row of a plan for this table: as many values as the plan
+    /// lists columns, each null only where allowed and of its column's type.
+    /// The plan's columns must have been checked against the table
+    /// ([`Upsert::new`]).
+    pub fn check_row(&self, columns: &[String], values: &[Value]) -> Result<(), String> {
+        if values.len() != columns.len() {
+            return Err(format!(
+                "the component gave a row {} values for {} columns of table {:?}",
+                values.len(),
+                columns.len(),
+                self.name
+            ));
+        }
+        for (name, value) in columns.iter().zip(values) {
+            let column = self.column(name).expect("checked with the plan");
+            match value.column_type() {
+                None if !column.nullable => {
+                    return Err(format!("column {name:?} of table {:?} may not be null", self.name));
+                }
+                Some(ty) if ty != column.data_type => {
+                    return Err(format!(
+                        "the component gave column {name:?} of table {:?} a {} value; it is declared {}",
+                        self.name,
+                        ty.sql_name(),
+                        column.data_type.sql_name()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The table `name` made from the template `template` among `declared`:
+/// the template must be declared as one, no declared table may have the
+/// name, and the result must be a valid table.
+pub fn template_instance(declared: &[Table], template: &str, name: &str) -> Result<Table, String> {
+    let Some(shape) = declared.iter().find(|t| t.name == template && t.template) else {
+        return Err(format!("the component's plan names template {template:?}, which it does not declare"));
+    };
+    if declared.iter().any(|t| t.name == name && !t.template) {
+        return Err(format!(
+            "the component names table {name:?} of template {template:?}, but it declares a table of that name"
+        ));
+    }
+    let table = shape.instance(name);
+    table.validate().map_err(|e| format!("table {name:?} cannot be made from template {template:?}: {e}"))?;
+    Ok(table)
+}
+
 /// The name the host gives a declared index.
 pub fn index_name(table: &str, index: &str) -> String {
     format!("{table}_{index}_idx")
@@ -157,11 +209,7 @@ fn column_sql(column: &Column) -> Result<String, String> {
 
 /// `ALTER TABLE … ADD COLUMN …` for a column added to a declaration.
 pub fn add_column(schema: &str, table: &str, column: &Column) -> Result<String, String> {
-    Ok(format!(
-        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {}",
-        qualified(schema, table),
-        column_sql(column)?
-    ))
+    Ok(format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {}", qualified(schema, table), column_sql(column)?))
 }
 
 /// The statements that create `table` and its indexes in `schema` when they
@@ -235,9 +283,10 @@ pub fn conflict_key<'t>(table: &'t Table, columns: &[String]) -> Result<Vec<Stri
     };
     let covered = |index: &&'t crate::types::Index| {
         index.unique
-            && index.columns.iter().all(|c| {
-                columns.contains(&c.name) && table.column(&c.name).is_some_and(|column| !column.nullable)
-            })
+            && index
+                .columns
+                .iter()
+                .all(|c| columns.contains(&c.name) && table.column(&c.name).is_some_and(|column| !column.nullable))
     };
     match table.indexes.iter().find(covered) {
         Some(index) => Ok(index.columns.iter().map(|c| c.name.clone()).collect()),
@@ -267,9 +316,7 @@ impl Upsert {
         }
         let mut types = Vec::with_capacity(columns.len());
         for (i, column) in columns.iter().enumerate() {
-            let declared = table
-                .column(column)
-                .ok_or_else(|| format!("table {name:?} has no column {column:?}"))?;
+            let declared = table.column(column).ok_or_else(|| format!("table {name:?} has no column {column:?}"))?;
             if columns[..i].contains(column) {
                 return Err(format!("a plan for table {name:?} lists column {column:?} twice"));
             }
@@ -309,9 +356,7 @@ impl Upsert {
         let aliases = (0..columns.len()).map(alias).collect::<Vec<_>>().join(", ");
         let selects = (0..columns.len()).map(select).collect::<Vec<_>>().join(", ");
         let target = qualified(schema, name);
-        let mut sql = format!(
-            "WITH input AS (SELECT * FROM unnest({params}) WITH ORDINALITY AS input({aliases}, n)) "
-        );
+        let mut sql = format!("WITH input AS (SELECT * FROM unnest({params}) WITH ORDINALITY AS input({aliases}, n)) ");
         if key.is_empty() {
             // Nothing can conflict: every row is new.
             let _ = write!(
@@ -468,7 +513,9 @@ mod tests {
             template: false,
         };
         let sql = create_table("app", &logs).unwrap();
-        assert!(sql[0].starts_with(r#"CREATE TABLE IF NOT EXISTS "app"."logs" ("id" bigserial NOT NULL, "record_id" uuid"#));
+        assert!(
+            sql[0].starts_with(r#"CREATE TABLE IF NOT EXISTS "app"."logs" ("id" bigserial NOT NULL, "record_id" uuid"#)
+        );
         let cols = vec!["record_id".to_string(), "event".to_string()];
         let up = Upsert::new("app", &logs, &cols, &Conflict::DoNothing).unwrap();
         assert!(up.sql.contains(r#"ON CONFLICT ("record_id") DO NOTHING RETURNING "record_id""#), "{}", up.sql);

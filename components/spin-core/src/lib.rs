@@ -277,7 +277,7 @@ pub fn render(api: Api, schema: &str, declared: &[Table], outcome: Outcome) -> P
             } else {
                 match &upsert {
                     Err(e) => Some(e.clone()),
-                    Ok((table, _)) => check_row(table, &plan, &row.values).err(),
+                    Ok((table, _)) => table.check_row(&plan.columns, &row.values).err(),
                 }
             };
             if let Some(reason) = problem {
@@ -330,51 +330,8 @@ fn table_of(declared: &[Table], plan: &UpsertPlan) -> Result<Table, String> {
         None => declared.iter().find(|t| t.name == plan.table && !t.template).cloned().ok_or_else(|| {
             format!("the component's plan is invalid: it writes table {:?}, which it does not declare", plan.table)
         }),
-        Some(template) => {
-            let name = &plan.table;
-            let Some(shape) = declared.iter().find(|t| &t.name == template && t.template) else {
-                return Err(format!("the component's plan names template {template:?}, which it does not declare"));
-            };
-            if declared.iter().any(|t| &t.name == name && !t.template) {
-                return Err(format!(
-                    "the component names table {name:?} of template {template:?}, but it declares a table of that name"
-                ));
-            }
-            let table = shape.instance(name);
-            table.validate().map_err(|e| format!("table {name:?} cannot be made from template {template:?}: {e}"))?;
-            Ok(table)
-        }
+        Some(template) => sluice_sdk::sql::template_instance(declared, template, &plan.table),
     }
-}
-
-/// The host's check of a row against its table.
-fn check_row(table: &Table, plan: &UpsertPlan, values: &[Value]) -> Result<(), String> {
-    if values.len() != plan.columns.len() {
-        return Err(format!(
-            "the component gave a row {} values for {} columns of table {:?}",
-            values.len(),
-            plan.columns.len(),
-            table.name
-        ));
-    }
-    for (name, value) in plan.columns.iter().zip(values) {
-        let column = table.column(name).expect("checked with the plan");
-        match value.column_type() {
-            None if !column.nullable => {
-                return Err(format!("column {name:?} of table {:?} may not be null", table.name));
-            }
-            Some(ty) if ty != column.data_type => {
-                return Err(format!(
-                    "the component gave column {name:?} of table {:?} a {} value; it is declared {}",
-                    table.name,
-                    ty.sql_name(),
-                    column.data_type.sql_name()
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// The upsert with every parameter taken as `text[]` and cast to its

@@ -276,6 +276,19 @@ impl Batcher {
 /// An event of a job: the unit that is written or refused whole.
 type Unit = (usize, u32);
 
+/// Every event of the jobs, in order.
+fn events_of(jobs: &[Job]) -> Vec<Unit> {
+    jobs.iter()
+        .enumerate()
+        .flat_map(|(j, job)| {
+            let mut events: Vec<u32> = job.plans.iter().flat_map(|p| p.plan.rows.iter().map(|r| r.event)).collect();
+            events.sort_unstable();
+            events.dedup();
+            events.into_iter().map(move |e| (j, e))
+        })
+        .collect()
+}
+
 /// Writes the jobs in one transaction, retrying transient failures with
 /// backoff until every job's deadline has passed. When the data is refused,
 /// bisects the batch by event: halves that commit are written, and an event
@@ -289,20 +302,10 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
             dead_lettered: false,
         })
         .collect();
-    let units: Vec<Unit> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(j, job)| {
-            let mut events: Vec<u32> = job.plans.iter().flat_map(|p| p.plan.rows.iter().map(|r| r.event)).collect();
-            events.sort_unstable();
-            events.dedup();
-            events.into_iter().map(move |e| (j, e))
-        })
-        .collect();
     let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
-    let batch = Batch { pool: &pool, jobs: &jobs, total: units.len(), deadline, retry_on_deadlock };
+    let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock };
     let mut refusals = Vec::new();
-    let outcome = batch.write_bisecting(units, &mut refusals).await;
+    let outcome = batch.write_bisecting(&mut refusals).await;
     if !refusals.is_empty() {
         let kept = keep_dead_letters(&pool, &jobs, &refusals).await;
         for ((j, event), refusal) in refusals {
@@ -328,8 +331,6 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
 struct Batch<'a> {
     pool: &'a Pool,
     jobs: &'a [Job],
-    /// Units in the whole batch.
-    total: usize,
     deadline: Instant,
     retry_on_deadlock: bool,
 }
@@ -340,35 +341,49 @@ impl Batch<'_> {
     /// `refusals`.
     async fn write_bisecting(
         &self,
-        units: Vec<Unit>,
         refusals: &mut Vec<(Unit, Refusal)>,
     ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
+        // The whole batch first: its events are listed only when the
+        // database refuses it, off the common path.
+        let refusal = match self.write_retrying(None).await {
+            Ok(rows) => return Ok(rows),
+            Err(Err(e)) => return Err(e),
+            Err(Ok(refusal)) => refusal,
+        };
+        let mut units = events_of(self.jobs);
+        if units.len() == 1 {
+            refusals.push((units[0], refusal));
+            return Ok(Vec::new());
+        }
+        let second = units.split_off(units.len() / 2);
         let mut written = Vec::new();
-        let mut pending = vec![units];
-        while let Some(units) = pending.pop() {
-            match self.write_retrying(&units).await {
+        // Depth first, in order: the second half waits its turn.
+        let mut pending = vec![second, units];
+        while let Some(mut units) = pending.pop() {
+            match self.write_retrying(Some(&units)).await {
                 Ok(rows) => written.extend(rows),
                 Err(Err(e)) => return Err(e),
                 Err(Ok(refusal)) if units.len() == 1 => refusals.push((units[0], refusal)),
                 Err(Ok(_)) => {
-                    let mut first = units;
-                    let second = first.split_off(first.len() / 2);
-                    // Depth first, in order: the second half waits its turn.
+                    let second = units.split_off(units.len() / 2);
                     pending.push(second);
-                    pending.push(first);
+                    pending.push(units);
                 }
             }
         }
         Ok(written)
     }
 
-    /// Writes `units` in one transaction, retrying transient failures (and
-    /// conflicts, when allowed) with jittered exponential backoff until the
-    /// deadline. `Err(Ok(refusal))`: the data was refused; `Err(Err(e))`:
-    /// the write cannot be done now.
-    async fn write_retrying(&self, units: &[Unit]) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
+    /// Writes `units` (all of the batch when `None`) in one transaction,
+    /// retrying transient failures (and conflicts, when allowed) with
+    /// jittered exponential backoff until the deadline. `Err(Ok(refusal))`:
+    /// the data was refused; `Err(Err(e))`: the write cannot be done now.
+    async fn write_retrying(
+        &self,
+        units: Option<&[Unit]>,
+    ) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
         let (jobs, deadline) = (self.jobs, self.deadline);
-        let chosen: Option<HashSet<Unit>> = (units.len() < self.total).then(|| units.iter().copied().collect());
+        let chosen: Option<HashSet<Unit>> = units.map(|units| units.iter().copied().collect());
         let mut backoff = FIRST_BACKOFF;
         loop {
             let error = match write_units(self.pool, jobs, chosen.as_ref()).await {
@@ -396,7 +411,10 @@ impl Batch<'_> {
                 Failure::Transient | Failure::Conflict => {}
             }
             // Nobody waits any more, or the next try would end past the deadline.
-            let abandoned = units.iter().all(|&(j, _)| jobs[j].reply.is_closed());
+            let abandoned = match units {
+                Some(units) => units.iter().all(|&(j, _)| jobs[j].reply.is_closed()),
+                None => jobs.iter().all(|job| job.reply.is_closed()),
+            };
             let jitter = Duration::from_micros(u64::from(rand_u32()) % (backoff.as_micros() as u64 / 2 + 1));
             let wait = backoff / 2 + jitter;
             if abandoned || Instant::now() + wait >= deadline {
@@ -416,9 +434,12 @@ async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal
     for &((j, event), ref refusal) in refusals {
         let job = &jobs[j];
         let letters = job.plans.iter().flat_map(|p| {
-            p.plan.rows.iter().enumerate().filter(|(_, row)| row.event == event).map(|(r, _)| {
-                DeadLetter::of(&p.plan, r, &p.upsert, &refusal.sqlstate, &refusal.message)
-            })
+            p.plan
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| row.event == event)
+                .map(|(r, _)| DeadLetter::of(&p.plan, r, &p.upsert, &refusal.sqlstate, &refusal.message))
         });
         match by_origin.iter_mut().find(|(o, _)| std::ptr::eq(*o, &*job.origin)) {
             Some((_, kept)) => kept.extend(letters),
