@@ -27,12 +27,14 @@ use tokio::task::JoinHandle;
 pub struct Cdc {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    stats: Vec<(String, Arc<runner::Stats>)>,
 }
 
 /// Loads each source's component and starts its runner.
 pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseConfig) -> Result<Cdc> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    let mut stats = Vec::new();
     let mut names = std::collections::HashSet::new();
     for source in &config.cdc {
         if !names.insert(source.name().to_owned()) {
@@ -56,15 +58,21 @@ pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseCo
             schema,
             config.data_dir.join("cdc-spill").join(source.name()),
         );
+        stats.push((source.name().to_owned(), runner.stats.clone()));
         tasks.push(tokio::spawn(runner.run(stopped.clone())));
     }
     if !tasks.is_empty() {
         tracing::info!(sources = tasks.len(), "change streams started");
     }
-    Ok(Cdc { stop, tasks })
+    Ok(Cdc { stop, tasks, stats })
 }
 
 impl Cdc {
+    /// Each source's name and live counters (shared with its runner).
+    pub fn stats(&self) -> &[(String, Arc<runner::Stats>)] {
+        &self.stats
+    }
+
     /// Stops every source after the transaction it is applying.
     pub async fn stop(self) {
         let _ = self.stop.send(true);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -37,15 +37,110 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Counters of one source.
+/// What a source's runner is doing, for [`Stats::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Connecting, or waiting to reconnect after a failure.
+    Starting = 0,
+    /// Another host holds the slot's lock; this one waits to take over.
+    Standby = 1,
+    /// Holds the lock and streams the slot.
+    Owner = 2,
+    /// Asked to stop.
+    Stopped = 3,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Standby => "standby",
+            State::Owner => "owner",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters and gauges of one source: atomics, readable from outside
+/// while the runner updates them.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Transactions applied (handler effects and checkpoint committed).
     pub transactions: AtomicU64,
+    /// Changes in those transactions.
     pub changes: AtomicU64,
+    /// Transactions sent again by the server at or below the checkpoint.
     pub skipped_transactions: AtomicU64,
     pub handler_errors: AtomicU64,
     /// Changes delivered without an element id.
     pub without_key: Arc<AtomicU64>,
+    /// A [`State`] as u8.
+    state: AtomicU8,
+    /// The last LSN confirmed to the source (the slot's `confirmed_flush_lsn` follows).
+    pub confirmed_lsn: AtomicU64,
+    /// The source's WAL end, as of its last message or keepalive.
+    pub server_wal_end: AtomicU64,
+    /// Commit time (µs since the Unix epoch) the lag in seconds counts
+    /// from: the last applied transaction's, or the first pending one's
+    /// after an idle spell. 0: caught up.
+    behind_since: AtomicI64,
+}
+
+impl Stats {
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            1 => State::Standby,
+            2 => State::Owner,
+            3 => State::Stopped,
+            _ => State::Starting,
+        }
+    }
+
+    fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// WAL the slot holds back: the source's WAL end minus the confirmed LSN.
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end.load(Ordering::Relaxed).saturating_sub(self.confirmed_lsn.load(Ordering::Relaxed))
+    }
+
+    /// How far behind the source the applied changes are, in seconds: now
+    /// minus the commit time of the last applied transaction while more
+    /// is pending; 0 when caught up.
+    pub fn lag_seconds(&self) -> f64 {
+        match self.behind_since.load(Ordering::Relaxed) {
+            0 => 0.0,
+            since => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                (now.as_micros() as i64 - since).max(0) as f64 / 1e6
+            }
+        }
+    }
+
+    /// A transaction committed at `commit_time` (µs) arrived: the source
+    /// is ahead. After an idle spell the lag counts from this commit.
+    fn behind(&self, commit_time: i64) {
+        let _ = self.behind_since.compare_exchange(0, commit_time.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A transaction committed at `commit_time` is applied.
+    fn applied(&self, commit_time: i64) {
+        if self.behind_since.load(Ordering::Relaxed) != 0 {
+            self.behind_since.store(commit_time.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Records the stream's positions; `caught_up` when the server has
+    /// nothing more to send and everything it sent is confirmed.
+    fn positions(&self, stream: &ReplicationStream, wal_end: Lsn, caught_up: bool) {
+        self.server_wal_end.fetch_max(wal_end.0.max(stream.server_wal_end().0), Ordering::Relaxed);
+        self.confirmed_lsn.fetch_max(stream.confirmed_lsn().0, Ordering::Relaxed);
+        if caught_up {
+            self.behind_since.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct Runner {
@@ -109,8 +204,10 @@ impl Runner {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let started = tokio::time::Instant::now();
+            self.stats.set_state(State::Starting);
             match self.run_once(&mut stop).await {
                 Ok(()) => {
+                    self.stats.set_state(State::Stopped);
                     tracing::info!(source = %self.name, "change stream stopped");
                     return;
                 }
@@ -123,7 +220,10 @@ impl Runner {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = stopped(&mut stop) => return,
+                _ = stopped(&mut stop) => {
+                    self.stats.set_state(State::Stopped);
+                    return;
+                }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -151,6 +251,7 @@ impl Runner {
                 break;
             }
             if !said_standby {
+                self.stats.set_state(State::Standby);
                 tracing::info!(source = %self.name, slot = %source.slot_name, "standby: another host streams this slot");
                 said_standby = true;
             }
@@ -159,6 +260,7 @@ impl Runner {
                 _ = stopped(stop) => return Ok(()),
             }
         }
+        self.stats.set_state(State::Owner);
         tracing::info!(source = %self.name, slot = %source.slot_name, %checkpoint, "owns the slot");
 
         let mut client = ReplicationClient::connect(source).await?;
@@ -200,9 +302,20 @@ impl Runner {
                 }
             };
             let Some(event) = event else { bail!("the server ended the replication stream") };
-            let Event::Data { message, .. } = event else { continue };
+            let (message, send_time) = match event {
+                Event::Keepalive { wal_end, .. } => {
+                    // Everything sent is confirmed: caught up.
+                    self.stats.positions(&stream, wal_end, stream.confirmed_lsn() >= wal_end);
+                    continue;
+                }
+                Event::Data { message, wal_end, send_time, .. } => {
+                    self.stats.positions(&stream, wal_end, false);
+                    (message, send_time)
+                }
+            };
             match message {
                 Message::Begin(begin) => {
+                    self.stats.behind(begin.commit_time);
                     current = Some(Pending {
                         xid: begin.xid,
                         changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
@@ -219,6 +332,8 @@ impl Runner {
                     self.apply(&mut stream, pending.changes, commit, &mut checkpoint).await?;
                 }
                 Message::StreamStart { xid, .. } => {
+                    // The commit time comes only with the stream's commit.
+                    self.stats.behind(send_time);
                     stream_xid = Some(xid);
                     streamed.entry(xid).or_insert_with(|| Pending {
                         xid,
@@ -366,6 +481,8 @@ impl Runner {
         *checkpoint = end;
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
         self.stats.changes.fetch_add(total, Ordering::Relaxed);
+        self.stats.applied(commit.commit_time);
+        self.stats.positions(stream, end, false);
         tracing::debug!(source = %self.name, lsn = %end, changes = total, "applied a transaction");
         Ok(())
     }
@@ -461,5 +578,38 @@ impl Runner {
             keys.entry((schema.to_owned(), table.to_owned())).or_default().push(column.to_owned());
         }
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now_micros() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+    }
+
+    #[test]
+    fn lag_counts_from_the_first_pending_commit_then_the_last_applied_one() {
+        let stats = Stats::default();
+        assert_eq!(stats.lag_seconds(), 0.0);
+        assert_eq!(stats.state(), State::Starting);
+        // After an idle spell, a transaction committed 5 s ago arrives.
+        stats.behind(now_micros() - 5_000_000);
+        // A later one does not reset where the lag counts from.
+        stats.behind(now_micros() - 1_000_000);
+        assert!((4.9..6.0).contains(&stats.lag_seconds()), "{}", stats.lag_seconds());
+        // The first is applied: the lag is now from its commit, the second pending.
+        stats.applied(now_micros() - 2_000_000);
+        assert!((1.9..3.0).contains(&stats.lag_seconds()), "{}", stats.lag_seconds());
+        // Caught up.
+        stats.behind_since.store(0, Ordering::Relaxed);
+        stats.applied(now_micros() - 2_000_000);
+        assert_eq!(stats.lag_seconds(), 0.0, "applying while caught up is no lag");
+        stats.server_wal_end.store(1000, Ordering::Relaxed);
+        stats.confirmed_lsn.store(400, Ordering::Relaxed);
+        assert_eq!(stats.lag_bytes(), 600);
+        stats.set_state(State::Standby);
+        assert_eq!(stats.state().as_str(), "standby");
     }
 }
