@@ -3,6 +3,7 @@
 mod support;
 
 mod cdc;
+mod cdc_crash;
 mod cli;
 mod delivery;
 mod events;
