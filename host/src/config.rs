@@ -69,15 +69,20 @@ impl Default for Config {
 
 /// The destination database: `url` (a `postgres://` URI or a libpq
 /// `key=value` DSN), or the split fields, never both. With neither, Sluice
-/// runs its own embedded PostgreSQL.
+/// runs its own embedded PostgreSQL. Logflare's names (`hostname`,
+/// `username`, `database`) are read as `host`, `user`, `dbname`; the libpq
+/// `PG*` variables fill what neither gives.
 #[derive(Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Option<String>,
+    #[serde(alias = "hostname")]
     pub host: Option<String>,
     pub port: Option<u16>,
+    #[serde(alias = "username")]
     pub user: Option<String>,
     pub password: Option<String>,
+    #[serde(alias = "database")]
     pub dbname: Option<String>,
     /// The schema tables are created in.
     pub schema: String,
@@ -85,7 +90,24 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// How long to wait for a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// libpq's sslmode: disable, prefer (default), require, verify-ca, verify-full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
+    /// CA certificate file (PEM) for verify-ca / verify-full, or `system`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
+    /// `password` (default) or `rds-iam`: a fresh AWS RDS IAM token per connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The AWS region of the RDS instance (default `$AWS_REGION`), for `rds-iam`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
 }
+
+/// The environment variable `%PASSWORD%` in a URL, DSN or `password` is read
+/// from (stogger's placeholder).
+pub const PASSWORD_VAR: &str = "SLUICE_DATABASE_PASSWORD";
+const PASSWORD_PLACEHOLDER: &str = "%PASSWORD%";
 
 impl Default for DatabaseConfig {
     fn default() -> DatabaseConfig {
@@ -99,6 +121,10 @@ impl Default for DatabaseConfig {
             schema: "public".into(),
             pool_size: 8,
             connect_timeout_ms: 5_000,
+            sslmode: None,
+            sslrootcert: None,
+            auth: None,
+            aws_region: None,
         }
     }
 }
@@ -117,8 +143,88 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("dbname", &self.dbname)
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("auth", &self.auth)
+            .field("aws_region", &self.aws_region)
             .finish()
     }
+}
+
+/// What Sluice reads from a URL or DSN itself (tokio-postgres does not know
+/// these, or knows fewer of their values).
+#[derive(Default)]
+struct Extracted {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    search_path: Option<String>,
+}
+
+impl Extracted {
+    /// Takes `key` if it is one of ours.
+    fn take(&mut self, key: &str, value: String) -> bool {
+        let slot = match key {
+            "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
+            "search_path" => &mut self.search_path,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+}
+
+/// Splits our keys out of a `postgres://` URI's query, leaving the rest as written.
+fn extract_from_uri(url: &str, out: &mut Extracted) -> Result<String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok(url.to_owned()) };
+    let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8().map(|v| v.into_owned());
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode(value).map_err(|_| anyhow::anyhow!("database.url: the value of {key:?} is not UTF-8"))?;
+        if !out.take(key, value) {
+            kept.push(pair);
+        }
+    }
+    Ok(if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) })
+}
+
+/// Splits our keys out of a libpq `key=value` DSN, leaving the rest as written.
+fn extract_from_dsn(dsn: &str, out: &mut Extracted) -> Result<String> {
+    let mut kept = Vec::new();
+    let mut rest = dsn.trim_start();
+    while !rest.is_empty() {
+        let eq = rest.find('=').ok_or_else(|| anyhow::anyhow!("database.url: a DSN item has no `=`"))?;
+        let key = rest[..eq].trim();
+        let after = rest[eq + 1..].trim_start();
+        // The value: 'quoted' (with \' and \\) or up to the next space.
+        let (value, end) = if let Some(quoted) = after.strip_prefix('\'') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                    '\'' => {
+                        end = Some(i + 2);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            let end = end.ok_or_else(|| anyhow::anyhow!("database.url: the value of {key:?} has no closing quote"))?;
+            (value, end)
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (after[..end].replace("\\", ""), end)
+        };
+        let item_len = rest.len() - after.len() + end;
+        if !out.take(key, value) {
+            kept.push(&rest[..item_len]);
+        }
+        rest = rest[item_len..].trim_start();
+    }
+    Ok(kept.join(" "))
 }
 
 impl DatabaseConfig {
@@ -150,20 +256,44 @@ impl DatabaseConfig {
         self.url.is_some() || self.split_fields_given()
     }
 
-    /// The connection settings. Errors never quote the URL or password.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config> {
+    /// The connection settings, with the `PG*` environment variables as
+    /// defaults. Errors never quote the URL or password.
+    pub fn pg_config(&self) -> Result<crate::db::PgSettings> {
+        self.pg_config_with(&|name| std::env::var(name).ok())
+    }
+
+    /// [`pg_config`](Self::pg_config) with the environment read through `env`.
+    pub fn pg_config_with(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<crate::db::PgSettings> {
+        use sluice_replication::tls::{SslMode, TlsSettings};
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let mut extracted = Extracted::default();
         let mut config = match &self.url {
             Some(_) if self.split_fields_given() => bail!(
-                "database.url and the split fields (host, port, user, password, dbname) are both set; use one or the other"
+                "database.url and the split credentials (host/hostname, port, user/username, password, \
+                 dbname/database) are both set; use one or the other"
             ),
-            Some(url) => url
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| anyhow::anyhow!("database.url is not a valid postgres:// URL or key=value DSN ({e})"))?,
+            Some(url) => {
+                let is_uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                let rest = if is_uri {
+                    extract_from_uri(url, &mut extracted)?
+                } else {
+                    extract_from_dsn(url, &mut extracted)?
+                };
+                rest.parse::<tokio_postgres::Config>().map_err(|e| {
+                    anyhow::anyhow!("database.url is not a valid postgres:// URL or key=value DSN ({e})")
+                })?
+            }
             None => {
                 let mut config = tokio_postgres::Config::new();
-                config.host(self.host.as_deref().unwrap_or("localhost"));
-                config.port(self.port.unwrap_or(5432));
-                config.user(self.user.as_deref().unwrap_or("postgres"));
+                if let Some(host) = &self.host {
+                    config.host(host);
+                }
+                if let Some(port) = self.port {
+                    config.port(port);
+                }
+                if let Some(user) = &self.user {
+                    config.user(user);
+                }
                 if let Some(password) = &self.password {
                     config.password(password);
                 }
@@ -173,13 +303,116 @@ impl DatabaseConfig {
                 config
             }
         };
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        // libpq's environment variables fill what the configuration leaves out.
+        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+            for host in env("PGHOST").as_deref().unwrap_or("localhost").split(',') {
+                config.host(host.trim());
+            }
+        }
+        if config.get_ports().is_empty() {
+            match env("PGPORT") {
+                Some(port) => {
+                    config.port(port.parse().map_err(|_| anyhow::anyhow!("PGPORT={port:?} is not a port number"))?);
+                }
+                None => {
+                    config.port(5432);
+                }
+            }
+        }
+        if config.get_user().is_none() {
+            config.user(env("PGUSER").as_deref().unwrap_or("postgres"));
+        }
+        if config.get_password().is_none()
+            && let Some(password) = env("PGPASSWORD")
+        {
+            config.password(password);
+        }
+        if config.get_dbname().is_none()
+            && let Some(dbname) = env("PGDATABASE")
+        {
+            config.dbname(dbname);
         }
         if config.get_application_name().is_none() {
-            config.application_name("sluice");
+            config.application_name(env("PGAPPNAME").as_deref().unwrap_or("sluice"));
         }
-        Ok(config)
+        if config.get_connect_timeout().is_none() {
+            let timeout = match env("PGCONNECT_TIMEOUT") {
+                Some(secs) => Duration::from_secs(
+                    secs.parse()
+                        .map_err(|_| anyhow::anyhow!("PGCONNECT_TIMEOUT={secs:?} is not a number of seconds"))?,
+                ),
+                None => Duration::from_millis(self.connect_timeout_ms),
+            };
+            config.connect_timeout(timeout);
+        }
+        // stogger's placeholder: the password comes from the environment.
+        if config.get_password() == Some(PASSWORD_PLACEHOLDER.as_bytes()) {
+            let password = env(PASSWORD_VAR).ok_or_else(|| {
+                anyhow::anyhow!("the database password is {PASSWORD_PLACEHOLDER} but {PASSWORD_VAR} is not set")
+            })?;
+            config.password(password);
+        }
+        if let Some(search_path) = &extracted.search_path {
+            // A startup option, so every session (and every pooled one) has it.
+            let escaped = search_path.replace('\\', "\\\\").replace(' ', "\\ ");
+            let options = match config.get_options() {
+                Some(options) => format!("{options} -c search_path={escaped}"),
+                None => format!("-c search_path={escaped}"),
+            };
+            config.options(options);
+        }
+
+        let sslmode = match (&self.sslmode, &extracted.sslmode) {
+            (Some(_), Some(_)) => bail!("sslmode is given in both database.url and database.sslmode; use one"),
+            (Some(mode), None) | (None, Some(mode)) => Some(mode.clone()),
+            (None, None) => env("PGSSLMODE"),
+        };
+        let sslmode = match sslmode {
+            Some(mode) => Some(SslMode::parse(&mode).map_err(|e| anyhow::anyhow!("database: {e}"))?),
+            None => None,
+        };
+        let root_cert = match (&self.sslrootcert, &extracted.sslrootcert) {
+            (Some(_), Some(_)) => bail!("sslrootcert is given in both database.url and database.sslrootcert; use one"),
+            (Some(path), None) => Some(path.clone()),
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            (None, None) => env("PGSSLROOTCERT").map(PathBuf::from),
+        };
+
+        let rds_iam = match self.auth.as_deref() {
+            None | Some("password") => None,
+            Some("rds-iam") => {
+                match sslmode {
+                    Some(SslMode::Disable | SslMode::Prefer) => bail!(
+                        "database.auth = \"rds-iam\" sends a token as the password, so it needs TLS: \
+                         use sslmode require, verify-ca or verify-full, not {}",
+                        sslmode.unwrap()
+                    ),
+                    _ => {}
+                }
+                if config.get_password().is_some() {
+                    bail!("database.auth = \"rds-iam\" makes its own password (a token); remove the configured one");
+                }
+                if !matches!(config.get_hosts(), [tokio_postgres::config::Host::Tcp(_)]) {
+                    bail!("database.auth = \"rds-iam\" needs exactly one host name (the RDS endpoint)");
+                }
+                let region = self.aws_region.clone().or_else(|| env("AWS_REGION")).ok_or_else(|| {
+                    anyhow::anyhow!("database.auth = \"rds-iam\" needs database.aws_region (or AWS_REGION)")
+                })?;
+                let credentials = crate::db::rds_iam::Credentials::from_env(&env)?;
+                Some(crate::db::rds_iam::RdsIam { region, credentials })
+            }
+            Some(other) => bail!("database.auth {other:?} is not `password` or `rds-iam`"),
+        };
+        // RDS IAM without an sslmode: encrypted, as AWS requires.
+        let default_mode = if rds_iam.is_some() { SslMode::Require } else { SslMode::Prefer };
+        let tls = TlsSettings::new(sslmode.unwrap_or(default_mode), root_cert);
+        if let Some(path) = &tls.root_cert
+            && path != Path::new("system")
+            && !path.is_file()
+        {
+            bail!("database sslrootcert {} is not a readable file", path.display());
+        }
+        Ok(crate::db::PgSettings::new(config, tls, rds_iam))
     }
 }
 
@@ -469,6 +702,147 @@ mod tests {
         assert!(e.contains("both set") && !e.contains("pw"), "{e}");
         let e = Config::parse("[database]\nurll = 1", &env).unwrap_err().to_string();
         assert!(e.contains("urll"), "{e}");
+    }
+
+    fn settings(url: &str, env: &dyn Fn(&str) -> Option<String>) -> crate::db::PgSettings {
+        DatabaseConfig { url: Some(url.into()), ..Default::default() }.pg_config_with(env).unwrap()
+    }
+
+    #[test]
+    fn reads_libpq_options_tokio_postgres_does_not_know() {
+        use sluice_replication::tls::SslMode;
+        use tokio_postgres::config::Host;
+        let none = |_: &str| None;
+        for url in [
+            "postgres://u:p%40ss%20w%3Ard@db.example:6432/app?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=ingest&search_path=ingest,public&connect_timeout=3",
+            "host=db.example port=6432 user=u password='p@ss w:rd' dbname=app sslmode=verify-full sslrootcert=/etc/ca.pem application_name=ingest search_path=ingest,public connect_timeout=3",
+        ] {
+            let db = DatabaseConfig { url: Some(url.into()), ..Default::default() };
+            // The root file must exist; check the rest with it left out.
+            let e = db.pg_config_with(&none).unwrap_err().to_string();
+            assert!(e.contains("/etc/ca.pem"), "{e}");
+            let s = settings(&url.replace("/etc/ca.pem", "system"), &none);
+            assert_eq!(s.get_hosts(), &[Host::Tcp("db.example".into())]);
+            assert_eq!(s.get_ports(), &[6432]);
+            assert_eq!(s.get_password(), Some("p@ss w:rd".as_bytes()));
+            assert_eq!(s.get_dbname(), Some("app"));
+            assert_eq!(s.get_application_name(), Some("ingest"));
+            assert_eq!(s.get_options(), Some("-c search_path=ingest,public"));
+            assert_eq!(s.get_connect_timeout(), Some(&Duration::from_secs(3)));
+            assert_eq!(s.tls.mode, SslMode::VerifyFull);
+            assert_eq!(s.tls.root_cert.as_deref(), Some(Path::new("system")));
+        }
+        let s = settings("postgres:///app?host=/run/postgresql&user=w", &none);
+        assert_eq!(s.get_hosts(), &[Host::Unix("/run/postgresql".into())]);
+        assert_eq!(s.get_ports(), &[5432]);
+        assert_eq!(s.tls.mode, SslMode::Prefer);
+        let e = DatabaseConfig { url: Some("postgres://h/db?sslmode=sometimes".into()), ..Default::default() }
+            .pg_config_with(&none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn logflare_split_fields_and_pg_environment() {
+        let config = Config::parse(
+            "[database]\nhostname = \"db\"\nport = 6543\nusername = \"logflare\"\npassword = \"pw\"\n\
+             database = \"logs\"\nschema = \"lf\"\npool_size = 3\nsslmode = \"require\"",
+            &env,
+        )
+        .unwrap();
+        let s = config.database.pg_config_with(&|_| None).unwrap();
+        assert_eq!((s.get_user(), s.get_dbname(), s.get_ports()), (Some("logflare"), Some("logs"), &[6543][..]));
+        assert_eq!((config.database.schema.as_str(), config.database.pool_size), ("lf", 3));
+        assert_eq!(s.tls.mode, sluice_replication::tls::SslMode::Require);
+
+        let pg_env = |name: &str| {
+            Some(
+                match name {
+                    "PGHOST" => "pg.internal",
+                    "PGPORT" => "5433",
+                    "PGUSER" => "envuser",
+                    "PGPASSWORD" => "envpw",
+                    "PGDATABASE" => "envdb",
+                    "PGSSLMODE" => "verify-ca",
+                    "PGSSLROOTCERT" => "system",
+                    "PGAPPNAME" => "from-env",
+                    "PGCONNECT_TIMEOUT" => "7",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let s = DatabaseConfig::default().pg_config_with(&pg_env).unwrap();
+        assert_eq!(s.get_hosts(), &[tokio_postgres::config::Host::Tcp("pg.internal".into())]);
+        assert_eq!((s.get_ports(), s.get_user(), s.get_dbname()), (&[5433][..], Some("envuser"), Some("envdb")));
+        assert_eq!(s.get_password(), Some("envpw".as_bytes()));
+        assert_eq!(s.get_application_name(), Some("from-env"));
+        assert_eq!(s.get_connect_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(s.tls.mode, sluice_replication::tls::SslMode::VerifyCa);
+        // What the configuration says wins over the environment.
+        let s = settings("postgres://cfg@cfghost/cfgdb?sslmode=disable", &pg_env);
+        assert_eq!((s.get_user(), s.get_dbname()), (Some("cfg"), Some("cfgdb")));
+        // (A URI with a host has its port, 5432 when it names none.)
+        assert_eq!(s.get_ports(), &[5432]);
+        assert_eq!(s.tls.mode, sluice_replication::tls::SslMode::Disable);
+        let s = settings("host=cfghost dbname=cfgdb", &pg_env);
+        assert_eq!((s.get_ports(), s.get_user()), (&[5433][..], Some("envuser")));
+        let e = DatabaseConfig::default().pg_config_with(&|n| (n == "PGPORT").then(|| "x".into())).unwrap_err();
+        assert!(e.to_string().contains("PGPORT"), "{e}");
+    }
+
+    #[test]
+    fn password_placeholder_comes_from_the_environment() {
+        let env = |name: &str| (name == PASSWORD_VAR).then(|| "fr0m-env".to_owned());
+        for url in ["postgres://u:%PASSWORD%@h/db", "host=h user=u password=%PASSWORD% dbname=db"] {
+            assert_eq!(settings(url, &env).get_password(), Some("fr0m-env".as_bytes()), "{url}");
+            let e = DatabaseConfig { url: Some(url.into()), ..Default::default() }
+                .pg_config_with(&|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(PASSWORD_VAR), "{e}");
+        }
+        let split =
+            DatabaseConfig { host: Some("h".into()), password: Some("%PASSWORD%".into()), ..Default::default() };
+        assert_eq!(split.pg_config_with(&env).unwrap().get_password(), Some("fr0m-env".as_bytes()));
+    }
+
+    #[test]
+    fn rds_iam_needs_tls_a_region_and_credentials() {
+        let aws = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKIDEXAMPLE".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned()),
+            _ => None,
+        };
+        let iam = |extra: &str| {
+            DatabaseConfig {
+                url: Some(format!("postgres://app@db.abc.us-east-1.rds.amazonaws.com/app{extra}")),
+                auth: Some("rds-iam".into()),
+                aws_region: Some("us-east-1".into()),
+                ..Default::default()
+            }
+            .pg_config_with(&aws)
+        };
+        let s = iam("").unwrap();
+        assert_eq!(s.tls.mode, sluice_replication::tls::SslMode::Require);
+        assert_eq!(s.rds_iam.as_ref().unwrap().region, "us-east-1");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("EXAMPLEKEY"), "{shown}");
+        for mode in ["disable", "prefer"] {
+            let e = iam(&format!("?sslmode={mode}")).unwrap_err().to_string();
+            assert!(e.contains("needs TLS") && e.contains(mode), "{e}");
+        }
+        assert!(iam("?sslmode=verify-full").is_ok());
+        let no_keys = DatabaseConfig {
+            url: Some("postgres://app@h/app".into()),
+            auth: Some("rds-iam".into()),
+            aws_region: Some("us-east-1".into()),
+            ..Default::default()
+        };
+        assert!(no_keys.pg_config_with(&|_| None).unwrap_err().to_string().contains("AWS_ACCESS_KEY_ID"));
+        let no_region = DatabaseConfig { aws_region: None, ..no_keys };
+        assert!(no_region.pg_config_with(&aws).unwrap_err().to_string().contains("aws_region"));
     }
 
     #[test]

@@ -36,6 +36,8 @@ enum Command {
     Tenant(cli::TenantArgs),
     /// List, replay or purge the rows the database refused (dead letters).
     Dlq(cli::DlqArgs),
+    /// Create the schemas and tables serve needs, with an admin connection, and exit.
+    Migrate(sluice::migrate_cmd::MigrateArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -64,6 +66,11 @@ fn main() -> Result<ExitCode> {
             init_logging("warn");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             Ok(cli::exit(runtime.block_on(cli::tenant(args))))
+        }
+        Command::Migrate(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(sluice::migrate_cmd::run(args))))
         }
         Command::Dlq(args) => {
             init_logging("warn");

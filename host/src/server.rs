@@ -127,7 +127,8 @@ async fn database(config: &Config) -> Result<(DatabaseConfig, Option<Cluster>)> 
         database.pg_config().with_context(|| DATABASE_URL_VAR.to_string())?;
         return Ok((database, None));
     }
-    if config.database.is_configured() {
+    // PGHOST names a database too, as it does for libpq.
+    if config.database.is_configured() || std::env::var_os("PGHOST").is_some() {
         config.database.pg_config()?;
         return Ok((config.database.clone(), None));
     }

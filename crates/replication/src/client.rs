@@ -10,10 +10,10 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::config::{ReplicationConfig, SslMode, validate_slot_name};
+use crate::config::{ReplicationConfig, validate_slot_name};
 use crate::conn::{Backend, Conn, Socket, db_error, log_notice};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -187,26 +187,22 @@ impl ReplicationClient<Socket> {
     /// authenticates (trust, cleartext password, MD5 or SCRAM-SHA-256).
     pub async fn connect(config: &ReplicationConfig) -> Result<ReplicationClient<Socket>> {
         config.validate()?;
-        match config.ssl_mode {
-            SslMode::Disable => {}
-            // No TLS in this build: prefer means "TLS if possible", so plain it is.
-            SslMode::Prefer => tracing::debug!("TLS is not available yet; connecting without it (sslMode=prefer)"),
-            SslMode::Require => {
-                return Err(Error::Config(
-                    "sslMode=require, but TLS is not supported yet: use disable or prefer".into(),
-                ));
-            }
-        }
+        // Read the root file (and fail on it) before touching the network.
+        let tls = config.tls().client_config()?;
         let target = config.target();
         let connect = async {
             let socket = if config.host.starts_with('/') {
+                // As libpq: no TLS over a unix socket, whatever sslmode says.
                 UnixStream::connect(&target).await.map(Socket::Unix)
             } else {
-                TcpStream::connect((config.host.as_str(), config.port)).await.map(|s| {
-                    // Status updates are small and latency-sensitive.
-                    let _ = s.set_nodelay(true);
-                    Socket::Tcp(s)
-                })
+                match TcpStream::connect((config.host.as_str(), config.port)).await {
+                    Ok(s) => {
+                        // Status updates are small and latency-sensitive.
+                        let _ = s.set_nodelay(true);
+                        start_tls(s, config, tls).await
+                    }
+                    Err(e) => Err(e),
+                }
             };
             let socket = socket.map_err(|source| Error::Connect { target: target.clone(), source })?;
             ReplicationClient::handshake(socket, config).await
@@ -215,6 +211,43 @@ impl ReplicationClient<Socket> {
             .await
             .map_err(|_| Error::ConnectTimeout(target.clone()))?
     }
+}
+
+/// Asks the server for TLS (`SSLRequest`) and does the handshake before the
+/// startup message; `prefer` stays plain when the server says no.
+async fn start_tls(
+    mut tcp: TcpStream,
+    config: &ReplicationConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> std::io::Result<Socket> {
+    let Some(tls) = tls else { return Ok(Socket::Tcp(tcp)) };
+    let mut request = bytes::BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if config.ssl_mode.allows_plain() => {
+            tracing::debug!("the server does not offer TLS; connecting without it (sslMode=prefer)");
+            return Ok(Socket::Tcp(tcp));
+        }
+        b'N' => {
+            return Err(std::io::Error::other(format!(
+                "sslMode={} but the server does not accept TLS connections",
+                config.ssl_mode
+            )));
+        }
+        other => {
+            return Err(std::io::Error::other(format!("unexpected answer {other:#04x} to the TLS request")));
+        }
+    }
+    let name = crate::tls::server_name(&config.host).map_err(std::io::Error::other)?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake (sslMode={}): {e}", config.ssl_mode)))?;
+    Ok(Socket::Tls(Box::new(stream)))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationClient<S> {

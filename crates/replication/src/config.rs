@@ -2,23 +2,14 @@
 //! source (its camelCase keys are accepted as aliases).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// Whether to use TLS. Only `disable` is implemented so far; `prefer` falls
-/// back to a plain connection and `require` is refused, so that a
-/// configuration asking for TLS never silently runs without it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SslMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-}
+pub use crate::tls::SslMode;
 
 /// Settings of a replication connection and the slot it streams.
 ///
@@ -45,8 +36,13 @@ pub struct ReplicationConfig {
     /// Tables of the publication, `table` (in `public`) or `schema.table`.
     #[serde(default)]
     pub tables: Vec<String>,
-    #[serde(default, alias = "sslMode")]
+    /// libpq's `sslmode`: disable, prefer (the default), require, verify-ca, verify-full.
+    #[serde(default, alias = "sslMode", alias = "sslmode")]
     pub ssl_mode: SslMode,
+    /// The CA certificate(s) (PEM) the server's certificate must lead to;
+    /// `system` for the operating system's store (the default).
+    #[serde(default, alias = "sslRootCert", alias = "sslrootcert")]
+    pub ssl_root_cert: Option<PathBuf>,
     /// Reported to the server (visible in `pg_stat_replication`).
     #[serde(default = "default_application_name", alias = "applicationName")]
     pub application_name: String,
@@ -87,9 +83,15 @@ impl ReplicationConfig {
             publication_name: default_publication_name(),
             tables: Vec::new(),
             ssl_mode: SslMode::default(),
+            ssl_root_cert: None,
             application_name: default_application_name(),
             connect_timeout_secs: default_connect_timeout(),
         }
+    }
+
+    /// The TLS settings of `ssl_mode` and `ssl_root_cert`.
+    pub fn tls(&self) -> crate::tls::TlsSettings {
+        crate::tls::TlsSettings::new(self.ssl_mode, self.ssl_root_cert.clone())
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -155,6 +157,7 @@ impl fmt::Debug for ReplicationConfig {
             .field("publication_name", &self.publication_name)
             .field("tables", &self.tables)
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .field("application_name", &self.application_name)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .finish()
@@ -182,6 +185,14 @@ mod tests {
         assert_eq!((snake.host.as_str(), snake.port), ("localhost", 5432));
         assert_eq!(snake.slot_name, "s2");
         assert_eq!(snake.ssl_mode, SslMode::Prefer);
+        let full: ReplicationConfig =
+            serde_json::from_str(r#"{"database":"d","user":"u","sslMode":"verify-full","sslRootCert":"/etc/ca.pem"}"#)
+                .unwrap();
+        assert_eq!(full.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(full.ssl_root_cert.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(
+            serde_json::from_str::<ReplicationConfig>(r#"{"database":"d","user":"u","sslMode":"always"}"#).is_err()
+        );
     }
 
     #[test]

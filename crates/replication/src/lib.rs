@@ -35,6 +35,7 @@ pub mod error;
 pub mod lsn;
 pub mod pgoutput;
 pub mod stream;
+pub mod tls;
 
 pub use client::{
     CreatedSlot, EnsuredSlot, IdentifySystem, ReplicationClient, Row, SlotInfo, SnapshotAction, StartOptions, TableName,
@@ -44,3 +45,4 @@ pub use conn::Socket;
 pub use error::{DbError, Error, Result};
 pub use lsn::Lsn;
 pub use stream::{Event, ReplicationStream};
+pub use tls::TlsSettings;

@@ -241,8 +241,8 @@ impl Runner {
         if let Some(password) = &source.password {
             pg.password(password);
         }
-        let (lock, connection) = pg.connect(tokio_postgres::NoTls).await.context("connect to the source")?;
-        let mut lock_connection = tokio::spawn(connection);
+        let (lock, mut lock_connection) =
+            crate::db::tls::connect_spawned(pg, &source.tls()).await.context("connect to the source")?;
         let lock_key = format!("sluice:cdc:{}", source.slot_name);
         let mut said_standby = false;
         loop {

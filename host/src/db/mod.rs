@@ -4,17 +4,122 @@
 pub mod dead_letters;
 pub mod encode;
 pub mod migrate;
+pub mod rds_iam;
+pub mod tls;
 pub mod writer;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::time::Duration;
+use sluice_replication::tls::TlsSettings;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+use tokio_postgres::config::Host;
+
+/// Everything needed to open a connection: tokio-postgres's settings, plus
+/// the certificate checks and the RDS IAM signing it does not know.
+/// Derefs to the tokio-postgres settings. `Debug` never shows a secret.
+#[derive(Clone)]
+pub struct PgSettings {
+    pub pg: tokio_postgres::Config,
+    pub tls: TlsSettings,
+    /// A fresh IAM token is the password of every new connection.
+    pub rds_iam: Option<rds_iam::RdsIam>,
+}
+
+impl PgSettings {
+    pub fn new(pg: tokio_postgres::Config, tls: TlsSettings, rds_iam: Option<rds_iam::RdsIam>) -> PgSettings {
+        PgSettings { pg, tls, rds_iam }
+    }
+
+    /// The tokio-postgres settings of one new connection (its IAM token signed now).
+    fn for_connect(&self) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        pg.ssl_mode(tls::driver_mode(&self.tls, pg.get_hosts()));
+        if let Some(iam) = &self.rds_iam {
+            let host = match pg.get_hosts().first() {
+                Some(Host::Tcp(host)) => host.clone(),
+                _ => String::new(),
+            };
+            let port = pg.get_ports().first().copied().unwrap_or(5432);
+            let user = pg.get_user().unwrap_or_default().to_owned();
+            pg.password(iam.token(&host, port, &user, SystemTime::now()));
+        }
+        pg
+    }
+}
+
+impl std::ops::Deref for PgSettings {
+    type Target = tokio_postgres::Config;
+    fn deref(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+}
+
+impl std::ops::DerefMut for PgSettings {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.pg
+    }
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio_postgres::Config's Debug redacts the password.
+        f.debug_struct("PgSettings")
+            .field("pg", &self.pg)
+            .field("sslmode", &self.tls.mode)
+            .field("sslrootcert", &self.tls.root_cert)
+            .field("rds_iam", &self.rds_iam)
+            .finish()
+    }
+}
+
+/// Opens connections for a pool: TLS as configured, a fresh IAM token each time.
+struct Connector {
+    settings: PgSettings,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
+        let pg = self.settings.for_connect();
+        Box::pin(async move { spawn_connection(&pg, self.tls.clone()).await })
+    }
+}
+
+async fn spawn_connection(
+    pg: &tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let log = |e: tokio_postgres::Error| tracing::warn!("database connection closed: {e}");
+    Ok(match tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await?;
+            (client, tokio::spawn(async move { connection.await.unwrap_or_else(log) }))
+        }
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            (client, tokio::spawn(async move { connection.await.unwrap_or_else(log) }))
+        }
+    })
+}
 
 /// A pool of `size` connections. Connections are opened lazily, so this
-/// succeeds while the server is down.
-pub fn pool(config: tokio_postgres::Config, size: usize, wait: Duration) -> Result<Pool> {
-    let manager =
-        Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+/// succeeds while the server is down (but not with an unreadable root
+/// certificate file).
+pub fn pool(settings: PgSettings, size: usize, wait: Duration) -> Result<Pool> {
+    let tls = tls::connector(&settings.tls)?;
+    let pg = settings.pg.clone();
+    let manager = Manager::from_connect(
+        pg,
+        Connector { settings, tls },
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
     Ok(Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -22,6 +127,13 @@ pub fn pool(config: tokio_postgres::Config, size: usize, wait: Duration) -> Resu
         .create_timeout(Some(wait))
         .recycle_timeout(Some(wait))
         .build()?)
+}
+
+/// One connection, outside any pool (its task ends when the client drops).
+pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client> {
+    let tls = tls::connector(&settings.tls)?;
+    let (client, _task) = spawn_connection(&settings.for_connect(), tls).await.context("connect to the database")?;
+    Ok(client)
 }
 
 /// Whether `e` says the database could not be reached (or is starting or
