@@ -12,11 +12,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, UNIX_EPOCH};
+use utoipa::ToSchema;
 
 /// Largest component upload.
 const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -34,7 +35,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route_layer(middleware::from_fn_with_state(app, authorize))
 }
 
-async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let Some(token) = &app.admin_token else {
         return error(StatusCode::UNAUTHORIZED, "the admin API is off: set admin_token in the config file");
     };
@@ -50,6 +51,12 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
     next.run(request).await
 }
 
+/// A JSON object as `T` (serde would also take a struct from an array).
+fn from_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice::<serde_json::Map<String, Value>>(body)
+        .and_then(|o| serde_json::from_value(Value::Object(o)))
+}
+
 fn registry_error(e: RegistryError) -> Response {
     let status = match &e {
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -61,68 +68,196 @@ fn registry_error(e: RegistryError) -> Response {
 }
 
 /// What the admin API shows of a tenant (never a key, only key ids).
-pub fn status(tenant: &Tenant) -> Value {
-    let loaded = tenant.loaded();
-    let stats = &tenant.stats;
-    json!({
-        "id": tenant.id(),
-        "component": tenant.spec.component,
-        "component_digest": loaded.normalizer.digest,
-        "loaded_at_ms": loaded.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        "tables": loaded.normalizer.tables.iter().filter(|t| !t.template).map(|t| &t.name).collect::<Vec<_>>(),
-        "templates": loaded.normalizer.tables.iter().filter(|t| t.template).map(|t| &t.name).collect::<Vec<_>>(),
-        "keys": tenant.spec.keys.iter().map(|k| key_id(k)).collect::<Vec<_>>(),
-        "schema": tenant.schema,
-        "database": if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) { "own" } else { "service" },
-        "limits": tenant.spec.limits,
-        "batch": tenant.spec.batch,
-        "apis": tenant.spec.apis,
-        "settings": tenant.spec.settings,
-        "write_modes": tenant.spec.write_modes,
-        "query_tokens": tenant.spec.query_tokens.iter().map(|k| key_id(k)).collect::<Vec<_>>(),
-        "requests": stats.requests.load(Ordering::Relaxed),
-        "errors": stats.errors.load(Ordering::Relaxed),
-        "events": {
-            "inserted": stats.events_inserted.load(Ordering::Relaxed),
-            "duplicates": stats.events_duplicate.load(Ordering::Relaxed),
-            "rejected": stats.events_rejected.load(Ordering::Relaxed),
-            "dead_lettered": stats.events_dead_lettered.load(Ordering::Relaxed),
-        },
-        "in_flight_bytes": stats.in_flight_bytes.load(Ordering::Relaxed),
-    })
+#[derive(Serialize, ToSchema)]
+pub struct TenantStatus {
+    pub id: String,
+    /// `builtin:standard` or `sha256:<digest>`.
+    pub component: String,
+    pub component_digest: String,
+    /// When the running component was loaded (ms since 1970).
+    pub loaded_at_ms: u64,
+    pub tables: Vec<String>,
+    /// Templates: their tables are made on first use.
+    pub templates: Vec<String>,
+    /// Ids of the ingest keys (12 hex digits).
+    pub keys: Vec<String>,
+    pub schema: String,
+    /// `own` (the tenant's own database) or `service`.
+    pub database: String,
+    pub limits: TenantLimits,
+    pub batch: Option<crate::config::BatchConfig>,
+    pub apis: Vec<crate::tenants::Api>,
+    pub settings: serde_json::Map<String, Value>,
+    pub write_modes: crate::write_modes::WriteModes,
+    /// Ids of the query tokens.
+    pub query_tokens: Vec<String>,
+    /// Requests since the service started.
+    pub requests: u64,
+    /// Requests answered with a 5xx.
+    pub errors: u64,
+    pub events: EventCounts,
+    pub in_flight_bytes: usize,
 }
 
-async fn list(State(app): State<Arc<App>>) -> Response {
+/// A tenant's events since the service started.
+#[derive(Serialize, ToSchema)]
+pub struct EventCounts {
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+}
+
+/// What the admin API shows of a tenant, as JSON.
+pub fn status(tenant: &Tenant) -> Value {
+    serde_json::to_value(tenant_status(tenant)).expect("a tenant's status serializes")
+}
+
+fn tenant_status(tenant: &Tenant) -> TenantStatus {
+    let loaded = tenant.loaded();
+    let stats = &tenant.stats;
+    let names = |template: bool| {
+        loaded.normalizer.tables.iter().filter(|t| t.template == template).map(|t| t.name.clone()).collect()
+    };
+    TenantStatus {
+        id: tenant.id().to_owned(),
+        component: tenant.spec.component.clone(),
+        component_digest: loaded.normalizer.digest.clone(),
+        loaded_at_ms: loaded.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        tables: names(false),
+        templates: names(true),
+        keys: tenant.spec.keys.iter().map(|k| key_id(k).to_owned()).collect(),
+        schema: tenant.schema.clone(),
+        database: if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) { "own" } else { "service" }
+            .to_owned(),
+        limits: tenant.spec.limits.clone(),
+        batch: tenant.spec.batch.clone(),
+        apis: tenant.spec.apis.clone(),
+        settings: tenant.spec.settings.clone(),
+        write_modes: tenant.spec.write_modes.clone(),
+        query_tokens: tenant.spec.query_tokens.iter().map(|k| key_id(k).to_owned()).collect(),
+        requests: stats.requests.load(Ordering::Relaxed),
+        errors: stats.errors.load(Ordering::Relaxed),
+        events: EventCounts {
+            inserted: stats.events_inserted.load(Ordering::Relaxed),
+            duplicates: stats.events_duplicate.load(Ordering::Relaxed),
+            rejected: stats.events_rejected.load(Ordering::Relaxed),
+            dead_lettered: stats.events_dead_lettered.load(Ordering::Relaxed),
+        },
+        in_flight_bytes: stats.in_flight_bytes.load(Ordering::Relaxed),
+    }
+}
+
+/// `GET /admin/tenants`.
+#[derive(Serialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantStatus>,
+}
+
+/// A new tenant, and its keys in full (shown this once).
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub tenant: TenantStatus,
+    pub keys: Vec<String>,
+}
+
+/// A new key in full (shown this once) and its id.
+#[derive(Serialize, ToSchema)]
+pub struct AddedKey {
+    pub key: String,
+    pub key_id: String,
+}
+
+/// What an upload switched the tenant to.
+#[derive(Serialize, ToSchema)]
+pub struct Uploaded {
+    pub digest: String,
+    pub tables: Vec<String>,
+    pub templates: Vec<String>,
+    /// How long validating, migrating and switching took.
+    pub swap_ms: f64,
+}
+
+/// One kept row the database refused.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterEntry {
+    pub id: i64,
+    pub table: String,
+    /// The row, column by column.
+    pub row: Value,
+    pub sqlstate: String,
+    pub message: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub attempts: i32,
+}
+
+/// A page of dead letters, oldest first, and how many match in all.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetters {
+    pub dead_letters: Vec<DeadLetterEntry>,
+    pub total: i64,
+}
+
+/// How many dead letters a purge deleted.
+#[derive(Serialize, ToSchema)]
+pub struct Purged {
+    pub purged: u64,
+}
+
+type ErrorBody = crate::openapi::ErrorBody;
+
+/// List the tenants, with counters since the service started.
+#[utoipa::path(get, path = "/admin/tenants", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "The tenants, by id.", body = TenantList),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+))]
+pub(crate) async fn list(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.registry.snapshot();
     let mut tenants: Vec<&Arc<Tenant>> = snapshot.tenants.values().collect();
     tenants.sort_by(|a, b| a.id().cmp(b.id()));
-    Json(json!({ "tenants": tenants.iter().map(|t| status(t)).collect::<Vec<_>>() })).into_response()
+    Json(TenantList { tenants: tenants.iter().map(|t| tenant_status(t)).collect() }).into_response()
 }
 
-async fn show(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+/// One tenant.
+#[utoipa::path(get, path = "/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])), params(("id" = String, Path, description = "The tenant id.")), responses(
+    (status = 200, description = "The tenant.", body = TenantStatus),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+))]
+pub(crate) async fn show(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     match app.registry.get(&id) {
-        Ok(tenant) => Json(status(&tenant)).into_response(),
+        Ok(tenant) => Json(tenant_status(&tenant)).into_response(),
         Err(e) => registry_error(e),
     }
 }
 
-async fn create(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    let spec: TenantSpec = match serde_json::from_slice(&body) {
+/// Create a tenant. Keys given in full are kept hashed; with none, one is made.
+#[utoipa::path(post, path = "/admin/tenants", tag = "admin", security(("admin_token" = [])),
+    request_body = crate::tenants::TenantSpec, responses(
+    (status = 201, description = "Created; `keys` in full, shown this once.", body = Created),
+    (status = 400, description = "The body is not a tenant.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 409, description = "A tenant with this id exists.", body = ErrorBody),
+    (status = 422, description = "The tenant is invalid (its id, keys, component or database).", body = ErrorBody),
+))]
+pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let spec: TenantSpec = match from_object(&body) {
         Ok(spec) => spec,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a tenant: {e}")),
     };
     match app.registry.create(spec).await {
         Ok((tenant, keys)) => {
-            (StatusCode::CREATED, Json(json!({ "tenant": status(&tenant), "keys": keys }))).into_response()
+            (StatusCode::CREATED, Json(Created { tenant: tenant_status(&tenant), keys })).into_response()
         }
         Err(e) => registry_error(e),
     }
 }
 
 /// Fields a PATCH may change; absent ones stay.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Change {
+pub struct Change {
     component: Option<String>,
     apis: Option<Vec<crate::tenants::Api>>,
     #[serde(default, with = "serde_with_null")]
@@ -144,8 +279,17 @@ mod serde_with_null {
     }
 }
 
-async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
-    let change: Change = match serde_json::from_slice(&body) {
+/// Change a tenant; what the body leaves out stays.
+#[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])), params(("id" = String, Path, description = "The tenant id.")),
+    request_body = Change, responses(
+    (status = 200, description = "The changed tenant.", body = TenantStatus),
+    (status = 400, description = "The body is not a tenant change.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 422, description = "The change is invalid; the tenant is as it was.", body = ErrorBody),
+))]
+pub(crate) async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let change: Change = match from_object(&body) {
         Ok(change) => change,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a tenant change: {e}")),
     };
@@ -180,47 +324,80 @@ async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes
         })
         .await;
     match result {
-        Ok(tenant) => Json(status(&tenant)).into_response(),
+        Ok(tenant) => Json(tenant_status(&tenant)).into_response(),
         Err(e) => registry_error(e),
     }
 }
 
-async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+/// Delete a tenant: its keys stop working at once; its tables and rows stay.
+#[utoipa::path(delete, path = "/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])), params(("id" = String, Path, description = "The tenant id.")),
+    responses(
+    (status = 204, description = "Deleted."),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+))]
+pub(crate) async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     match app.registry.delete(&id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_error(e),
     }
 }
 
-async fn upload(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
+/// Upload a component (`application/wasm`) and switch the tenant to it once it
+/// compiles, implements the contract and its tables migrate.
+#[utoipa::path(put, path = "/admin/tenants/{id}/component", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The tenant id.")),
+    request_body(description = "The component (.wasm); the content type is not checked.", content(
+        (crate::openapi::Wasm = "application/wasm"), (crate::openapi::Wasm = "application/octet-stream"))),
+    responses(
+    (status = 200, description = "Validated and switched.", body = Uploaded),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 413, description = "Larger than 64 MiB.", body = ErrorBody),
+    (status = 422, description = "Refused, with the reason; the old component keeps serving.", body = ErrorBody),
+))]
+pub(crate) async fn upload(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
     let started = Instant::now();
     match app.registry.swap_component(&id, body.to_vec()).await {
         Ok(tenant) => {
             let loaded = tenant.loaded();
             tracing::info!(tenant = %id, digest = %loaded.normalizer.digest, "component swapped");
-            Json(json!({
-                "digest": loaded.normalizer.digest,
-                "tables": loaded.normalizer.tables.iter().filter(|t| !t.template).map(|t| &t.name).collect::<Vec<_>>(),
-        "templates": loaded.normalizer.tables.iter().filter(|t| t.template).map(|t| &t.name).collect::<Vec<_>>(),
-                "swap_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }))
+            let names = |template: bool| {
+                loaded.normalizer.tables.iter().filter(|t| t.template == template).map(|t| t.name.clone()).collect()
+            };
+            Json(Uploaded {
+                digest: loaded.normalizer.digest.clone(),
+                tables: names(false),
+                templates: names(true),
+                swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+            })
             .into_response()
         }
         Err(e) => registry_error(e),
     }
 }
 
-#[derive(Deserialize, Default)]
+/// The key to add (at least 16 characters); none, or no body, makes one.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
+pub struct NewKey {
     key: Option<String>,
 }
 
-async fn add_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
+/// Add an ingest key to a tenant.
+#[utoipa::path(post, path = "/admin/tenants/{id}/keys", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The tenant id.")), request_body(content = Option<NewKey>, description = "Optional: the key to add."), responses(
+    (status = 201, description = "Added; the key in full, shown this once.", body = AddedKey),
+    (status = 400, description = "The body is not {\"key\": ...}.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 422, description = "The key is refused (too short, or another tenant's).", body = ErrorBody),
+))]
+pub(crate) async fn add_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
     let request: NewKey = if body.is_empty() {
         NewKey::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match from_object(&body) {
             Ok(request) => request,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not {{\"key\": …}}: {e}")),
         }
@@ -238,12 +415,19 @@ async fn add_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Byte
         })
         .await;
     match result {
-        Ok(_) => (StatusCode::CREATED, Json(json!({ "key": key, "key_id": key_id(&hashed) }))).into_response(),
+        Ok(_) => (StatusCode::CREATED, Json(AddedKey { key_id: key_id(&hashed).to_owned(), key })).into_response(),
         Err(e) => registry_error(e),
     }
 }
 
-async fn revoke_key(State(app): State<Arc<App>>, Path((id, key)): Path<(String, String)>) -> Response {
+/// Revoke an ingest key by its id.
+#[utoipa::path(delete, path = "/admin/tenants/{id}/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The tenant id."), ("key_id" = String, Path, description = "The key's id: 12 hex digits.")), responses(
+    (status = 204, description = "Revoked."),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant, or it has no such key.", body = ErrorBody),
+))]
+pub(crate) async fn revoke_key(State(app): State<Arc<App>>, Path((id, key)): Path<(String, String)>) -> Response {
     let result = app
         .registry
         .update(&id, |spec| {
@@ -283,8 +467,16 @@ fn database_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database: {e}"))
 }
 
-/// `GET /admin/tenants/{id}/dead-letters?table=&after_id=&limit=`
-async fn dead_letters(
+/// A tenant's dead letters: rows the database refused, with why, oldest first.
+#[utoipa::path(get, path = "/admin/tenants/{id}/dead-letters", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The tenant id."), dead_letters::Selection), responses(
+    (status = 200, description = "A page of them, and how many match in all.", body = DeadLetters),
+    (status = 400, description = "A query parameter is not valid.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 503, description = "The tenant's database is unavailable.", body = ErrorBody),
+))]
+pub(crate) async fn dead_letters(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
@@ -294,18 +486,28 @@ async fn dead_letters(
         Err(response) => return response,
     };
     match dead_letters::list(&**client, &tenant.schema, tenant.id(), &selection).await {
+        // The rows come as PostgreSQL wrote them; `DeadLetters` is their shape.
         Ok((letters, total)) => Json(json!({ "dead_letters": letters, "total": total })).into_response(),
         Err(e) => database_error(crate::db::writer::describe(&e)),
     }
 }
 
-/// `POST /admin/tenants/{id}/dead-letters/replay` with an optional JSON
-/// body `{"table": …, "after_id": …, "limit": …}`.
-async fn replay_dead_letters(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
+/// Move dead letters into their tables, once the cause is fixed; rows that
+/// fail again stay, with the new reason.
+#[utoipa::path(post, path = "/admin/tenants/{id}/dead-letters/replay", tag = "admin",
+    security(("admin_token" = [])), params(("id" = String, Path, description = "The tenant id.")),
+    request_body(content = Option<dead_letters::Selection>, description = "Optional: which rows."), responses(
+    (status = 200, description = "What the replay did.", body = dead_letters::Replayed),
+    (status = 400, description = "The body is not a replay selection.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 503, description = "The tenant's database is unavailable.", body = ErrorBody),
+))]
+pub(crate) async fn replay_dead_letters(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Response {
     let selection: dead_letters::Selection = if body.is_empty() {
         Default::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match from_object(&body) {
             Ok(selection) => selection,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a replay selection: {e}")),
         }
@@ -320,8 +522,16 @@ async fn replay_dead_letters(State(app): State<Arc<App>>, Path(id): Path<String>
     }
 }
 
-/// `DELETE /admin/tenants/{id}/dead-letters?table=`
-async fn purge_dead_letters(
+/// Delete dead letters for good.
+#[utoipa::path(delete, path = "/admin/tenants/{id}/dead-letters", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The tenant id."), ("table" = Option<String>, Query, description = "Only rows for this table.")), responses(
+    (status = 200, description = "How many were deleted.", body = Purged),
+    (status = 400, description = "A query parameter is not valid.", body = ErrorBody),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 404, description = "No such tenant.", body = ErrorBody),
+    (status = 503, description = "The tenant's database is unavailable.", body = ErrorBody),
+))]
+pub(crate) async fn purge_dead_letters(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     axum::extract::Query(selection): axum::extract::Query<dead_letters::Selection>,
@@ -331,7 +541,7 @@ async fn purge_dead_letters(
         Err(response) => return response,
     };
     match dead_letters::purge(&**client, &tenant.schema, tenant.id(), selection.table.as_deref()).await {
-        Ok(purged) => Json(json!({ "purged": purged })).into_response(),
+        Ok(purged) => Json(Purged { purged }).into_response(),
         Err(e) => database_error(crate::db::writer::describe(&e)),
     }
 }

@@ -327,9 +327,8 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             if let Some(table) = &table {
                 selection["table"] = json!(table);
             }
-            let listed = admin
-                .call_query(Method::GET, &[&tenant, "dead-letters"], &[("limit", "1".into())], Body::None)
-                .await?;
+            let listed =
+                admin.call_query(Method::GET, &[&tenant, "dead-letters"], &[("limit", "1".into())], Body::None).await?;
             let total = listed.json["total"].as_u64().unwrap_or(0);
             let bar = progress_bar(total, "replaying");
             let (mut replayed, mut failed) = (0, 0);
@@ -362,7 +361,10 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
         DlqCommand::Purge { tenant, table } => {
             let query: Vec<(&str, String)> = table.map(|t| ("table", t)).into_iter().collect();
             let answer = admin.call_query(Method::DELETE, &[&tenant, "dead-letters"], &query, Body::None).await?;
-            out(&format!("purged {} dead letters of tenant {tenant}\n", thousands(answer.json["purged"].as_u64().unwrap_or(0))));
+            out(&format!(
+                "purged {} dead letters of tenant {tenant}\n",
+                thousands(answer.json["purged"].as_u64().unwrap_or(0))
+            ));
         }
     }
     Ok(())
@@ -558,8 +560,7 @@ pub async fn tenant(args: TenantArgs) -> Result<()> {
 /// a path on its own machine, which the CLI does not mean to send.
 fn check_component_name(component: &str) -> Result<()> {
     let digest = component.strip_prefix("sha256:");
-    if component == BUILTIN || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
+    if component == BUILTIN || digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) {
         return Ok(());
     }
     bail!(
@@ -610,7 +611,13 @@ impl Admin {
     }
 
     /// As [`Admin::call`], with query parameters.
-    async fn call_query(&self, method: Method, segments: &[&str], query: &[(&str, String)], body: Body) -> Result<Answer> {
+    async fn call_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<Answer> {
         let mut url = admin_endpoint(&self.base, segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -778,11 +785,8 @@ fn render_list(answer: &Value) -> String {
 fn render_show(tenant: &Value) -> String {
     let component = str_of(tenant, "component");
     let digest = str_of(tenant, "component_digest");
-    let component = if component == BUILTIN {
-        format!("{BUILTIN} (sha256:{digest})")
-    } else {
-        format!("sha256:{digest}")
-    };
+    let component =
+        if component == BUILTIN { format!("{BUILTIN} (sha256:{digest})") } else { format!("sha256:{digest}") };
     let loaded = u64_of(tenant, &["loaded_at_ms"]);
     let tables = strings_of(tenant, "tables");
     let keys = strings_of(tenant, "keys");
@@ -869,6 +873,183 @@ fn render_uploaded(id: &str, answer: &Value) -> String {
         if tables.is_empty() { "none".into() } else { tables.join(", ") },
         duration(Duration::from_secs_f64(swap_ms.max(0.0) / 1000.0))
     )
+}
+
+// ---------------------------------------------------------------------------
+// sluice bench
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The service: its base URL (the API's path is added), or a full
+    /// ingest URL.
+    #[arg(long, value_name = "URL", env = "SLUICE_URL", default_value = DEFAULT_ADMIN_URL)]
+    pub url: String,
+    /// A tenant's ingest API key, sent as X-API-KEY (not needed while the
+    /// service has no tenants and is on this machine).
+    #[arg(long, value_name = "KEY", env = "SLUICE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// What to send: canonical events to /v1/events, or Logflare log events
+    /// to /api/logs (`{"batch": [events]}`).
+    #[arg(long, value_enum, default_value = "events")]
+    pub kind: sluice_loadgen::generate::Kind,
+    /// --kind logflare: the source, by name (its table is made on first use).
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    pub source_name: String,
+    /// Events in each request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_per_request: u32,
+    /// Connections, each keeping one request in flight.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// How long to send for: 10s, 500ms, 2m (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Pace the run to this many requests a second (latency then counts
+    /// from each request's due time) [default: back to back].
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// Send NDJSON (application/x-ndjson) instead of a JSON array.
+    #[arg(long)]
+    pub ndjson: bool,
+    /// Give up on a request after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON line of results instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5` (seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 10s or 500ms"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s or m")),
+    };
+    match Duration::try_from_secs_f64(number * scale) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{text:?} must be more than zero")),
+    }
+}
+
+/// The ingest URL of a bench: `url` itself when it has a path, else the
+/// kind's route under it.
+fn bench_url(args: &BenchArgs) -> Result<Url> {
+    use sluice_loadgen::generate::Kind;
+    let mut url = Url::parse(&args.url)
+        .map_err(|e| anyhow!("--url {:?} is not a URL ({e}); e.g. {DEFAULT_ADMIN_URL}", args.url))?;
+    if !matches!(url.scheme(), "http") || url.host().is_none() {
+        bail!("--url {:?} must be an http:// URL, e.g. {DEFAULT_ADMIN_URL}", args.url);
+    }
+    if url.path() == "/" {
+        match args.kind {
+            Kind::Events => url.set_path("/v1/events"),
+            Kind::Logflare => {
+                url.set_path("/api/logs");
+                url.query_pairs_mut().append_pair("source_name", &args.source_name);
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Posts fresh events to a running service for a while, with a progress
+/// bar, and reports rates and latencies. Fails (after the report) when any
+/// request did not commit all its events.
+pub async fn bench(args: BenchArgs) -> Result<()> {
+    use sluice_loadgen::generate::Format;
+    use sluice_loadgen::{report, run};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of requests a second");
+    }
+    let url = bench_url(&args)?;
+    let mut headers = Vec::new();
+    if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        headers.push(format!("x-api-key: {key}"));
+    }
+    // A clear refusal before the run rather than a run of refused requests.
+    let mut health = url.clone();
+    health.set_path("/healthz");
+    health.set_query(None);
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().context("set up the HTTP client")?;
+    if let Err(e) = probe.get(health).send().await {
+        let base = format!("{}://{}", url.scheme(), url.authority());
+        bail!(
+            "cannot reach the Sluice service at {base}: {} (is `sluice serve` running there? set --url or SLUICE_URL)",
+            root_cause(&e)
+        );
+    }
+    let format = if args.ndjson { Format::Ndjson } else { Format::JsonArray };
+    let workers = sluice_loadgen::http_workers(
+        url.as_str(),
+        args.kind,
+        format,
+        args.events_per_request as usize,
+        args.concurrency as usize,
+        args.timeout,
+        &headers,
+    )?;
+    let plan = run::Plan { duration: args.duration, rate: args.rate, interval: None, outcomes: false };
+    let progress = Arc::new(run::Progress::default());
+    let tenths = (args.duration.as_millis() / 100).max(1) as u64;
+    let bar = indicatif::ProgressBar::new(tenths);
+    bar.set_style(indicatif::ProgressStyle::with_template("bench {bar:40} {elapsed}/{msg}").expect("a valid template"));
+    let started = Instant::now();
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        let total = duration(args.duration);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let elapsed = started.elapsed();
+                let events = progress.events_acknowledged.load(Ordering::Relaxed);
+                let requests = progress.requests.load(Ordering::Relaxed);
+                let failed = requests - progress.requests_ok.load(Ordering::Relaxed);
+                let rate = events as f64 / elapsed.as_secs_f64().max(1e-3);
+                bar.set_position((elapsed.as_millis() / 100) as u64);
+                bar.set_message(format!(
+                    "{total}  {} events committed ({} a second), {} requests, {} failed",
+                    thousands(events),
+                    thousands(rate as u64),
+                    thousands(requests),
+                    thousands(failed)
+                ));
+            }
+        })
+    };
+    let stats = run::run_counted(workers, plan, Some(progress)).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let setup = report::Setup {
+        mode: "http",
+        target: url.to_string(),
+        body: format.content_type(),
+        events_per_request: args.events_per_request,
+        concurrency: args.concurrency,
+        plan,
+        rows_in_table: None,
+        sql: None,
+    };
+    report::print(&setup, &stats, args.json);
+    let errors = stats.error_count();
+    if stats.requests == 0 {
+        bail!("no request was answered in {}", duration(args.duration));
+    }
+    if errors > 0 {
+        let sample = stats.error_samples.first().map_or_else(String::new, |(_, text)| format!(": {text}"));
+        let sample: String = sample.chars().take(300).collect();
+        bail!("{errors} of {} requests did not commit all their events{sample}", stats.requests);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -72,7 +72,7 @@ impl Default for Config {
 /// runs its own embedded PostgreSQL. Logflare's names (`hostname`,
 /// `username`, `database`) are read as `host`, `user`, `dbname`; the libpq
 /// `PG*` variables fill what neither gives.
-#[derive(Clone, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Clone, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Option<String>,
@@ -95,6 +95,7 @@ pub struct DatabaseConfig {
     pub sslmode: Option<String>,
     /// CA certificate file (PEM) for verify-ca / verify-full, or `system`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub sslrootcert: Option<PathBuf>,
     /// `password` (default) or `rds-iam`: a fresh AWS RDS IAM token per connection.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -417,7 +418,7 @@ impl DatabaseConfig {
 }
 
 /// How rows from many requests are gathered into one statement.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Most rows in one flush.

@@ -7,7 +7,7 @@ use crate::runtime::{ComponentFailure, Runtime};
 use crate::tenants::{Api, Registry};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,18 +40,42 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/events", ingest_route(Api::Events))
-        .route("/t/{tenant}/v1/events", ingest_route(Api::Events))
-        .route("/v1/logs", ingest_route(Api::Logs))
-        .route("/t/{tenant}/v1/logs", ingest_route(Api::Logs))
-        .route("/api/logs", ingest_route(Api::Logflare))
-        .route("/logs", ingest_route(Api::Logflare))
-        .route("/t/{tenant}/api/logs", ingest_route(Api::Logflare))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/events", post(events))
+        .route("/t/{tenant}/v1/events", post(tenant_events))
+        .route("/v1/logs", post(logs))
+        .route("/t/{tenant}/v1/logs", post(tenant_logs))
+        .route("/api/logs", post(logflare))
+        .route("/logs", post(logflare_short))
+        .route("/t/{tenant}/api/logs", post(tenant_logflare))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::admin::routes(app.clone()))
         .merge(crate::query::routes(app.clone()))
+        .layer(axum::middleware::map_response(json_refusals))
         .with_state(app)
+}
+
+/// axum's own refusals (an unparsable query string or path, a body past
+/// its limit) are plain text; every error of the API is `{"error": …}`.
+async fn json_refusals(response: Response) -> Response {
+    let plain = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match Limited::new(body, 64 << 10).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() { parts.status.canonical_reason().unwrap_or("refused").to_owned() } else { text };
+    let mut refusal = error(parts.status, message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            refusal.headers_mut().insert(name, value.clone());
+        }
+    }
+    refusal
 }
 
 /// A JSON error body: `{"error": "..."}`.
@@ -59,7 +83,19 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn ready(State(app): State<Arc<App>>) -> Response {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "Alive.", content_type = "text/plain", body = String, example = "ok\n")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the service database answers within 2 s.
+#[utoipa::path(get, path = "/readyz", tag = "service", responses(
+    (status = 200, description = "Ready: every check passed.", body = Object),
+    (status = 503, description = "Not ready: `failed` names the checks that did not pass.", body = Object),
+))]
+pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     let check = async {
         let client = app.pool.get().await.map_err(|e| e.to_string())?;
         client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
@@ -73,7 +109,7 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 /// An ingest route's handler arguments.
-struct Incoming {
+pub(crate) struct Incoming {
     path_tenant: Option<String>,
     peer: SocketAddr,
     method: Method,
@@ -82,23 +118,109 @@ struct Incoming {
     body: Body,
 }
 
-/// The handler of an ingest API's routes: `POST /v1/events` (canonical
-/// events), `POST /v1/logs` (structured log records), `POST /api/logs` and
-/// `POST /logs` (Logflare's API, answered the way Logflare answers), each
-/// also under `/t/{tenant}`.
-fn ingest_route(api: Api) -> axum::routing::MethodRouter<Arc<App>> {
-    post(
-        move |State(app): State<Arc<App>>,
-              path_tenant: Option<Path<String>>,
-              ConnectInfo(peer): ConnectInfo<SocketAddr>,
-              method: Method,
-              uri: Uri,
-              headers: HeaderMap,
-              body: Body| async move {
-            let incoming = Incoming { path_tenant: path_tenant.map(|p| p.0), peer, method, uri, headers, body };
-            ingest(&app, api, incoming).await
-        },
-    )
+impl FromRequest<Arc<App>> for Incoming {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &Arc<App>) -> Result<Incoming, Response> {
+        let (mut parts, body) = request.into_parts();
+        let path_tenant = match Option::<Path<String>>::from_request_parts(&mut parts, state).await {
+            Ok(tenant) => tenant.map(|p| p.0),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+        };
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+            return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the peer address is unknown"));
+        };
+        Ok(Incoming { path_tenant, peer, method: parts.method, uri: parts.uri, headers: parts.headers, body })
+    }
+}
+
+// The ingest routes. Each answers after the request's rows are committed
+// (or refused); see `IngestResponses` for every status.
+
+/// Canonical events: one, an array, or NDJSON; gzip or zstd with `Content-Encoding`.
+#[utoipa::path(post, path = "/v1/events", tag = "ingest",
+    request_body(description = "One event, an array, or NDJSON (one event a line).", content(
+        (crate::openapi::Events = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ()))]
+pub(crate) async fn events(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Events, incoming).await
+}
+
+/// Canonical events for the path's tenant (the key must be one of its keys).
+#[utoipa::path(post, path = "/t/{tenant}/v1/events", tag = "ingest",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body(description = "One event, an array, or NDJSON (one event a line).", content(
+        (crate::openapi::Events = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = [])))]
+pub(crate) async fn tenant_events(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Events, incoming).await
+}
+
+/// Structured log records (structlog event dicts) into stogger's table shape.
+#[utoipa::path(post, path = "/v1/logs", tag = "ingest",
+    request_body(description = "One record, an array, or NDJSON (one record a line).", content(
+        (crate::openapi::LogRecords = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ()))]
+pub(crate) async fn logs(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logs, incoming).await
+}
+
+/// Structured log records for the path's tenant.
+#[utoipa::path(post, path = "/t/{tenant}/v1/logs", tag = "ingest",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body(description = "One record, an array, or NDJSON (one record a line).", content(
+        (crate::openapi::LogRecords = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = [])))]
+pub(crate) async fn tenant_logs(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logs, incoming).await
+}
+
+/// Logflare's ingest API: a table per source. Answers carry Logflare's
+/// `message` (`"Logged!"` on success) beside Sluice's counts.
+#[utoipa::path(post, path = "/api/logs", tag = "ingest",
+    params(
+        ("source_name" = Option<String>, Query, description = "The source by name."),
+        ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
+    ),
+    request_body(description = "One event, an array, or {\"batch\": [...]}.",
+        content((crate::openapi::LogflareBody = "application/json"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
+pub(crate) async fn logflare(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logflare, incoming).await
+}
+
+/// Logflare's ingest API, at its short path.
+#[utoipa::path(post, path = "/logs", tag = "ingest",
+    params(
+        ("source_name" = Option<String>, Query, description = "The source by name."),
+        ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
+    ),
+    request_body(description = "One event, an array, or {\"batch\": [...]}.",
+        content((crate::openapi::LogflareBody = "application/json"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
+pub(crate) async fn logflare_short(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logflare, incoming).await
+}
+
+/// Logflare's ingest API for the path's tenant.
+#[utoipa::path(post, path = "/t/{tenant}/api/logs", tag = "ingest",
+    params(
+        ("tenant" = String, Path, description = "The tenant id."),
+        ("source_name" = Option<String>, Query, description = "The source by name."),
+        ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
+    ),
+    request_body(description = "One event, an array, or {\"batch\": [...]}.",
+        content((crate::openapi::LogflareBody = "application/json"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = [])))]
+pub(crate) async fn tenant_logflare(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logflare, incoming).await
 }
 
 async fn ingest(app: &App, api: Api, incoming: Incoming) -> Response {

@@ -111,7 +111,7 @@ pub struct TenantStats {
 }
 
 /// What the response says about a request's events.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Tally {
     /// Events in the request.
     pub events: u32,
@@ -127,7 +127,7 @@ pub struct Tally {
     pub deleted_stale: Option<u64>,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Rejected {
     /// The event's position in the request, from 0.
     pub index: u32,

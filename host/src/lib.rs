@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod http;
 pub mod ingest;
 pub mod listener;
+pub mod openapi;
 pub mod migrate_cmd;
 pub mod query;
 pub mod runtime;

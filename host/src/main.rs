@@ -9,16 +9,35 @@ use std::process::ExitCode;
 /// Events, logs and database changes into PostgreSQL, through WebAssembly
 /// normalizers.
 #[derive(Parser)]
-#[command(name = "sluice", version)]
+#[command(name = "sluice", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+const AFTER_HELP: &str = "\
+Examples:
+  sluice serve --config sluice.toml
+  sluice component check my_normalizer.wasm
+  SLUICE_ADMIN_TOKEN=... sluice tenant list
+  sluice bench --duration 30s --concurrency 8
+
+Exit status: 0 done, 1 failed (the reason is on stderr as `error: ...`), 2 the command line is wrong.
+Each command's --help lists its options and the environment variables it reads.
+Documentation: docs/cli.md";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service. With no database configured it starts an embedded
     /// PostgreSQL under the data folder.
+    #[command(after_help = "\
+Examples:
+  sluice serve                                  # embedded PostgreSQL, data in .sluice/
+  sluice serve --config sluice.toml --listen 0.0.0.0:8080
+  SLUICE_DATABASE_URL=postgres://user:pass@host/db sluice serve
+
+Environment: SLUICE_CONFIG, SLUICE_DATABASE_URL, SLUICE_LOG (e.g. debug), SLUICE_LOG_FORMAT (json).
+Stops cleanly on SIGINT or SIGTERM, answering the requests in flight first. See docs/configuration.md.")]
     Serve {
         /// The configuration file (TOML).
         #[arg(long, env = "SLUICE_CONFIG")]
@@ -36,6 +55,22 @@ enum Command {
     Tenant(cli::TenantArgs),
     /// List, replay or purge the rows the database refused (dead letters).
     Dlq(cli::DlqArgs),
+    /// Load a running service: post fresh events for a while and report the
+    /// rates and latencies.
+    ///
+    /// Every event is new (its own idempotency key), so each one is a row
+    /// written. A request counts when it is answered 200 with all its events
+    /// inserted; the command fails when any did not.
+    #[command(after_help = "\
+Examples:
+  sluice bench                                   # 10 s, 4 connections, 1,000 events a request
+  sluice bench --url http://10.0.0.5:8080 --api-key \"$ACME_KEY\" --duration 1m --concurrency 16
+  sluice bench --kind logflare --source-name app --rate 200 --json")]
+    Bench(cli::BenchArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at
+    /// GET /openapi.json).
+    #[command(after_help = "Example:\n  sluice openapi > docs/openapi.json")]
+    Openapi,
     /// Create the schemas and tables serve needs, with an admin connection, and exit.
     Migrate(sluice::migrate_cmd::MigrateArgs),
 }
@@ -76,6 +111,16 @@ fn main() -> Result<ExitCode> {
             init_logging("warn");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             Ok(cli::exit(runtime.block_on(cli::dlq(args))))
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(cli::bench(args))))
+        }
+        Command::Openapi => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(sluice::openapi::json().as_bytes());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -193,7 +193,22 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
 }
 
 /// `GET /api/query?sql=…` (or `pg_sql=…`, as Logflare names it).
-async fn get_query(
+#[utoipa::path(get, path = "/api/query", tag = "query",
+    params(
+        ("sql" = Option<String>, Query, description = "One read-only query (SELECT, WITH, VALUES, TABLE)."),
+        ("pg_sql" = Option<String>, Query, description = "The query, by Logflare's name for it."),
+    ),
+    security(("query_token" = []), ("query_token_key" = []), ()),
+    responses(
+    (status = 200, description = "The rows, as JSON.", body = QueryAnswer),
+    (status = 400, description = "No query, one that is refused, or one PostgreSQL refused.", body = crate::openapi::QueryError),
+    (status = 401, description = "No query token, or not one of any tenant's (ingest keys do not authorize queries).", body = crate::openapi::ErrorBody),
+    (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
+    (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
+    (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+))]
+pub(crate) async fn get_query(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
@@ -216,17 +231,53 @@ async fn get_query(
 }
 
 /// The body of `POST /api/query`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
+pub struct QueryBody {
+    /// One read-only query; `$1`, `$2`, … are its parameters. Also read as `pg_sql`.
     #[serde(alias = "pg_sql")]
     sql: String,
+    /// The parameters' values, in order.
     #[serde(default)]
     params: Vec<serde_json::Value>,
 }
 
+/// A query's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // written as text by PostgreSQL and `execute`; this is its shape
+pub struct QueryAnswer {
+    /// The rows, each an object by column name.
+    result: Vec<serde_json::Map<String, serde_json::Value>>,
+    columns: Vec<QueryColumn>,
+    /// Rows in `result`.
+    rows: u64,
+    /// Whether rows past `[query] max_rows` were left out.
+    truncated: bool,
+}
+
+/// A column of a query's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct QueryColumn {
+    name: String,
+    /// PostgreSQL's type name, e.g. `int8`, `text`, `timestamptz`.
+    #[serde(rename = "type")]
+    type_name: String,
+}
+
 /// `POST /api/query` with `{"sql": "…", "params": […]}`.
-async fn post_query(
+#[utoipa::path(post, path = "/api/query", tag = "query", request_body = QueryBody,
+    security(("query_token" = []), ("query_token_key" = []), ()),
+    responses(
+    (status = 200, description = "The rows, as JSON.", body = QueryAnswer),
+    (status = 400, description = "The body is not a query, the query is refused, or PostgreSQL refused it.", body = crate::openapi::QueryError),
+    (status = 401, description = "No query token, or not one of any tenant's (ingest keys do not authorize queries).", body = crate::openapi::ErrorBody),
+    (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
+    (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
+    (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+))]
+pub(crate) async fn post_query(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -236,7 +287,9 @@ async fn post_query(
         Ok(tenant) => tenant,
         Err(response) => return response,
     };
-    let request: QueryBody = match serde_json::from_slice(&body) {
+    // An object only: serde would also take the struct from an array.
+    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body);
+    let request: QueryBody = match object.and_then(|o| serde_json::from_value(serde_json::Value::Object(o))) {
         Ok(request) => request,
         Err(e) => {
             return error(StatusCode::BAD_REQUEST, format!("the body is not {{\"sql\": \"…\", \"params\": […]}}: {e}"));

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub const BUILTIN: &str = "builtin:standard";
 
 /// A tenant as the config file and the admin API describe it.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     pub id: String,
@@ -63,7 +63,7 @@ pub struct TenantSpec {
 }
 
 /// An ingest API a tenant can be allowed.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Api {
     /// `POST /v1/events`: canonical events.
@@ -114,7 +114,7 @@ fn builtin() -> String {
 }
 
 /// Per-tenant overrides of the service's limits.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]

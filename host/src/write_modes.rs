@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 pub const SOURCE_COLUMN: &str = "_sluice_source";
 pub const SYNCED_AT_COLUMN: &str = "_sluice_synced_at";
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriteMode {
     Append,
@@ -31,7 +31,7 @@ pub enum WriteMode {
 /// A tenant's write modes: by table name, or by name prefix (`log_events_*`)
 /// for tables made from templates. An exact name wins over a prefix, a
 /// longer prefix over a shorter one.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct WriteModes(pub BTreeMap<String, WriteMode>);
 

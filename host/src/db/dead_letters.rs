@@ -129,8 +129,9 @@ pub fn replay_sql(schema: &str, table: &str, columns: &[String], key: &[String],
 }
 
 /// Which kept rows a list, replay or purge is about.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, default)]
+#[into_params(parameter_in = Query)]
 pub struct Selection {
     /// Only rows for this table.
     pub table: Option<String>,
@@ -180,7 +181,7 @@ pub async fn list(
 }
 
 /// What a replay did.
-#[derive(Debug, Default, serde::Serialize, PartialEq)]
+#[derive(Debug, Default, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Replayed {
     /// Rows moved into their tables (or found there already).
     pub replayed: u64,

@@ -3,11 +3,8 @@
 //! for `/api/query`.
 
 mod baseline;
-mod generate;
-mod http;
-mod query;
-mod report;
-mod run;
+
+use sluice_loadgen::{generate, http, query, report, run};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -264,19 +261,10 @@ async fn http_mode(
         (None, true) => bail!("--truncate needs --database-url"),
         _ => None,
     };
-    if ndjson && common.kind == Kind::Logflare {
-        bail!("--ndjson is for --kind events; Logflare bodies are {{\"batch\": [events]}}");
-    }
     let format = if ndjson { Format::Ndjson } else { Format::JsonArray };
-    let client = http::client(common.concurrency as usize, timeout, &headers)?;
-    let run_tag = generate::run_tag();
-    let workers = (0..common.concurrency as usize)
-        .map(|w| {
-            let generator = Generator::new(&run_tag, w);
-            let events = common.events_per_request as usize;
-            http::HttpWorker::new(client.clone(), &url, generator, common.kind, events, format)
-        })
-        .collect();
+    let events = common.events_per_request as usize;
+    let concurrency = common.concurrency as usize;
+    let workers = sluice_loadgen::http_workers(&url, common.kind, format, events, concurrency, timeout, &headers)?;
     let stats = run::run(workers, plan).await;
     common.write_outcomes(&stats)?;
     let rows = match database {

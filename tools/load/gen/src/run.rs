@@ -230,6 +230,31 @@ fn truncate(text: &mut String, max: usize) {
 /// it as latency rather than as a slower schedule. Slots still unsent when
 /// the time is up are counted as `unsent`.
 pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
+    run_counted(workers, plan, None).await
+}
+
+/// Running totals while a run goes on (for a progress bar).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests that counted (a 200 with every event inserted).
+    pub requests_ok: AtomicU64,
+    pub events_acknowledged: AtomicU64,
+}
+
+impl Progress {
+    fn add(&self, attempt: &Attempt) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(events) = attempt.result {
+            self.requests_ok.fetch_add(1, Ordering::Relaxed);
+            self.events_acknowledged.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+}
+
+/// As [`run`], adding every answer to `progress` as it comes.
+pub async fn run_counted<W: Worker>(workers: Vec<W>, plan: Plan, progress: Option<Arc<Progress>>) -> Stats {
     let started_at = SystemTime::now();
     let start = Instant::now();
     let deadline = start + plan.duration;
@@ -237,12 +262,16 @@ pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
     let mut tasks = Vec::with_capacity(workers.len());
     for (w, mut worker) in workers.into_iter().enumerate() {
         let next = next.clone();
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::new();
             match plan.rate {
                 None => {
                     while Instant::now() < deadline {
                         let attempt = worker.send().await;
+                        if let Some(progress) = &progress {
+                            progress.add(&attempt);
+                        }
                         let latency = attempt.latency;
                         stats.track(w, &attempt, start.elapsed(), &plan);
                         stats.record(attempt, latency);
@@ -259,6 +288,9 @@ pub async fn run<W: Worker>(workers: Vec<W>, plan: Plan) -> Stats {
                     }
                     tokio::time::sleep_until(due).await;
                     let attempt = worker.send().await;
+                    if let Some(progress) = &progress {
+                        progress.add(&attempt);
+                    }
                     stats.track(w, &attempt, start.elapsed(), &plan);
                     stats.record(attempt, due.elapsed());
                 },
