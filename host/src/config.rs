@@ -46,6 +46,10 @@ pub struct Config {
     pub cdc: Vec<crate::cdc::CdcConfig>,
     /// Where requests wait on disk while their destination cannot take them.
     pub spool: crate::spool::SpoolConfig,
+    /// Log format and level (see docs/observability.md).
+    pub log: crate::metrics::LogConfig,
+    /// `/metrics` and the status page (see docs/observability.md).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -63,6 +67,8 @@ impl Default for Config {
             query: Default::default(),
             cdc: Vec::new(),
             spool: Default::default(),
+            log: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct App {
     pub queries: crate::query::Queries,
     /// Requests kept on disk while their destination cannot take them.
     pub spool: crate::spool::Spool,
+    pub metrics: &'static crate::metrics::Metrics,
+    pub metrics_config: crate::metrics::MetricsConfig,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -52,6 +54,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::admin::routes(app.clone()))
         .merge(crate::query::routes(app.clone()))
+        .merge(crate::status::routes(app.clone()))
+        .layer(axum::middleware::from_fn(crate::request_id::layer))
         .layer(axum::middleware::map_response(json_refusals))
         .with_state(app)
 }
@@ -90,10 +94,14 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the service database answers within 2 s.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses(
-    (status = 200, description = "Ready: every check passed.", body = Object),
-    (status = 503, description = "Not ready: `failed` names the checks that did not pass.", body = Object),
+/// 200 when the database answers, every component is loaded and every
+/// change stream owns its slot or stands by; else 503. Either way the body
+/// says how each check went.
+#[utoipa::path(get, path = "/readyz", tag = "service", summary = "Readiness: whether the service can take requests now.",
+    description = "200 when it can (the database answers), else 503 with the reason.",
+    responses(
+    (status = 200, description = "Ready.", content((Object = "application/json"), (String = "text/plain"))),
+    (status = 503, description = "Not ready; the body says which check failed.", body = Object),
 ))]
 pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     let check = async {
@@ -101,11 +109,37 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
         client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the database is unreachable: {e}")),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the database did not answer within 2 s"),
-    }
+    let database = match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(())) => json!({ "ok": true }),
+        Ok(Err(e)) => json!({ "ok": false, "error": format!("the database is unreachable: {e}") }),
+        Err(_) => json!({ "ok": false, "error": "the database did not answer within 2 s" }),
+    };
+    // Components are loaded before the service listens; a tenant without
+    // one would not be in the registry. Counted to show what is served.
+    let components = app.registry.snapshot().tenants.len() + 1;
+    let sources = app.metrics.cdc_sources();
+    let waiting: Vec<String> = sources
+        .iter()
+        .filter(|(_, s)| !matches!(s.state(), crate::cdc::runner::State::Owner | crate::cdc::runner::State::Standby))
+        .map(|(name, s)| format!("{name} is {}", s.state().as_str()))
+        .collect();
+    let cdc = json!({
+        "ok": waiting.is_empty(),
+        "sources": sources.iter().map(|(n, s)| (n.clone(), s.state().as_str().into())).collect::<serde_json::Map<_, _>>(),
+        "error": (!waiting.is_empty()).then(|| format!("change streams not streaming or standing by: {}", waiting.join(", "))),
+    });
+    let failed: Vec<&str> = [("database", &database), ("cdc", &cdc)]
+        .into_iter()
+        .filter(|(_, c)| c["ok"] != true)
+        .map(|(name, _)| name)
+        .collect();
+    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": failed.is_empty(),
+        "failed": failed,
+        "checks": { "database": database, "components": { "ok": true, "loaded": components }, "cdc": cdc },
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// An ingest route's handler arguments.
@@ -335,6 +369,7 @@ impl Drop for InFlight<'_> {
 
 async fn serve(app: &App, tenant: Arc<Tenant>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     tenant.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = app.metrics.request_started(tenant.id());
     let response = handle(app, &tenant, method, uri, headers, body).await;
     if response.status().is_server_error() {
         tenant.stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -281,6 +281,9 @@ impl Tenant {
         }
         let (plans, row_events): (Vec<CheckedPlan>, Vec<Vec<u32>>) =
             self.check(&normalizer, outcome.plans, outcome.events, sync.as_ref(), &mut rejected).into_iter().unzip();
+        // A template's tables are labelled by the template: bounded by the component.
+        let tables: Vec<String> =
+            plans.iter().map(|p| p.plan.template.as_ref().unwrap_or(&p.plan.table).clone()).collect();
         let result = self.destination.writer.write(plans, deadline, &self.origin).await.map_err(IngestError::Write)?;
         let kept = if result.dead_lettered { "; its rows are kept in sluice_dead_letters" } else { "" };
         self.stats
@@ -290,6 +293,7 @@ impl Tenant {
             rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}{kept}"));
         }
         let written = result.written;
+        self.count_rows(&tables, &row_events, &written, &rejected, result.dead_lettered);
 
         // An event counts as inserted when any of its rows was written.
         let mut stored: BTreeMap<u32, bool> = BTreeMap::new();
@@ -315,6 +319,30 @@ impl Tenant {
         self.stats.events_duplicate.fetch_add(tally.duplicates as u64, Ordering::Relaxed);
         self.stats.events_rejected.fetch_add(tally.rejected.len() as u64, Ordering::Relaxed);
         Ok(tally)
+    }
+
+    /// Adds the written plans' rows to `sluice_rows_total`, by table. Rows
+    /// of events rejected now were refused by the database.
+    fn count_rows(
+        &self,
+        tables: &[String],
+        row_events: &[Vec<u32>],
+        written: &[Vec<bool>],
+        rejected: &BTreeMap<u32, String>,
+        dead_lettered: bool,
+    ) {
+        for ((table, events), rows) in tables.iter().zip(row_events).zip(written) {
+            let (mut inserted, mut duplicate, mut refused) = (0, 0, 0);
+            for (event, was_written) in events.iter().zip(rows) {
+                match (rejected.contains_key(event), was_written) {
+                    (true, _) => refused += 1,
+                    (false, true) => inserted += 1,
+                    (false, false) => duplicate += 1,
+                }
+            }
+            let dead = if dead_lettered { refused } else { 0 };
+            crate::metrics::metrics().rows_written(self.id(), table, inserted, duplicate, dead);
+        }
     }
 
     /// Checks each plan against the declared tables and each row against

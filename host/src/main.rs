@@ -2,6 +2,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use sluice::cli;
 use sluice::config::Config;
+use sluice::metrics::{LogConfig, LogFormat};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,11 +80,11 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => {
-            init_logging("info");
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
             };
+            init_serve_logging(&config.log)?;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -123,6 +124,33 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `serve`'s logs: `[log]` in the config file, under the environment's
+/// `SLUICE_LOG_FORMAT` and `SLUICE_LOG` (or `RUST_LOG`).
+fn init_serve_logging(log: &LogConfig) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let from_env = ["SLUICE_LOG", "RUST_LOG"].into_iter().find_map(|var| EnvFilter::try_from_env(var).ok());
+    let filter = match from_env {
+        Some(filter) => filter,
+        None => {
+            let level = log.level.as_deref().unwrap_or("info");
+            EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level {level:?} is not a valid filter: {e}"))?
+        }
+    };
+    let json = match std::env::var("SLUICE_LOG_FORMAT").ok().as_deref() {
+        Some("json") => true,
+        Some("human") => false,
+        Some(other) => anyhow::bail!("SLUICE_LOG_FORMAT must be human or json, not {other:?}"),
+        None => log.format == LogFormat::Json,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
 }
 
 /// Logs go to stderr: human-readable, or JSON with `SLUICE_LOG_FORMAT=json`;

@@ -34,6 +34,18 @@ pub enum ComponentFailure {
     Busy(String),
 }
 
+impl ComponentFailure {
+    /// Its kind, as `sluice_component_failures_total` labels it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ComponentFailure::Deadline(_) => "deadline",
+            ComponentFailure::Memory(_) => "memory",
+            ComponentFailure::Trap(_) => "trap",
+            ComponentFailure::Busy(_) => "busy",
+        }
+    }
+}
+
 impl std::fmt::Display for ComponentFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -268,7 +280,10 @@ impl Runtime {
         let wait = Duration::from_millis(self.limits.request_timeout_ms);
         let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
-            _ => return Err(busy()),
+            _ => {
+                crate::metrics::metrics().component_failed(&normalizer.name, "busy");
+                return Err(busy());
+            }
         };
         let runtime = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -369,23 +384,31 @@ impl Runtime {
         store.limiter(|state| &mut state.limiter);
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
         store.set_epoch_deadline(ticks);
-        let result = pre.instantiate(&mut store).and_then(|instance| f(instance, &mut store));
+        let metrics = crate::metrics::metrics();
+        let started = Instant::now();
+        let instance = pre.instantiate(&mut store);
+        metrics.instantiated(name, started.elapsed());
+        let result = instance.and_then(|instance| f(instance, &mut store));
         result.map_err(|error| {
-            if store.data().limiter.hit {
-                ComponentFailure::Memory(format!(
-                    "component {name} exceeded its memory limit of {} MiB",
-                    store.data().limiter.max >> 20
-                ))
-            } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                ComponentFailure::Deadline(format!(
-                    "component {name} ran past its deadline of {} ms",
-                    limits.deadline_ms
-                ))
-            } else {
-                let trap = error.downcast_ref::<Trap>().map(|t| t.to_string()).unwrap_or_else(|| format!("{error:#}"));
-                ComponentFailure::Trap(format!("component {name} failed: {trap}"))
-            }
+            let failure = Self::failure(name, &store, limits, error);
+            metrics.component_failed(name, failure.kind());
+            failure
         })
+    }
+
+    /// What an error of a call means.
+    fn failure(name: &str, store: &Store<State>, limits: CallLimits, error: wasmtime::Error) -> ComponentFailure {
+        if store.data().limiter.hit {
+            ComponentFailure::Memory(format!(
+                "component {name} exceeded its memory limit of {} MiB",
+                store.data().limiter.max >> 20
+            ))
+        } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            ComponentFailure::Deadline(format!("component {name} ran past its deadline of {} ms", limits.deadline_ms))
+        } else {
+            let trap = error.downcast_ref::<Trap>().map(|t| t.to_string()).unwrap_or_else(|| format!("{error:#}"));
+            ComponentFailure::Trap(format!("component {name} failed: {trap}"))
+        }
     }
 }
 

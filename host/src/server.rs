@@ -89,10 +89,16 @@ pub async fn serve(config: Config) -> Result<()> {
         in_flight_bytes: Default::default(),
         queries: crate::query::Queries::new(config.query.clone()),
         spool: crate::spool::Spool::open(config.data_dir.join("spool"), config.spool.clone())?,
+        metrics: crate::metrics::metrics(),
+        metrics_config: config.metrics.clone(),
     });
     crate::spool::Spool::start(&app);
+    crate::metrics::start_sampling(&app);
     drop(destination);
     let cdc = crate::cdc::start(&config, app.runtime.clone(), &database).await?;
+    for (name, stats) in cdc.stats() {
+        app.metrics.add_cdc_source(name, stats.clone());
+    }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let address = listener.local_addr()?;

@@ -83,6 +83,11 @@ impl Spool {
         self.files().map(|f| f.len()).unwrap_or(0)
     }
 
+    /// Bytes in the spool now.
+    pub fn bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

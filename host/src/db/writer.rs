@@ -144,6 +144,8 @@ struct Job {
     /// When the request stops waiting: retries end there.
     deadline: Instant,
     origin: Arc<Origin>,
+    /// The HTTP request's id, for the log lines of its flush.
+    request_id: Option<Arc<str>>,
     reply: oneshot::Sender<Result<JobResult, WriteError>>,
 }
 
@@ -184,10 +186,15 @@ impl Writer {
             .map(|r| r.values.iter().map(|v| v.wire_size() + 4).sum::<usize>())
             .sum();
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { plans, rows, bytes, deadline, origin: origin.clone(), reply })
-            .await
-            .map_err(|_| WriteError::Unavailable("the writer has stopped".into()))?;
+        let request_id = crate::request_id::current();
+        let metrics = crate::metrics::metrics();
+        metrics.rows_queued(rows);
+        let sent =
+            self.jobs.send(Job { plans, rows, bytes, deadline, origin: origin.clone(), request_id, reply }).await;
+        if sent.is_err() {
+            metrics.rows_dequeued(rows);
+            return Err(WriteError::Unavailable("the writer has stopped".into()));
+        }
         answer.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the writer stopped before answering".into())))
     }
 }
@@ -258,6 +265,7 @@ impl Batcher {
                 break;
             }
             let job = self.pending.pop_front().unwrap();
+            crate::metrics::metrics().rows_dequeued(job.rows);
             self.pending_rows -= job.rows;
             self.pending_bytes -= job.bytes;
             // Its request has been answered (it timed out): writing its rows
@@ -294,6 +302,7 @@ fn events_of(jobs: &[Job]) -> Vec<Unit> {
 /// bisects the batch by event: halves that commit are written, and an event
 /// that fails alone is refused with the database's reason.
 async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
+    let started = std::time::Instant::now();
     let mut results: Vec<JobResult> = jobs
         .iter()
         .map(|j| JobResult {
@@ -319,6 +328,7 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
             results[j].written[p][r] = true;
         }
     }
+    crate::metrics::metrics().flushed(jobs.iter().map(|j| j.rows).sum(), started.elapsed());
     for (job, result) in jobs.into_iter().zip(results) {
         let _ = job.reply.send(match &outcome {
             Ok(_) => Ok(result),
@@ -420,7 +430,9 @@ impl Batch<'_> {
             if abandoned || Instant::now() + wait >= deadline {
                 return Err(Err(WriteError::Unavailable(message)));
             }
-            tracing::warn!(retry_in_ms = wait.as_millis() as u64, "write failed, retrying: {message}");
+            crate::metrics::metrics().write_retried();
+            let requests = request_ids(jobs);
+            tracing::warn!(retry_in_ms = wait.as_millis() as u64, requests, "write failed, retrying: {message}");
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -457,10 +469,17 @@ async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal
     match keep.await {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!("refused rows could not be kept as dead letters: {e}");
+            let requests = request_ids(jobs);
+            tracing::error!(requests, "refused rows could not be kept as dead letters: {e}");
             false
         }
     }
+}
+
+/// The ids of the requests whose rows a flush holds, for its log lines.
+fn request_ids(jobs: &[Job]) -> String {
+    let ids: Vec<&str> = jobs.iter().filter_map(|j| j.request_id.as_deref()).collect();
+    ids.join(",")
 }
 
 /// The first wait between retries; it doubles up to `MAX_BACKOFF`.

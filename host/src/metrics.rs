@@ -1,0 +1,489 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text) and the
+//! per-second history the status page draws (`GET /status.json`).
+//!
+//! Counters the host already keeps (per tenant, per change stream, the
+//! spool, the pools) are read when scraped; what only exists as an event
+//! (a flush, an instantiation, a trap) is recorded here as it happens.
+//! Labels are tenant ids, table and component names and source names: all
+//! bounded by the configuration, never taken from request data.
+//!
+//! One process-wide instance: the writer and the runtime record into it
+//! without the HTTP state being threaded down to them.
+
+use crate::cdc::runner::Stats as CdcStats;
+use crate::http::App;
+use crate::ingest::Tenant;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Seconds of per-second samples kept for the status page.
+pub const HISTORY_SECONDS: usize = 600;
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+pub struct Metrics {
+    started: Instant,
+    /// Rows by tenant, table and outcome (`inserted`, `duplicate`, `dead_lettered`).
+    rows: Family<Labels, Counter>,
+    batch_rows: Histogram,
+    flush_seconds: Histogram,
+    write_retries: Counter,
+    /// Rows handed to writers and not yet taken into a flush.
+    writer_queued_rows: Gauge,
+    requests_in_flight: Family<Labels, Gauge>,
+    instantiate_seconds: HistogramFamily,
+    component_calls: Family<Labels, Counter>,
+    /// By component and kind: `trap`, `deadline`, `memory`, `busy`.
+    component_failures: Family<Labels, Counter>,
+    cdc: Mutex<Vec<(String, Arc<CdcStats>)>>,
+    history: Mutex<History>,
+}
+
+fn instantiate_histogram() -> Histogram {
+    // 50 µs .. ~0.4 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 14))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            started: Instant::now(),
+            rows: Family::default(),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            // 1 ms .. ~16 s
+            flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            write_retries: Counter::default(),
+            writer_queued_rows: Gauge::default(),
+            requests_in_flight: Family::default(),
+            instantiate_seconds: Family::new_with_constructor(instantiate_histogram),
+            component_calls: Family::default(),
+            component_failures: Family::default(),
+            cdc: Mutex::default(),
+            history: Mutex::default(),
+        }
+    }
+
+    /// Rows of one request's plans, by the table they went to, once written.
+    pub fn rows_written(&self, tenant: &str, table: &str, inserted: u64, duplicate: u64, dead_lettered: u64) {
+        for (outcome, n) in [("inserted", inserted), ("duplicate", duplicate), ("dead_lettered", dead_lettered)] {
+            if n > 0 {
+                let labels =
+                    vec![("tenant", tenant.to_owned()), ("table", table.to_owned()), ("outcome", outcome.into())];
+                self.rows.get_or_create(&labels).inc_by(n);
+            }
+        }
+    }
+
+    /// A writer flush ended (committed or not) after `elapsed`.
+    pub fn flushed(&self, rows: usize, elapsed: Duration) {
+        self.batch_rows.observe(rows as f64);
+        self.flush_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn write_retried(&self) {
+        self.write_retries.inc();
+    }
+
+    pub fn rows_queued(&self, rows: usize) {
+        self.writer_queued_rows.inc_by(rows as i64);
+    }
+
+    pub fn rows_dequeued(&self, rows: usize) {
+        self.writer_queued_rows.dec_by(rows as i64);
+    }
+
+    /// Counts a request of `tenant` as in flight until the guard drops.
+    pub fn request_started(&self, tenant: &str) -> InFlightRequest {
+        let gauge = self.requests_in_flight.get_or_create_owned(&vec![("tenant", tenant.to_owned())]);
+        gauge.inc();
+        InFlightRequest(gauge)
+    }
+
+    pub fn instantiated(&self, component: &str, elapsed: Duration) {
+        let labels = vec![("component", component.to_owned())];
+        self.instantiate_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.component_calls.get_or_create(&labels).inc();
+    }
+
+    /// A component call failed; `kind` is `trap`, `deadline`, `memory` or `busy`.
+    pub fn component_failed(&self, component: &str, kind: &'static str) {
+        let labels = vec![("component", component.to_owned()), ("kind", kind.to_owned())];
+        self.component_failures.get_or_create(&labels).inc();
+    }
+
+    /// A change stream to report on.
+    pub fn add_cdc_source(&self, name: &str, stats: Arc<CdcStats>) {
+        self.cdc.lock().unwrap().push((name.to_owned(), stats));
+    }
+
+    /// The change streams and their counters.
+    pub fn cdc_sources(&self) -> Vec<(String, Arc<CdcStats>)> {
+        self.cdc.lock().unwrap().clone()
+    }
+
+    /// Every metric, in the OpenMetrics text format.
+    pub fn render(&self, app: &App) -> String {
+        let mut registry = Registry::with_prefix("sluice");
+        self.register_recorded(&mut registry);
+        register_tenants(&mut registry, &tenants(app));
+        self.register_state(&mut registry, app);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    fn register_recorded(&self, registry: &mut Registry) {
+        registry.register(
+            "rows",
+            "Rows written, by tenant, table (a template's name for tables made from it) and outcome: \
+             inserted, duplicate (already there), dead_lettered (refused by the database, kept)",
+            self.rows.clone(),
+        );
+        registry.register("batch_rows", "Rows per writer flush (one transaction)", self.batch_rows.clone());
+        registry.register_with_unit(
+            "flush_duration",
+            "Time of a writer flush, retries included",
+            prometheus_client::registry::Unit::Seconds,
+            self.flush_seconds.clone(),
+        );
+        registry.register(
+            "write_retries",
+            "Write attempts retried after a transient failure",
+            self.write_retries.clone(),
+        );
+        registry.register(
+            "writer_queued_rows",
+            "Rows handed to the writers and waiting for a flush, all tenants",
+            self.writer_queued_rows.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Ingest requests being processed, by tenant",
+            self.requests_in_flight.clone(),
+        );
+        registry.register_with_unit(
+            "component_instantiate",
+            "Time to instantiate a component for one call, by component",
+            prometheus_client::registry::Unit::Seconds,
+            self.instantiate_seconds.clone(),
+        );
+        registry.register("component_calls", "Component instances started, by component", self.component_calls.clone());
+        registry.register(
+            "component_failures",
+            "Component calls that failed, by component and kind: trap, deadline (ran past its deadline), \
+             memory (past its memory cap), busy (no instance slot came free)",
+            self.component_failures.clone(),
+        );
+    }
+
+    /// What is read from the host's state at scrape time.
+    fn register_state(&self, registry: &mut Registry, app: &App) {
+        let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(value);
+            registry.register(name, help, g);
+        };
+        gauge(
+            registry,
+            "in_flight_bytes_all",
+            "Request bytes being processed now, all tenants",
+            app.in_flight_bytes.load(Ordering::Relaxed) as i64,
+        );
+        gauge(registry, "spool_bytes", "Bytes of requests kept in the spool", app.spool.bytes() as i64);
+        gauge(registry, "spool_files", "Requests kept in the spool", app.spool.len() as i64);
+        gauge(registry, "uptime_seconds", "Seconds since the process started", self.started.elapsed().as_secs() as i64);
+
+        let pools = Family::<Labels, Gauge>::default();
+        let pool = |name: String, status: deadpool_postgres::Status| {
+            let of = |state: &'static str| vec![("pool", name.clone()), ("state", state.to_owned())];
+            pools.get_or_create(&of("in_use")).set(status.size.saturating_sub(status.available) as i64);
+            pools.get_or_create(&of("idle")).set(status.available as i64);
+            pools.get_or_create(&of("waiting")).set(status.waiting as i64);
+            pools.get_or_create(&of("max")).set(status.max_size as i64);
+        };
+        pool("service".into(), app.pool.status());
+        for (id, tenant) in app.registry.snapshot().tenants.iter() {
+            // Only tenants with a connection of their own have a pool of their own.
+            if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) {
+                pool(format!("tenant:{id}"), tenant.destination.pool.status());
+            }
+        }
+        registry.register(
+            "db_pool_connections",
+            "Database connections by pool (service, or tenant:ID for a tenant's own database) and state: \
+             in_use, idle, waiting (tasks waiting for one), max",
+            pools,
+        );
+
+        let sources = self.cdc_sources();
+        let state = Family::<Labels, Gauge>::default();
+        let lag_bytes = Family::<Labels, Gauge>::default();
+        let lag_seconds = Family::<Labels, FloatGauge>::default();
+        let transactions = Family::<Labels, Counter>::default();
+        let changes = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        for (name, stats) in &sources {
+            let labels = vec![("source", name.clone())];
+            let owner = stats.state() == crate::cdc::runner::State::Owner;
+            state.get_or_create(&labels).set(i64::from(owner));
+            lag_bytes.get_or_create(&labels).set(stats.lag_bytes() as i64);
+            lag_seconds.get_or_create(&labels).set(stats.lag_seconds());
+            transactions.get_or_create(&labels).inc_by(stats.transactions.load(Ordering::Relaxed));
+            changes.get_or_create(&labels).inc_by(stats.changes.load(Ordering::Relaxed));
+            errors.get_or_create(&labels).inc_by(stats.handler_errors.load(Ordering::Relaxed));
+        }
+        registry.register("cdc_owner", "1 while this host owns the change stream's slot, else 0 (standby)", state);
+        registry.register(
+            "cdc_slot_lag_bytes",
+            "WAL the slot holds back: the source's WAL end minus the LSN confirmed",
+            lag_bytes,
+        );
+        registry.register(
+            "cdc_lag_seconds",
+            "How far behind its source a change stream is; 0 when caught up",
+            lag_seconds,
+        );
+        registry.register("cdc_transactions", "Source transactions applied, by source", transactions);
+        registry.register("cdc_changes", "Row changes applied, by source", changes);
+        registry.register("cdc_handler_errors", "Transactions the change handler failed or refused, by source", errors);
+    }
+
+    /// Takes one sample of every tenant's counters; the status page's
+    /// rates are the differences between consecutive samples.
+    pub fn sample(&self, app: &App) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let totals: BTreeMap<String, Totals> =
+            tenants(app).iter().map(|t| (t.id().to_owned(), Totals::of(t))).collect();
+        let mut history = self.history.lock().unwrap();
+        let mut point = Point { t: now, events: BTreeMap::new(), errors: BTreeMap::new() };
+        if let Some((at, last)) = &history.last {
+            let seconds = (now - at).max(0.001);
+            for (id, total) in &totals {
+                let before = last.get(id).copied().unwrap_or_default();
+                let rate = |now: u64, then: u64| round1(now.saturating_sub(then) as f64 / seconds);
+                point.events.insert(id.clone(), rate(total.events(), before.events()));
+                point.errors.insert(id.clone(), rate(total.errors + total.rejected, before.errors + before.rejected));
+            }
+            if history.points.len() == HISTORY_SECONDS {
+                history.points.pop_front();
+            }
+            history.points.push_back(point);
+        }
+        history.last = Some((now, totals));
+    }
+
+    /// What `/status.json` answers: now, and the last minutes second by second.
+    pub fn status(&self, app: &App) -> serde_json::Value {
+        let history = self.history.lock().unwrap();
+        let latest = history.points.back();
+        let tenants: Vec<serde_json::Value> = tenants(app)
+            .iter()
+            .map(|t| {
+                let total = Totals::of(t);
+                let rate = |m: Option<&BTreeMap<String, f64>>| m.and_then(|m| m.get(t.id())).copied().unwrap_or(0.0);
+                serde_json::json!({
+                    "id": t.id(),
+                    "events_per_second": rate(latest.map(|p| &p.events)),
+                    "errors_per_second": rate(latest.map(|p| &p.errors)),
+                    "requests": total.requests,
+                    "errors": total.errors,
+                    "inserted": total.inserted,
+                    "duplicates": total.duplicates,
+                    "rejected": total.rejected,
+                    "dead_lettered": total.dead_lettered,
+                    "in_flight_bytes": t.stats.in_flight_bytes.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let cdc: Vec<serde_json::Value> = self
+            .cdc_sources()
+            .iter()
+            .map(|(name, stats)| {
+                serde_json::json!({
+                    "name": name,
+                    "state": stats.state().as_str(),
+                    "lag_bytes": stats.lag_bytes(),
+                    "lag_seconds": round1(stats.lag_seconds()),
+                    "transactions": stats.transactions.load(Ordering::Relaxed),
+                    "changes": stats.changes.load(Ordering::Relaxed),
+                    "handler_errors": stats.handler_errors.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "tenants": tenants,
+            "cdc": cdc,
+            "spool": { "bytes": app.spool.bytes(), "files": app.spool.len() },
+            "history": &history.points,
+        })
+    }
+}
+
+/// Ends a request's count in `sluice_requests_in_flight` when dropped.
+pub struct InFlightRequest(Gauge);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The tenants taking requests: the configured ones, or the default one
+/// while none is configured.
+fn tenants(app: &App) -> Vec<Arc<Tenant>> {
+    let snapshot = app.registry.snapshot();
+    if snapshot.tenants.is_empty() {
+        return vec![app.default_tenant.clone()];
+    }
+    let mut tenants: Vec<Arc<Tenant>> = snapshot.tenants.values().cloned().collect();
+    tenants.sort_by(|a, b| a.id().cmp(b.id()));
+    tenants
+}
+
+fn register_tenants(registry: &mut Registry, tenants: &[Arc<Tenant>]) {
+    let events = Family::<Labels, Counter>::default();
+    let dead_lettered = Family::<Labels, Counter>::default();
+    let requests = Family::<Labels, Counter>::default();
+    let errors = Family::<Labels, Counter>::default();
+    let in_flight = Family::<Labels, Gauge>::default();
+    for tenant in tenants {
+        let id = || ("tenant", tenant.id().to_owned());
+        let total = Totals::of(tenant);
+        for (outcome, n) in
+            [("accepted", total.inserted), ("duplicate", total.duplicates), ("rejected", total.rejected)]
+        {
+            events.get_or_create(&vec![id(), ("outcome", outcome.to_owned())]).inc_by(n);
+        }
+        dead_lettered.get_or_create(&vec![id()]).inc_by(total.dead_lettered);
+        requests.get_or_create(&vec![id()]).inc_by(total.requests);
+        errors.get_or_create(&vec![id()]).inc_by(total.errors);
+        in_flight.get_or_create(&vec![id()]).set(tenant.stats.in_flight_bytes.load(Ordering::Relaxed) as i64);
+    }
+    registry.register(
+        "events",
+        "Events by tenant and outcome: accepted (a row newly written), duplicate (all its rows were there), \
+         rejected (refused by the component, the row checks or the database)",
+        events,
+    );
+    registry.register(
+        "events_dead_lettered",
+        "Rejected events the database refused whose rows were kept as dead letters, by tenant",
+        dead_lettered,
+    );
+    registry.register("requests", "Ingest requests, by tenant", requests);
+    registry.register("request_errors", "Ingest requests answered with a 5xx status, by tenant", errors);
+    registry.register("in_flight_bytes", "Request bytes being processed now, by tenant", in_flight);
+}
+
+/// A tenant's counters at one moment.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    requests: u64,
+    errors: u64,
+    inserted: u64,
+    duplicates: u64,
+    rejected: u64,
+    dead_lettered: u64,
+}
+
+impl Totals {
+    fn of(tenant: &Tenant) -> Totals {
+        let s = &tenant.stats;
+        Totals {
+            requests: s.requests.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            inserted: s.events_inserted.load(Ordering::Relaxed),
+            duplicates: s.events_duplicate.load(Ordering::Relaxed),
+            rejected: s.events_rejected.load(Ordering::Relaxed),
+            dead_lettered: s.events_dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    fn events(&self) -> u64 {
+        self.inserted + self.duplicates + self.rejected
+    }
+}
+
+/// One second of the status page's chart.
+#[derive(Serialize)]
+struct Point {
+    /// Seconds since the Unix epoch.
+    t: f64,
+    /// Events per second by tenant.
+    events: BTreeMap<String, f64>,
+    /// Rejected events and 5xx answers per second by tenant.
+    errors: BTreeMap<String, f64>,
+}
+
+#[derive(Default)]
+struct History {
+    points: VecDeque<Point>,
+    last: Option<(f64, BTreeMap<String, Totals>)>,
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Samples every second while the process runs.
+pub fn start_sampling(app: &Arc<App>) {
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { return };
+            metrics().sample(&app);
+        }
+    });
+}
+
+/// `[metrics]`: who may read `/metrics` and `/status.json`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Require the admin token (`Authorization: Bearer …`) for `/metrics`
+    /// and `/status.json`. Off by default, as Prometheus exporters are:
+    /// they show tenant ids and counts, never keys or data.
+    pub require_admin_token: bool,
+}
+
+/// `[log]`: the format and level of the service's logs (stderr).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (the default) or `json`, one object per line;
+    /// `SLUICE_LOG_FORMAT` wins over it.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,sluice::db=debug`;
+    /// `SLUICE_LOG` or `RUST_LOG` win over it. Default `info`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}

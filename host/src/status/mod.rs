@@ -1,0 +1,42 @@
+//! The operator's view: `GET /metrics` (Prometheus), `GET /status.json`
+//! (now, and the last minutes second by second) and the status page at
+//! `GET /` that draws it. The page is static, compiled into the binary;
+//! the data comes from `/status.json`.
+//!
+//! With `[metrics] require_admin_token = true`, `/metrics` and
+//! `/status.json` need the admin token; the page itself holds no data, so
+//! it is always served, and asks for the token when `/status.json` does.
+
+use crate::http::App;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+
+const PAGE: &str = include_str!("index.html");
+
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    let data = Router::new().route("/metrics", get(metrics)).route("/status.json", get(status));
+    let data = match app.metrics_config.require_admin_token {
+        true => data.route_layer(middleware::from_fn_with_state(app, crate::admin::authorize)),
+        false => data,
+    };
+    Router::new().route("/", get(page)).merge(data)
+}
+
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render(&app);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+async fn status(State(app): State<Arc<App>>) -> Response {
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(app.metrics.status(&app))).into_response()
+}
