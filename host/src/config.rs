@@ -739,6 +739,8 @@ mod tests {
             assert_eq!(s.tls.mode, SslMode::VerifyFull);
             assert_eq!(s.tls.root_cert.as_deref(), Some(Path::new("system")));
         }
+        let s = settings("postgres://u:pw@/app?host=%2Frun%2Fpostgresql&port=5433", &none);
+        assert_eq!(s.get_hosts(), &[Host::Unix("/run/postgresql".into())]);
         let s = settings("postgres:///app?host=/run/postgresql&user=w", &none);
         assert_eq!(s.get_hosts(), &[Host::Unix("/run/postgresql".into())]);
         assert_eq!(s.get_ports(), &[5432]);

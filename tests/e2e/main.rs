@@ -5,6 +5,7 @@ mod support;
 mod cdc;
 mod cdc_crash;
 mod cli;
+mod connections;
 mod delivery;
 mod events;
 mod lifecycle;

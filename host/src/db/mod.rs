@@ -97,6 +97,8 @@ async fn spawn_connection(
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let log = |e: tokio_postgres::Error| tracing::warn!("database connection closed: {e}");
+    // The TLS connector needs a host name even when it will not be used (a unix socket).
+    let tls = tls.filter(|_| pg.get_ssl_mode() != tokio_postgres::config::SslMode::Disable);
     Ok(match tls {
         Some(tls) => {
             let (client, connection) = pg.connect(tls).await?;

@@ -33,7 +33,8 @@ pub async fn connect_spawned(
     tls: &TlsSettings,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>)> {
     pg.ssl_mode(driver_mode(tls, pg.get_hosts()));
-    Ok(match connector(tls)? {
+    let connector = connector(tls)?.filter(|_| pg.get_ssl_mode() != tokio_postgres::config::SslMode::Disable);
+    Ok(match connector {
         Some(connector) => {
             let (client, connection) = pg.connect(connector).await?;
             (client, tokio::spawn(connection))
