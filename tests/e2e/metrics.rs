@@ -213,7 +213,7 @@ async fn readyz_follows_the_database() {
     };
     let mut cluster = Cluster::start(options.clone()).unwrap();
     let db = TestDb { url: cluster.url(), name: "sluice".into() };
-    let sluice = Sluice::start_in(Some(&db), "", Some(&dir.join("sluice")));
+    let sluice = Sluice::start_in(Some(&db), "[limits]\nrequest_timeout_ms = 1500\n", Some(&dir.join("sluice")));
 
     let body = until_ready(&sluice, true, Duration::from_secs(10)).await;
     assert_eq!(body["failed"], json!([]), "{body}");
@@ -228,6 +228,14 @@ async fn readyz_follows_the_database() {
     assert!(!error.contains(&db.url), "no connection string in the answer: {error}");
     let health = http().get(sluice.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200, "alive while not ready");
+    // The writer's retries name the request whose rows they hold.
+    let (status, id, answer) = send(&sluice.url("/v1/events"), &json!([event("ok", "o")]), "outage-req-1", None).await;
+    assert_eq!((status, id.as_str(), &answer["spooled"]), (202, "outage-req-1", &json!(true)), "{answer}");
+    let log = sluice.log();
+    assert!(
+        log.lines().any(|l| l.contains("write failed, retrying") && l.contains("outage-req-1")),
+        "no retry line names the request; log:\n{log}"
+    );
 
     let _cluster = Cluster::start(options).unwrap();
     let body = until_ready(&sluice, true, Duration::from_secs(10)).await;
