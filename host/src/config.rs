@@ -388,13 +388,11 @@ impl DatabaseConfig {
         let rds_iam = match self.auth.as_deref() {
             None | Some("password") => None,
             Some("rds-iam") => {
-                match sslmode {
-                    Some(SslMode::Disable | SslMode::Prefer) => bail!(
+                if let Some(mode @ (SslMode::Disable | SslMode::Prefer)) = sslmode {
+                    bail!(
                         "database.auth = \"rds-iam\" sends a token as the password, so it needs TLS: \
-                         use sslmode require, verify-ca or verify-full, not {}",
-                        sslmode.unwrap()
-                    ),
-                    _ => {}
+                         use sslmode require, verify-ca or verify-full, not {mode}"
+                    );
                 }
                 if config.get_password().is_some() {
                     bail!("database.auth = \"rds-iam\" makes its own password (a token); remove the configured one");

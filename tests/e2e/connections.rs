@@ -414,8 +414,7 @@ async fn migrate_as_admin_then_serve_as_a_writer_that_cannot_create() {
     assert!(e.as_db_error().unwrap().message().contains("permission denied"), "{e}");
 
     // serve as the writer: it starts (no DDL needed) and ingests.
-    let sluice =
-        start_with_env(&format!("[database]\nschema = \"ingest\"\n"), &[("SLUICE_DATABASE_URL", writer_url.as_str())]);
+    let sluice = start_with_env("[database]\nschema = \"ingest\"\n", &[("SLUICE_DATABASE_URL", writer_url.as_str())]);
     let (status, answer) = post(&sluice.url("/v1/events"), "application/json", EXAMPLE).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["inserted"], 1, "{answer}");

@@ -150,3 +150,37 @@ pub fn is_unreachable(e: &anyhow::Error) -> bool {
         pg.is_some_and(|pg| writer::Failure::of(pg) == writer::Failure::Transient)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_replication::tls::SslMode;
+
+    #[test]
+    fn each_connection_signs_its_own_iam_token_and_unix_sockets_stay_plain() {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("db.abc.eu-west-1.rds.amazonaws.com").port(5432).user("writer");
+        let iam = rds_iam::RdsIam {
+            region: "eu-west-1".into(),
+            credentials: rds_iam::Credentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+                session_token: None,
+            },
+        };
+        let settings = PgSettings::new(pg, TlsSettings::new(SslMode::Require, None), Some(iam));
+        let connect = settings.for_connect();
+        let token = std::str::from_utf8(connect.get_password().unwrap()).unwrap().to_owned();
+        assert!(token.starts_with("db.abc.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=writer&"), "{token}");
+        assert!(token.contains("%2Feu-west-1%2Frds-db%2Faws4_request"), "{token}");
+        assert_eq!(connect.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        // The settings kept by the pool hold no token; each connect makes one.
+        assert!(settings.get_password().is_none());
+        assert!(!format!("{settings:?}").contains("EXAMPLEKEY"));
+
+        let mut unix = tokio_postgres::Config::new();
+        unix.host("/run/postgresql");
+        let settings = PgSettings::new(unix, TlsSettings::new(SslMode::VerifyFull, None), None);
+        assert_eq!(settings.for_connect().get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+    }
+}
