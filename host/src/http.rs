@@ -115,8 +115,9 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
         Err(_) => json!({ "ok": false, "error": "the database did not answer within 2 s" }),
     };
     // Components are loaded before the service listens; a tenant without
-    // one would not be in the registry. Counted to show what is served.
-    let components = app.registry.snapshot().tenants.len() + 1;
+    // one would not be in the registry. Counted to show what is served (the
+    // default tenant's while no tenant is configured).
+    let components = app.registry.snapshot().tenants.len().max(1);
     let sources = app.metrics.cdc_sources();
     let waiting: Vec<String> = sources
         .iter()
