@@ -323,4 +323,18 @@ mod tests {
         }
         assert!(doc["paths"]["/admin/tenants/{id}/dead-letters"]["get"].is_object());
     }
+
+    #[test]
+    fn the_committed_copy_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let current = json();
+        let first = committed.lines().zip(current.lines()).position(|(a, b)| a != b);
+        assert!(
+            committed == current,
+            "docs/openapi.json is not the document the code makes (first difference at line {}); \
+             regenerate it: cargo run -p sluice -- openapi > docs/openapi.json",
+            first.map_or_else(|| "the end".to_owned(), |i| (i + 1).to_string())
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api_fuzz;
 mod cdc;
 mod cdc_crash;
 mod cli;
