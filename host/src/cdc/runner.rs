@@ -162,6 +162,27 @@ struct Pending {
     changes: TxBuffer,
 }
 
+/// The transactions being received: the open one, and streamed ones
+/// (PostgreSQL 14+ sends large transactions before they commit).
+#[derive(Default)]
+struct Gather {
+    current: Option<Pending>,
+    streamed: HashMap<u32, Pending>,
+    stream_xid: Option<u32>,
+}
+
+/// A committed transaction, ready to apply.
+struct Ready {
+    changes: TxBuffer,
+    commit: Commit,
+}
+
+/// A destination transaction takes in the source transactions already
+/// received (a backlog) up to this many changes or this long, so that a
+/// backlog is applied with one commit and checkpoint update per group
+/// instead of per source transaction.
+const GROUP_TIME: Duration = Duration::from_millis(100);
+
 /// What the commit says of a transaction.
 struct Commit {
     xid: u32,
@@ -287,9 +308,7 @@ impl Runner {
         options.messages = false;
         let mut stream = client.start_replication(options).await?;
 
-        let mut current: Option<Pending> = None;
-        let mut streamed: HashMap<u32, Pending> = HashMap::new();
-        let mut stream_xid: Option<u32> = None;
+        let mut gather = Gather::default();
         loop {
             let event = tokio::select! {
                 event = stream.recv() => event?,
@@ -313,64 +332,73 @@ impl Runner {
                     (message, send_time)
                 }
             };
-            match message {
-                Message::Begin(begin) => {
-                    self.stats.behind(begin.commit_time);
-                    current = Some(Pending {
-                        xid: begin.xid,
-                        changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
-                    });
-                }
-                Message::Commit(commit) => {
-                    let pending = current.take().ok_or_else(|| anyhow!("a commit without a begin"))?;
-                    let commit = Commit {
-                        xid: pending.xid,
-                        commit_lsn: commit.commit_lsn,
-                        end_lsn: commit.end_lsn,
-                        commit_time: commit.commit_time,
-                    };
-                    self.apply(&mut stream, pending.changes, commit, &mut checkpoint).await?;
-                }
-                Message::StreamStart { xid, .. } => {
-                    // The commit time comes only with the stream's commit.
-                    self.stats.behind(send_time);
-                    stream_xid = Some(xid);
-                    streamed.entry(xid).or_insert_with(|| Pending {
-                        xid,
-                        changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
-                    });
-                }
-                Message::StreamStop => stream_xid = None,
-                Message::StreamCommit(commit) => {
-                    let pending = streamed
-                        .remove(&commit.xid)
-                        .ok_or_else(|| anyhow!("a stream commit for an unknown transaction"))?;
-                    let commit = Commit {
-                        xid: commit.xid,
-                        commit_lsn: commit.commit_lsn,
-                        end_lsn: commit.end_lsn,
-                        commit_time: commit.commit_time,
-                    };
-                    self.apply(&mut stream, pending.changes, commit, &mut checkpoint).await?;
-                }
-                Message::StreamAbort(abort) => {
-                    if abort.xid == abort.subxid {
-                        streamed.remove(&abort.xid);
-                    } else if let Some(pending) = streamed.get_mut(&abort.xid) {
-                        pending.changes.abort_subtransaction(abort.subxid);
-                    }
-                }
-                Message::Insert(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.insert(&m))?,
-                Message::Update(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.update(&m))?,
-                Message::Delete(m) => self.push(&mut current, &mut streamed, stream_xid, m.xid, keys.delete(&m))?,
-                Message::Truncate(m) => {
-                    for change in keys.truncate(&m) {
-                        self.push(&mut current, &mut streamed, stream_xid, m.xid, change)?;
-                    }
-                }
-                Message::Origin(_) | Message::Relation { .. } | Message::Type(_) | Message::Message(_) => {}
-            }
+            let Some(ready) = self.gather(&mut gather, &mut keys, message, send_time)? else { continue };
+            self.apply(&mut stream, &mut gather, &mut keys, ready, &mut checkpoint).await?;
         }
+    }
+
+    /// Takes one message into the transactions being received; returns a
+    /// transaction once it is committed.
+    fn gather(&self, gather: &mut Gather, keys: &mut Keys, message: Message, send_time: i64) -> Result<Option<Ready>> {
+        let Gather { current, streamed, stream_xid } = gather;
+        match message {
+            Message::Begin(begin) => {
+                self.stats.behind(begin.commit_time);
+                *current = Some(Pending {
+                    xid: begin.xid,
+                    changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
+                });
+            }
+            Message::Commit(commit) => {
+                let pending = current.take().ok_or_else(|| anyhow!("a commit without a begin"))?;
+                let commit = Commit {
+                    xid: pending.xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                };
+                return Ok(Some(Ready { changes: pending.changes, commit }));
+            }
+            Message::StreamStart { xid, .. } => {
+                // The commit time comes only with the stream's commit.
+                self.stats.behind(send_time);
+                *stream_xid = Some(xid);
+                streamed.entry(xid).or_insert_with(|| Pending {
+                    xid,
+                    changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
+                });
+            }
+            Message::StreamStop => *stream_xid = None,
+            Message::StreamCommit(commit) => {
+                let pending = streamed
+                    .remove(&commit.xid)
+                    .ok_or_else(|| anyhow!("a stream commit for an unknown transaction"))?;
+                let commit = Commit {
+                    xid: commit.xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                };
+                return Ok(Some(Ready { changes: pending.changes, commit }));
+            }
+            Message::StreamAbort(abort) => {
+                if abort.xid == abort.subxid {
+                    streamed.remove(&abort.xid);
+                } else if let Some(pending) = streamed.get_mut(&abort.xid) {
+                    pending.changes.abort_subtransaction(abort.subxid);
+                }
+            }
+            Message::Insert(m) => self.push(current, streamed, *stream_xid, m.xid, keys.insert(&m))?,
+            Message::Update(m) => self.push(current, streamed, *stream_xid, m.xid, keys.update(&m))?,
+            Message::Delete(m) => self.push(current, streamed, *stream_xid, m.xid, keys.delete(&m))?,
+            Message::Truncate(m) => {
+                for change in keys.truncate(&m) {
+                    self.push(current, streamed, *stream_xid, m.xid, change)?;
+                }
+            }
+            Message::Origin(_) | Message::Relation { .. } | Message::Type(_) | Message::Message(_) => {}
+        }
+        Ok(None)
     }
 
     /// Adds a change to the open transaction (plain or streamed).
@@ -396,17 +424,21 @@ impl Runner {
     }
 
     /// Hands a committed transaction to the component, writes its plans and
-    /// the checkpoint in one transaction, then confirms it.
+    /// the checkpoint in one destination transaction, then confirms it.
+    /// Transactions already received behind it (a backlog) join that
+    /// destination transaction, up to `batch_changes` changes or
+    /// [`GROUP_TIME`]: their effects and the checkpoint of the last one
+    /// commit together, so exactly-once holds for the group.
     async fn apply(
         &self,
         stream: &mut ReplicationStream,
-        changes: TxBuffer,
-        commit: Commit,
+        gather: &mut Gather,
+        keys: &mut Keys,
+        ready: Ready,
         checkpoint: &mut Lsn,
     ) -> Result<()> {
-        let end = commit.end_lsn;
-        let total = changes.len();
-        if end <= *checkpoint || total == 0 {
+        let end = ready.commit.end_lsn;
+        if end <= *checkpoint || ready.changes.len() == 0 {
             // Applied before (a restart re-sent it), or nothing to apply.
             if end <= *checkpoint {
                 self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
@@ -417,8 +449,8 @@ impl Runner {
         }
         let mut client = self.pool.get().await.context("connect to the destination")?;
         let tx = client.transaction().await?;
-        // The checkpoint row, locked: if another host applied this
-        // transaction meanwhile, it is not applied twice.
+        // The checkpoint row, locked: if another host applied these
+        // transactions meanwhile, they are not applied twice.
         let stored: String = tx
             .query_one(
                 &format!("SELECT lsn::text FROM {} WHERE source = $1 FOR UPDATE", qualified(&self.schema, CHECKPOINTS)),
@@ -427,12 +459,77 @@ impl Runner {
             .await?
             .get(0);
         let stored = Lsn::from_str(&stored).map_err(|e| anyhow!("{e}"))?;
-        if end <= stored {
-            tx.rollback().await?;
-            *checkpoint = stored;
-            stream.confirm(end);
-            return Ok(());
+        *checkpoint = (*checkpoint).max(stored);
+        let started = tokio::time::Instant::now();
+        let (mut last, mut transactions, mut changes) = (ready.commit.end_lsn, 0u64, 0u64);
+        let mut next = Some(ready);
+        loop {
+            if let Some(Ready { changes: buffer, commit }) = next.take() {
+                let total = buffer.len();
+                if commit.end_lsn <= *checkpoint {
+                    self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
+                } else if total > 0 {
+                    self.apply_parts(&tx, stream, buffer, &commit).await?;
+                    transactions += 1;
+                    changes += total;
+                    self.stats.applied(commit.commit_time);
+                }
+                last = last.max(commit.end_lsn);
+            }
+            if changes >= self.config.batch_changes as u64 || started.elapsed() >= GROUP_TIME {
+                break;
+            }
+            // Only what is already at hand: waiting would add latency.
+            let event = tokio::select! {
+                biased;
+                event = stream.recv() => event?,
+                _ = std::future::ready(()) => break,
+            };
+            match event {
+                None => bail!("the server ended the replication stream"),
+                Some(Event::Keepalive { wal_end, .. }) => {
+                    // The server has sent everything it has.
+                    self.stats.positions(stream, wal_end, false);
+                    break;
+                }
+                Some(Event::Data { message, wal_end, send_time, .. }) => {
+                    self.stats.positions(stream, wal_end, false);
+                    next = self.gather(gather, keys, message, send_time)?;
+                }
+            }
         }
+        if transactions == 0 {
+            tx.rollback().await?;
+        } else {
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1",
+                    qualified(&self.schema, CHECKPOINTS)
+                ),
+                &[&self.name, &last.to_string()],
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        stream.confirm(last);
+        *checkpoint = (*checkpoint).max(last);
+        self.stats.transactions.fetch_add(transactions, Ordering::Relaxed);
+        self.stats.changes.fetch_add(changes, Ordering::Relaxed);
+        self.stats.positions(stream, last, false);
+        tracing::debug!(source = %self.name, lsn = %last, transactions, changes, "applied transactions");
+        Ok(())
+    }
+
+    /// Hands one committed transaction to the component, part by part,
+    /// writing each part's plans in `tx`.
+    async fn apply_parts(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        stream: &mut ReplicationStream,
+        changes: TxBuffer,
+        commit: &Commit,
+    ) -> Result<()> {
+        let total = changes.len();
         let mut reader = changes.into_reader().context("read a spilled transaction")?;
         let mut first: u64 = 0;
         loop {
@@ -443,7 +540,7 @@ impl Runner {
                 source: self.name.clone(),
                 xid: commit.xid,
                 commit_lsn: commit.commit_lsn.0,
-                end_lsn: end.0,
+                end_lsn: commit.end_lsn.0,
                 commit_time: commit.commit_time,
                 first_change: u32::try_from(first).map_err(|_| anyhow!("a transaction of more than 2^32 changes"))?,
                 last,
@@ -460,31 +557,14 @@ impl Runner {
                     bail!("the handler failed on the transaction committed at {}: {failure}", commit.commit_lsn);
                 }
             };
-            self.write_plans(&tx, &plans).await?;
+            self.write_plans(tx, &plans).await?;
             // A long transaction must not leave the source without news.
             stream.send_status_if_due().await?;
             first += count;
             if last || count == 0 {
-                break;
+                return Ok(());
             }
         }
-        tx.execute(
-            &format!(
-                "UPDATE {} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1",
-                qualified(&self.schema, CHECKPOINTS)
-            ),
-            &[&self.name, &end.to_string()],
-        )
-        .await?;
-        tx.commit().await?;
-        stream.confirm(end);
-        *checkpoint = end;
-        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-        self.stats.changes.fetch_add(total, Ordering::Relaxed);
-        self.stats.applied(commit.commit_time);
-        self.stats.positions(stream, end, false);
-        tracing::debug!(source = %self.name, lsn = %end, changes = total, "applied a transaction");
-        Ok(())
     }
 
     /// Writes plans inside the open transaction: one set-based upsert each.
