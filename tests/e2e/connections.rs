@@ -585,28 +585,83 @@ async fn secrets_never_show() {
     }
 }
 
-/// `sluice serve` against `SLUICE_DATABASE_URL` from `env`, with the other
-/// variables of `env` in its environment.
-fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Sluice {
-    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let extra: Vec<_> = env.iter().filter(|(k, _)| *k != "SLUICE_DATABASE_URL").collect();
-    // The harness spawns with this process's environment: set ours around
-    // the spawn only (the variables are ones no other test reads).
-    for (k, v) in &extra {
-        // SAFETY: ENV_LOCK serializes this file's changes; the child copies
-        // the environment when it is spawned.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let url = env.iter().find(|(k, _)| *k == "SLUICE_DATABASE_URL").map(|(_, v)| v.to_string());
-    let db = url.map(|url| TestDb { url, name: String::new() });
-    let sluice = Sluice::start(db.as_ref(), toml);
-    for (k, _) in &extra {
-        unsafe { std::env::remove_var(k) };
-    }
-    sluice
+/// A `sluice serve` with its own environment (the harness's passes this
+/// process's on), its stderr kept.
+struct Serve {
+    child: std::process::Child,
+    base: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    data: PathBuf,
 }
 
-static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+impl Serve {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Serve {
+    use std::io::{BufRead, BufReader};
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let data = tmp().join(format!(
+        "conn-serve-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let config = temp_config(&format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n{toml}\n[components]\ncache_dir = {:?}\n",
+        cache_dir()
+    ));
+    let mut command = sluice_command(&["serve", "--config"]);
+    command.arg(&config).env("SLUICE_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = kept.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // stdout is output too: keep it with the log for the secrets check.
+            kept.lock().unwrap().push_str(&format!("{line}\n"));
+            let _ = tx.send(line);
+        }
+    });
+    let base = loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("sluice listening on ") {
+                    break url.to_owned();
+                }
+            }
+            Err(_) => panic!("sluice did not start; its log:\n{}", log.lock().unwrap()),
+        }
+    };
+    Serve { child, base, log, data }
+}
 
 fn sluice_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -632,4 +687,56 @@ fn percent_encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_from_a_source_checked_with_verify_full() {
+    let server = tls_server();
+    let source_url = tls_url("127.0.0.1", "sslmode=require&application_name=conn-test");
+    let source = sluice::db::connect(&source_url.pg_config().unwrap()).await.unwrap();
+    source.batch_execute("CREATE TABLE IF NOT EXISTS tls_cdc_orders (id int PRIMARY KEY, note text)").await.unwrap();
+    let db = TestDb::new().await;
+    let toml = format!(
+        "[[cdc]]\nname = \"tls\"\nhost = \"localhost\"\nport = {}\ndatabase = \"sluice\"\nuser = \"sluice\"\n\
+         password = {:?}\nslotName = \"tls_cdc\"\npublicationName = \"tls_cdc\"\ntables = [\"tls_cdc_orders\"]\n\
+         sslMode = \"verify-full\"\nsslRootCert = {:?}\n",
+        server.cluster.port(),
+        server.cluster.password(),
+        server.ca
+    );
+    let sluice = Sluice::start(Some(&db), &toml);
+    // Both of the source's connections (the slot's lock and the stream) are encrypted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let encrypted = |name: &'static str| {
+        let source = &source;
+        async move {
+            source
+                .query_opt(
+                    "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .map(|row| row.get::<_, bool>(0))
+        }
+    };
+    while encrypted("sluice").await.is_none() || encrypted("sluice-cdc-lock").await.is_none() {
+        assert!(Instant::now() < deadline, "the stream never started; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(encrypted("sluice").await, Some(true));
+    assert_eq!(encrypted("sluice-cdc-lock").await, Some(true));
+    source.execute("INSERT INTO tls_cdc_orders VALUES (1, 'streamed over verify-full')", &[]).await.unwrap();
+    let destination = db.client().await;
+    loop {
+        let rows = match destination.query_one("SELECT count(*) FROM cdc_audit", &[]).await {
+            Ok(row) => row.get::<_, i64>(0),
+            Err(_) => 0,
+        };
+        if rows >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change never arrived; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
