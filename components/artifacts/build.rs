@@ -11,6 +11,7 @@ use std::{env, fs};
 
 /// (constant name, package, wasm file stem)
 const COMPONENTS: &[(&str, &str, &str)] = &[
+    ("AGGREGATE", "sluice-aggregate", "sluice_aggregate"),
     ("AUDIT", "sluice-audit", "sluice_audit"),
     ("EVENTS", "sluice-events", "sluice_events"),
     ("MISBEHAVE", "sluice-misbehave", "sluice_misbehave"),

@@ -56,6 +56,8 @@ Stops cleanly on SIGINT or SIGTERM, answering the requests in flight first. See 
     Tenant(cli::TenantArgs),
     /// List, replay or purge the rows the database refused (dead letters).
     Dlq(cli::DlqArgs),
+    /// Show the change streams (CDC) of a configuration file, or bootstrap one.
+    Cdc(sluice::cdc::cli::CdcArgs),
     /// Load a running service: post fresh events for a while and report the
     /// rates and latencies.
     ///
@@ -122,6 +124,11 @@ fn main() -> Result<ExitCode> {
             use std::io::Write;
             let _ = std::io::stdout().lock().write_all(sluice::openapi::json().as_bytes());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Cdc(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(sluice::cdc::cli::run(args))))
         }
     }
 }

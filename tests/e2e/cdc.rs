@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 /// The `[[cdc]]` section streaming `tables` of `db` into the audit handler.
 fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
+    source_toml(db, "shop", "s", tables, extra)
+}
+
+/// A `[[cdc]]` section named `name`, its slot `<slot>_<db>` and its
+/// publication `p_<db>` (shared by the sources of one test).
+fn source_toml(db: &TestDb, name: &str, slot: &str, tables: &[&str], extra: &str) -> String {
     let config: tokio_postgres::Config = db.url.parse().unwrap();
     let host = match &config.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(host) => host.clone(),
@@ -15,8 +21,8 @@ fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
     };
     let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     format!(
-        "[[cdc]]\nname = \"shop\"\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
-         slotName = \"s_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
+        "[[cdc]]\nname = {name:?}\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
+         slotName = \"{slot}_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
         config.get_ports()[0],
         db.name,
         config.get_user().unwrap(),
@@ -247,4 +253,341 @@ async fn a_killed_host_resumes_from_its_checkpoint_with_no_gap_and_no_duplicate(
         .get(0);
     assert_eq!(missing, 0);
     stops(sluice);
+}
+
+// ---------------------------------------------------------------------------
+// Bootstrap, the aggregate example and the CLI.
+
+/// Orders of 50 customers, `REPLICA IDENTITY FULL` for the aggregate.
+async fn orders_table(client: &tokio_postgres::Client, rows: i32) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL, amount numeric(12, 2) NOT NULL);
+             ALTER TABLE orders REPLICA IDENTITY FULL;
+             INSERT INTO orders SELECT g, g % 50, (g % 997) + 0.25 FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Two sources of one database: the audit handler into schema `audited`,
+/// the aggregate into schema `derived`, both bootstrapping in parts of `batch`.
+fn bootstrap_sources(db: &TestDb, batch: usize) -> String {
+    let extra = |component: &str, schema: &str| {
+        format!(
+            "component = \"{component}\"\nschema = \"{schema}\"\nbootstrapProvider = \"postgres\"\nbatch_changes = {batch}"
+        )
+    };
+    format!(
+        "{}{}",
+        source_toml(db, "audit", "audit", &["orders"], &extra("builtin:audit", "audited")),
+        source_toml(db, "totals", "totals", &["orders"], &extra("builtin:aggregate", "derived")),
+    )
+}
+
+type Totals = Vec<(String, i64, String)>;
+
+/// The per-customer count and total, by SQL on the source and as derived
+/// (customers with no orders left keep a row with count 0 there).
+async fn totals(client: &tokio_postgres::Client) -> (Totals, Totals) {
+    let rows = |sql: &'static str| async move {
+        client
+            .query(sql, &[])
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let source = rows("SELECT customer_id::text, count(*), sum(amount)::text FROM orders GROUP BY 1 ORDER BY 1").await;
+    let derived = rows(
+        "SELECT customer_id, order_count, total::text FROM derived.customer_order_totals
+         WHERE order_count <> 0 ORDER BY 1",
+    )
+    .await;
+    (source, derived)
+}
+
+/// Waits until the derived aggregate equals SQL's, then checks it stays so.
+async fn wait_for_totals(client: &tokio_postgres::Client, sluice: &Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (source, derived) = totals(client).await;
+        if source == derived && !source.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the aggregate never matched: {} customers by SQL, {} derived, first differences {:?}; log:\n{}",
+            source.len(),
+            derived.len(),
+            source.iter().zip(&derived).filter(|(a, b)| a != b).take(3).collect::<Vec<_>>(),
+            sluice.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (source, derived) = totals(client).await;
+    assert_eq!(source, derived);
+}
+
+/// How many of the two sources completed their bootstrap.
+async fn bootstraps_done(client: &tokio_postgres::Client) -> i64 {
+    let sql = "SELECT (SELECT count(*) FROM audited.sluice_cdc_bootstraps)
+                    + (SELECT count(*) FROM derived.sluice_cdc_bootstraps)";
+    client.query_one(sql, &[]).await.map(|r| r.get(0)).unwrap_or(0)
+}
+
+/// Waits until both bootstraps have imported their slot's snapshot: a
+/// slot is consistent (its snapshot fixed) only once the transactions
+/// running when it was asked for have ended.
+async fn wait_for_snapshots(sluice: &Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sluice.log().matches("bootstrap started").count() < 2 {
+        assert!(Instant::now() < deadline, "the bootstraps never started; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts, updates (amounts and customers) and deletes, one transaction
+/// each; returns (inserts, updates, deletes, how many committed while a
+/// bootstrap was still running).
+async fn write_orders(url: String, first_new_id: i32, ops: i32) -> (i64, i64, i64, i64) {
+    let client = crate::support::connect(&url).await;
+    let (mut inserts, mut updates, mut deletes, mut during) = (0, 0, 0, 0);
+    for i in 0..ops {
+        let id = 1 + (i * 7919) % first_new_id;
+        let changed = match i % 4 {
+            0 => client.execute("INSERT INTO orders VALUES ($1, $1 % 50, 9.99)", &[&(first_new_id + i)]).await,
+            1 => client.execute("UPDATE orders SET amount = amount + 1 WHERE id = $1", &[&id]).await,
+            // A change of customer moves the order from one total to another.
+            2 => client.execute("UPDATE orders SET customer_id = 49 - customer_id WHERE id = $1", &[&id]).await,
+            _ => client.execute("DELETE FROM orders WHERE id = $1", &[&(id + 3)]).await,
+        }
+        .unwrap() as i64;
+        match i % 4 {
+            0 => inserts += changed,
+            1 | 2 => updates += changed,
+            _ => deletes += changed,
+        }
+        if bootstraps_done(&client).await < 2 {
+            during += 1;
+        }
+    }
+    (inserts, updates, deletes, during)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_then_stream_with_writes_during_the_bootstrap() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    const ROWS: i32 = 6_000;
+    orders_table(&client, ROWS).await;
+    let sluice = Sluice::start(Some(&db), &bootstrap_sources(&db, 20));
+    // Every write from here on is streamed, while the bootstraps still read.
+    wait_for_snapshots(&sluice).await;
+    let (inserts, updates, deletes, during) = write_orders(db.url.clone(), ROWS + 1, 400).await;
+    assert!(during > 0, "no write landed while the bootstraps ran: make them longer; log:\n{}", sluice.log());
+    wait_for_totals(&client, &sluice).await;
+
+    // The audit saw each row once: every row of the snapshot as a
+    // bootstrap insert, then every later change once, none twice.
+    let expected = inserts + updates + deletes;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let live = "SELECT count(*) FROM audited.cdc_audit WHERE commit_lsn > 0";
+    while client.query_one(live, &[]).await.unwrap().get::<_, i64>(0) < expected {
+        assert!(Instant::now() < deadline, "the audit misses changes; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE commit_lsn < 0),
+                    count(DISTINCT element_id) FILTER (WHERE commit_lsn < 0),
+                    count(DISTINCT commit_lsn) FILTER (WHERE commit_lsn < 0),
+                    count(*) FILTER (WHERE commit_lsn < 0 AND (op <> 'insert' OR xid <> 0)),
+                    (sum((after->>'amount')::numeric) FILTER (WHERE commit_lsn < 0))::text,
+                    count(*) FILTER (WHERE commit_lsn > 0 AND op = 'insert'),
+                    count(*) FILTER (WHERE commit_lsn > 0 AND op = 'update'),
+                    count(*) FILTER (WHERE commit_lsn > 0 AND op = 'delete'),
+                    count(*) FILTER (WHERE commit_lsn > 0 AND op = 'insert' AND (after->>'id')::int <= $1)
+             FROM audited.cdc_audit",
+            &[&ROWS],
+        )
+        .await
+        .unwrap();
+    let initial_sum: String = client
+        .query_one(&format!("SELECT sum((g % 997) + 0.25)::text FROM generate_series(1, {ROWS}) g"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row.get::<_, i64>(0), ROWS as i64, "every row of the snapshot once");
+    assert_eq!(row.get::<_, i64>(1), ROWS as i64);
+    assert_eq!(row.get::<_, i64>(2), 1, "one snapshot");
+    assert_eq!(row.get::<_, i64>(3), 0, "snapshot rows are inserts of xid 0");
+    assert_eq!(row.get::<_, String>(4), initial_sum, "the snapshot holds the rows as they were before the writes");
+    assert_eq!(
+        (row.get::<_, i64>(5), row.get::<_, i64>(6), row.get::<_, i64>(7)),
+        (inserts, updates, deletes),
+        "each later change streamed once"
+    );
+    assert_eq!(row.get::<_, i64>(8), 0, "no snapshot row streamed again");
+    // The checkpoint starts at the snapshot's consistent point.
+    let row = client
+        .query_one(
+            "SELECT b.rows, c.lsn >= b.consistent_point
+             FROM derived.sluice_cdc_bootstraps b JOIN derived.sluice_cdc_checkpoints c USING (source)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), ROWS as i64);
+    assert!(row.get::<_, bool>(1));
+    assert!(sluice.log().contains("bootstrap complete"), "{}", sluice.log());
+    stops(sluice);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_bootstrap_redoes_it_with_no_duplicate() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    const ROWS: i32 = 20_000;
+    orders_table(&client, ROWS).await;
+    let toml = bootstrap_sources(&db, 10);
+    let mut sluice = Sluice::start(Some(&db), &toml);
+    // SIGKILL once rows have been handed over, before either bootstrap commits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sluice.log().contains("bootstrap started") {
+        assert!(Instant::now() < deadline, "no bootstrap started; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sluice.child.kill().unwrap();
+    sluice.child.wait().unwrap();
+    assert_eq!(bootstraps_done(&client).await, 0, "killed too late: a bootstrap completed; log:\n{}", sluice.log());
+    let derived: i64 =
+        client.query_one("SELECT count(*) FROM derived.customer_order_totals", &[]).await.unwrap().get(0);
+    assert_eq!(derived, 0, "nothing of a bootstrap is committed before it completes");
+
+    // Changes while no host runs: in the next snapshot.
+    write_orders(db.url.clone(), ROWS + 1, 40).await;
+    let rows_then: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    let sluice = Sluice::start(Some(&db), &toml);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bootstraps_done(&client).await < 2 {
+        assert!(Instant::now() < deadline, "the bootstraps never completed; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sluice.log().contains("its bootstrap never completed"), "{}", sluice.log());
+    // And changes after it, streamed.
+    write_orders(db.url.clone(), ROWS + 1000, 40).await;
+    wait_for_totals(&client, &sluice).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT element_id), count(DISTINCT commit_lsn) FROM audited.cdc_audit
+             WHERE commit_lsn < 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+        (rows_then, rows_then, 1),
+        "one snapshot, each of its rows once"
+    );
+    stops(sluice);
+}
+
+/// Runs `sluice cdc ARGS` with `db` as the destination.
+fn cdc_cli(args: &[&str], db: &TestDb) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("cdc")
+        .args(args)
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (output.status.code().unwrap(), text(output.stdout), text(output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bootstraps_then_shows_the_status() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    orders_table(&client, 3_000).await;
+    let source = source_toml(
+        &db,
+        "totals",
+        "totals",
+        &["orders"],
+        "component = \"builtin:aggregate\"\nschema = \"derived\"\nbootstrapProvider = \"postgres\"\nbatch_changes = 500",
+    );
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cdc-cli-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.toml");
+    let toml = format!(
+        "data_dir = {:?}\n[components]\ncache_dir = {:?}\n\n{source}",
+        dir.join("data"),
+        crate::support::cache_dir()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap();
+
+    let (code, out, err) = cdc_cli(&["status", "--config", config], &db);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(missing: made at the next start)") && out.contains("pending"), "{out}");
+
+    let (code, out, err) = cdc_cli(&["bootstrap", "totals", "--config", config], &db);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("bootstrapped source totals: 1 tables, 3000 rows"), "{out}");
+    let (by_sql, derived) = totals(&client).await;
+    assert_eq!(by_sql, derived);
+    let (code, out, _) = cdc_cli(&["bootstrap", "totals", "--config", config], &db);
+    assert_eq!(code, 0);
+    assert!(out.contains("was bootstrapped at") && out.contains("--redo"), "{out}");
+    let (code, _, err) = cdc_cli(&["bootstrap", "nope", "--config", config], &db);
+    assert_eq!(code, 1);
+    assert!(err.contains("no [[cdc]] source is named \"nope\"") && err.contains("totals"), "{err}");
+
+    let status = |db: &TestDb| {
+        let (code, out, err) = cdc_cli(&["status", "--config", config, "--json"], db);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["sources"][0].clone()
+    };
+    let s = status(&db);
+    assert_eq!(s["slot_exists"], json!(true), "{s}");
+    assert_eq!(s["owner"], json!(null), "{s}");
+    assert_eq!(s["bootstrap"]["state"], "complete", "{s}");
+    assert_eq!(s["bootstrap"]["rows"], 3000, "{s}");
+    assert_eq!(s["checkpoint"]["lsn"], s["bootstrap"]["consistent_point"], "{s}");
+    assert_eq!(s["confirmed_flush_lsn"], s["bootstrap"]["consistent_point"], "{s}");
+
+    // The service streams on from the consistent point; the CLI sees its owner.
+    let sluice = Sluice::start(Some(&db), &source);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&db);
+        if !s["owner"].is_null() && s["active"] == json!(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no owner seen: {s}; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .batch_execute("UPDATE orders SET customer_id = 7 WHERE id <= 10; DELETE FROM orders WHERE id > 2990")
+        .await
+        .unwrap();
+    wait_for_totals(&client, &sluice).await;
+    let s = status(&db);
+    assert!(s["lag_bytes"].as_i64().is_some_and(|b| b >= 0), "{s}");
+    assert!(s["owner"]["pid"].as_i64().is_some(), "{s}");
+    assert!(sluice.log().contains("reusing the replication slot"), "{}", sluice.log());
+    let (code, out, _) = cdc_cli(&["status", "--config", config], &db);
+    assert_eq!(code, 0);
+    assert!(out.contains("bootstrap        complete at") && out.contains("owner            pid"), "{out}");
+    let (code, _, err) = cdc_cli(&["bootstrap", "totals", "--config", config, "--redo"], &db);
+    assert_eq!(code, 1);
+    assert!(err.contains("another host streams source \"totals\""), "{err}");
+    stops(sluice);
+    let _ = std::fs::remove_dir_all(&dir);
 }

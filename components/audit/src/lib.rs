@@ -2,6 +2,11 @@
 //! transaction becomes one row of table `cdc_audit`, keyed by the commit
 //! LSN and the change's position in the transaction, so a transaction
 //! delivered again writes nothing new.
+//!
+//! A bootstrap (xid 0: the rows read from the slot's snapshot) is keyed by
+//! its consistent point negated, so its rows can never take the key of a
+//! transaction that commits right at that point, and each bootstrap of a
+//! source keeps rows of its own.
 
 use serde_json::{Map, Value as Json};
 use sluice_sdk::{
@@ -92,8 +97,9 @@ fn row_values(tx: &Transaction, index: u64, change: &RowChange) -> Vec<Value> {
     } else {
         Value::Null
     };
+    let commit_lsn = if tx.xid == 0 { -(tx.commit_lsn as i64) } else { tx.commit_lsn as i64 };
     vec![
-        Value::Int8(tx.commit_lsn as i64),
+        Value::Int8(commit_lsn),
         Value::Int8(index as i64),
         Value::Text(tx.source.clone()),
         Value::Int8(i64::from(tx.xid)),
@@ -215,6 +221,8 @@ mod tests {
         }
         let upsert = sluice_sdk::sql::Upsert::new("public", &tables()[0], &plans[0].columns, &plans[0].conflict);
         upsert.unwrap();
+        let bootstrap = handle_transaction(&Transaction { xid: 0, ..tx.clone() });
+        assert_eq!(bootstrap[0].rows[0].values[0], Value::Int8(-0x1000));
         assert!(handle_transaction(&Transaction { changes: vec![], ..tx }).is_empty());
     }
 }

@@ -7,6 +7,8 @@ use sluice_replication::{ReplicationConfig, TableName};
 
 /// The built-in audit handler.
 pub const BUILTIN_AUDIT: &str = "builtin:audit";
+/// The built-in example aggregate: order count and total per customer.
+pub const BUILTIN_AGGREGATE: &str = "builtin:aggregate";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CdcConfig {
@@ -25,7 +27,8 @@ pub struct CdcConfig {
     /// Key columns for tables without a primary key (or to use instead of it).
     #[serde(default, alias = "tableKeys")]
     pub table_keys: Vec<TableKey>,
-    /// Drasi's bootstrap provider; only `none` (or no value) is supported yet.
+    /// Drasi's bootstrap provider: `postgres` reads the rows already in the
+    /// tables from the new slot's snapshot; `none` (the default) does not.
     #[serde(default, alias = "bootstrapProvider")]
     pub bootstrap_provider: Option<String>,
     /// Most changes handed to the component in one call; a larger
@@ -87,14 +90,19 @@ impl CdcConfig {
             bail!("cdc {:?}: batch_changes and memory_changes must be at least 1", self.name());
         }
         match self.bootstrap_provider.as_deref() {
-            None | Some("") | Some("none") | Some("noop") => {}
+            None | Some("") | Some("none") | Some("noop") | Some("postgres") => {}
             Some(other) => bail!(
-                "cdc {:?}: bootstrapProvider {other:?} is not supported yet (only \"none\": changes from the slot's \
-                 creation on are streamed, the rows already there are not read)",
+                "cdc {:?}: bootstrapProvider {other:?} is not supported: use \"postgres\" (read the rows already in \
+                 the tables from the slot's snapshot) or \"none\" (stream changes from the slot's creation on)",
                 self.name()
             ),
         }
         Ok(())
+    }
+
+    /// Whether a new slot's snapshot is read first (`bootstrapProvider = "postgres"`).
+    pub fn bootstraps(&self) -> bool {
+        self.bootstrap_provider.as_deref() == Some("postgres")
     }
 
     /// The configured key columns of `schema.table`, if any.
@@ -154,7 +162,11 @@ mod tests {
         assert_eq!(snake.table_key("public", "orders").unwrap(), ["id"]);
 
         let bad: CdcConfig =
+            toml::from_str("database = \"d\"\nuser = \"u\"\nbootstrapProvider = \"application\"").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("\"application\" is not supported"));
+        let postgres: CdcConfig =
             toml::from_str("database = \"d\"\nuser = \"u\"\nbootstrapProvider = \"postgres\"").unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("not supported yet"));
+        postgres.validate().unwrap();
+        assert!(postgres.bootstraps() && !camel.bootstraps());
     }
 }

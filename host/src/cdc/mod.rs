@@ -9,8 +9,11 @@
 //! and the checkpoint (source, commit end LSN) in one destination
 //! transaction, and only then confirms the LSN to the source.
 
+pub mod bootstrap;
 pub mod changes;
+pub mod cli;
 pub mod config;
+pub mod plans;
 pub mod runner;
 pub mod spill;
 
@@ -40,24 +43,7 @@ pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseCo
         if !names.insert(source.name().to_owned()) {
             bail!("two [[cdc]] sources are named {:?}", source.name());
         }
-        let wasm = match source.component.as_str() {
-            config::BUILTIN_AUDIT => sluice_artifacts::AUDIT.to_vec(),
-            path => std::fs::read(path).with_context(|| format!("read component {path}"))?,
-        };
-        let handler = {
-            let (runtime, name) = (runtime.clone(), format!("cdc:{}", source.name()));
-            tokio::task::spawn_blocking(move || runtime.load_change_handler(&name, &wasm)).await??
-        };
-        let pool = crate::db::pool(database.pg_config()?, 2, Duration::from_millis(database.connect_timeout_ms))?;
-        let schema = source.schema.clone().unwrap_or_else(|| database.schema.clone());
-        let runner = runner::Runner::new(
-            source.clone(),
-            runtime.clone(),
-            handler,
-            pool,
-            schema,
-            config.data_dir.join("cdc-spill").join(source.name()),
-        );
+        let runner = load(config, &runtime, database, source).await?;
         stats.push((source.name().to_owned(), runner.stats.clone()));
         tasks.push(tokio::spawn(runner.run(stopped.clone())));
     }
@@ -65,6 +51,34 @@ pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseCo
         tracing::info!(sources = tasks.len(), "change streams started");
     }
     Ok(Cdc { stop, tasks, stats })
+}
+
+/// Loads a source's component and makes its runner (not started).
+pub async fn load(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+    database: &DatabaseConfig,
+    source: &CdcConfig,
+) -> Result<runner::Runner> {
+    let wasm = match source.component.as_str() {
+        config::BUILTIN_AUDIT => sluice_artifacts::AUDIT.to_vec(),
+        config::BUILTIN_AGGREGATE => sluice_artifacts::AGGREGATE.to_vec(),
+        path => std::fs::read(path).with_context(|| format!("read component {path}"))?,
+    };
+    let handler = {
+        let (runtime, name) = (runtime.clone(), format!("cdc:{}", source.name()));
+        tokio::task::spawn_blocking(move || runtime.load_change_handler(&name, &wasm)).await??
+    };
+    let pool = crate::db::pool(database.pg_config()?, 2, Duration::from_millis(database.connect_timeout_ms))?;
+    let schema = source.schema.clone().unwrap_or_else(|| database.schema.clone());
+    Ok(runner::Runner::new(
+        source.clone(),
+        runtime.clone(),
+        handler,
+        pool,
+        schema,
+        config.data_dir.join("cdc-spill").join(source.name()),
+    ))
 }
 
 impl Cdc {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use deadpool_postgres::Pool;
 use postgres_protocol::escape::escape_literal;
 use sluice_replication::pgoutput::Message;
-use sluice_replication::{EnsuredSlot, Event, Lsn, ReplicationClient, ReplicationStream, StartOptions, TableName};
+use sluice_replication::{Event, Lsn, ReplicationClient, ReplicationStream, StartOptions, TableName};
 use sluice_sdk::sql::{Upsert, qualified};
 use sluice_sdk::{Table, Transaction, UpsertPlan};
 use tokio::sync::watch;
@@ -144,16 +144,18 @@ impl Stats {
 }
 
 pub struct Runner {
-    config: CdcConfig,
-    name: String,
+    pub(super) config: CdcConfig,
+    pub(super) name: String,
     runtime: Arc<Runtime>,
     handler: Arc<ChangeHandler>,
-    pool: Pool,
-    schema: String,
+    pub(super) pool: Pool,
+    pub(super) schema: String,
     spill_dir: PathBuf,
     limits: CallLimits,
     tables: HashMap<String, Table>,
     pub stats: Arc<Stats>,
+    /// The bootstrap's progress (`bootstrapProvider = "postgres"`).
+    pub bootstrap: Arc<super::bootstrap::Progress>,
 }
 
 /// A transaction being gathered.
@@ -216,6 +218,7 @@ impl Runner {
             limits,
             tables,
             stats: Default::default(),
+            bootstrap: Default::default(),
         }
     }
 
@@ -288,22 +291,11 @@ impl Runner {
         if client.ensure_publication(&source.publication_name, &source.tables).await? {
             tracing::info!(source = %self.name, publication = %source.publication_name, "created the publication");
         }
-        match client.ensure_slot(&source.slot_name).await? {
-            EnsuredSlot::Created(slot) => tracing::info!(
-                source = %self.name,
-                slot = %slot.slot_name,
-                consistent_point = %slot.consistent_point,
-                "created the replication slot: changes from here on are streamed (no bootstrap of existing rows)"
-            ),
-            EnsuredSlot::Existing(slot) => tracing::info!(
-                source = %self.name,
-                slot = %slot.slot_name,
-                confirmed = ?slot.confirmed_flush_lsn.map(|l| l.to_string()),
-                "reusing the replication slot"
-            ),
-        }
+        // Keys first: once a slot is made, its snapshot lives only while
+        // the replication connection stays idle.
         let mut keys =
             Keys::new(self.configured_keys(), self.primary_keys(&mut client).await?, self.stats.without_key.clone());
+        self.prepare_slot(&mut client, &mut keys, &mut checkpoint, false).await?;
         let mut options = StartOptions::new(&source.slot_name, &source.publication_name);
         options.messages = false;
         let mut stream = client.start_replication(options).await?;
@@ -546,18 +538,7 @@ impl Runner {
                 last,
                 changes: part,
             };
-            let plans = match self.runtime.handle_transaction(self.handler.clone(), part, self.limits).await {
-                Ok(Ok(plans)) => plans,
-                Ok(Err(refused)) => {
-                    self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
-                    bail!("the handler refused the transaction committed at {}: {refused}", commit.commit_lsn);
-                }
-                Err(failure) => {
-                    self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
-                    bail!("the handler failed on the transaction committed at {}: {failure}", commit.commit_lsn);
-                }
-            };
-            self.write_plans(tx, &plans).await?;
+            self.handle_part(tx, part).await?;
             // A long transaction must not leave the source without news.
             stream.send_status_if_due().await?;
             first += count;
@@ -567,9 +548,39 @@ impl Runner {
         }
     }
 
-    /// Writes plans inside the open transaction: one set-based upsert each.
+    /// Hands one part of a transaction (or of the bootstrap, xid 0) to a
+    /// fresh instance of the component and writes its plans in `tx`.
+    pub(super) async fn handle_part(&self, tx: &deadpool_postgres::Transaction<'_>, part: Transaction) -> Result<()> {
+        let what = if part.xid == 0 {
+            "the bootstrap".to_owned()
+        } else {
+            format!("the transaction committed at {}", Lsn(part.commit_lsn))
+        };
+        let plans = match self.runtime.handle_transaction(self.handler.clone(), part, self.limits).await {
+            Ok(Ok(plans)) => plans,
+            Ok(Err(refused)) => {
+                self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+                bail!("the handler refused {what}: {refused}");
+            }
+            Err(failure) => {
+                self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+                bail!("the handler failed on {what}: {failure}");
+            }
+        };
+        self.write_plans(tx, &plans).await
+    }
+
+    /// Writes plans inside the open transaction: one set-based statement
+    /// each (an upsert, an accumulation, or emptying a table).
     async fn write_plans(&self, tx: &deadpool_postgres::Transaction<'_>, plans: &[UpsertPlan]) -> Result<()> {
         for plan in plans {
+            if plan.columns.is_empty() || super::plans::accumulates(plan) {
+                let table = self.tables.get(&plan.table).filter(|t| !t.template).ok_or_else(|| {
+                    anyhow!("the handler plans rows for table {:?}, which it does not declare", plan.table)
+                })?;
+                super::plans::write(tx, &self.schema, table, plan).await?;
+                continue;
+            }
             if plan.rows.is_empty() {
                 continue;
             }
@@ -610,9 +621,10 @@ impl Runner {
     }
 
     /// Creates the handler's tables and the checkpoint table; returns the checkpoint.
-    async fn prepare_destination(&self) -> Result<Lsn> {
+    pub(super) async fn prepare_destination(&self) -> Result<Lsn> {
         let mut client = self.pool.get().await?;
         crate::db::migrate::migrate(&mut client, &self.schema, &self.handler.tables).await?;
+        super::bootstrap::create_table(&client, &self.schema).await?;
         let table = qualified(&self.schema, CHECKPOINTS);
         client
             .batch_execute(&format!(
@@ -631,7 +643,7 @@ impl Runner {
         Lsn::from_str(&lsn).map_err(|e| anyhow!("{e}"))
     }
 
-    fn configured_keys(&self) -> HashMap<(String, String), Vec<String>> {
+    pub(super) fn configured_keys(&self) -> HashMap<(String, String), Vec<String>> {
         self.config
             .table_keys
             .iter()
@@ -640,7 +652,10 @@ impl Runner {
     }
 
     /// The primary keys of the publication's tables.
-    async fn primary_keys(&self, client: &mut ReplicationClient) -> Result<HashMap<(String, String), Vec<String>>> {
+    pub(super) async fn primary_keys(
+        &self,
+        client: &mut ReplicationClient,
+    ) -> Result<HashMap<(String, String), Vec<String>>> {
         let sql = format!(
             "SELECT p.schemaname, p.tablename, a.attname \
              FROM pg_catalog.pg_publication_tables p \
