@@ -17,6 +17,9 @@ use std::sync::Arc;
 pub const DATABASE_URL_VAR: &str = "SLUICE_DATABASE_URL";
 
 pub async fn serve(config: Config) -> Result<()> {
+    if config.metrics.require_admin_token && config.admin_token.is_none() {
+        anyhow::bail!("metrics.require_admin_token is set but admin_token is not: set admin_token too");
+    }
     let (database, mut embedded) = database(&config).await?;
 
     let runtime = Runtime::new(&config.limits, &config.cache_dir())?;

@@ -142,13 +142,23 @@ async fn metrics_count_a_known_workload_exactly() {
     assert_eq!(m.get("sluice_spool_files", &[]), Some(0.0), "{text}");
     assert_eq!(m.get("sluice_in_flight_bytes_all", &[]), Some(0.0), "{text}");
 
-    // The trap's warning names its request, as a field of the request's span.
-    let log = sluice.log();
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["level"] == "WARN" && l["span"]["request_id"] == "trap-req-7")
-        .unwrap_or_else(|| panic!("no JSON warning carries the request id; log:\n{log}"));
+    // The trap's warning names its request, as a field of the request's span
+    // (the log is read from the pipe as it comes).
+    let started = Instant::now();
+    let line = loop {
+        let log = sluice.log();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["level"] == "WARN" && l["span"]["request_id"] == "trap-req-7");
+        match found {
+            Some(line) => break line,
+            None if started.elapsed() > Duration::from_secs(5) => {
+                panic!("no JSON warning carries the request id; log:\n{log}")
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     assert!(line["fields"]["message"].as_str().unwrap().contains("component builtin failed"), "{line}");
     assert_eq!(line["span"]["path"], "/v1/events");
 
@@ -231,11 +241,11 @@ async fn readyz_follows_the_database() {
     // The writer's retries name the request whose rows they hold.
     let (status, id, answer) = send(&sluice.url("/v1/events"), &json!([event("ok", "o")]), "outage-req-1", None).await;
     assert_eq!((status, id.as_str(), &answer["spooled"]), (202, "outage-req-1", &json!(true)), "{answer}");
-    let log = sluice.log();
-    assert!(
-        log.lines().any(|l| l.contains("write failed, retrying") && l.contains("outage-req-1")),
-        "no retry line names the request; log:\n{log}"
-    );
+    let started = Instant::now();
+    while !sluice.log().lines().any(|l| l.contains("write failed, retrying") && l.contains("outage-req-1")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "no retry line names the request; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let _cluster = Cluster::start(options).unwrap();
     let body = until_ready(&sluice, true, Duration::from_secs(10)).await;
@@ -306,4 +316,33 @@ async fn a_change_stream_shows_its_gauges() {
     assert_eq!(status["cdc"][0]["name"], "shop", "{status}");
     assert_eq!(status["cdc"][0]["state"], "owner", "{status}");
     assert_eq!(status["cdc"][0]["changes"], 4, "{status}");
+}
+
+/// Bad `[log]` and `[metrics]` settings stop `serve` with an error naming them.
+#[test]
+fn bad_observability_settings_are_refused_by_name() {
+    let cases = [
+        ("[log]\nformat = \"xml\"\n", "log.format must be \"human\" or \"json\", not \"xml\""),
+        ("[log]\nlevel = \"info,==\"\n", "log.level \"info,==\" is not a valid filter"),
+        ("[metrics]\nrequire_admin_token = true\n", "metrics.require_admin_token is set but admin_token is not"),
+    ];
+    for (n, (toml, expected)) in cases.into_iter().enumerate() {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = tmp.join(format!("bad-observability-{}-{n}.toml", std::process::id()));
+        let data_dir = tmp.join(format!("bad-observability-{}-{n}", std::process::id()));
+        std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{toml}")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("SLUICE_LOG")
+            .env_remove("RUST_LOG")
+            .env_remove("SLUICE_LOG_FORMAT")
+            .env("SLUICE_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{toml}: {stderr}");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
 }
