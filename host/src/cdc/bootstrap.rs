@@ -254,7 +254,7 @@ impl Runner {
     /// the component as the inserts of one transaction (xid 0, commit and
     /// end LSN the consistent point), committed with the checkpoint.
     async fn bootstrap(&self, snapshot: &str, consistent_point: Lsn, keys: &mut Keys) -> Result<()> {
-        let progress = &self.bootstrap;
+        let progress = &self.stats.bootstrap;
         let started = Instant::now();
         let (source, connection) = crate::db::tls::connect_spawned(
             source_pg_config(&self.config.source, "sluice-cdc-bootstrap"),

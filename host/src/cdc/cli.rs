@@ -2,7 +2,7 @@
 //! configuration file, seen from the source and the destination databases
 //! (no running service needed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -89,7 +89,7 @@ fn destination(config: &Config) -> Result<DatabaseConfig> {
     )
 }
 
-fn load_config(path: &PathBuf) -> Result<Config> {
+fn load_config(path: &Path) -> Result<Config> {
     let config = Config::load(path)?;
     if config.cdc.is_empty() {
         bail!("{} lists no [[cdc]] sources", path.display());
@@ -273,7 +273,8 @@ async fn bootstrap(args: BootstrapArgs) -> Result<()> {
     let database = destination(&config)?;
     let runtime = crate::runtime::Runtime::new(&config.limits, &config.cache_dir())?;
     let runner = Arc::new(super::load(&config, &runtime, &database, source).await?);
-    let progress = runner.bootstrap.clone();
+    let stats = runner.stats.clone();
+    let progress = &stats.bootstrap;
     let started = Instant::now();
     let task = {
         let runner = runner.clone();

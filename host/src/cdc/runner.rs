@@ -75,6 +75,8 @@ pub struct Stats {
     pub handler_errors: AtomicU64,
     /// Changes delivered without an element id.
     pub without_key: Arc<AtomicU64>,
+    /// The bootstrap's progress (`bootstrapProvider = "postgres"`).
+    pub bootstrap: super::bootstrap::Progress,
     /// A [`State`] as u8.
     state: AtomicU8,
     /// The last LSN confirmed to the source (the slot's `confirmed_flush_lsn` follows).
@@ -154,8 +156,6 @@ pub struct Runner {
     limits: CallLimits,
     tables: HashMap<String, Table>,
     pub stats: Arc<Stats>,
-    /// The bootstrap's progress (`bootstrapProvider = "postgres"`).
-    pub bootstrap: Arc<super::bootstrap::Progress>,
 }
 
 /// A transaction being gathered.
@@ -218,7 +218,6 @@ impl Runner {
             limits,
             tables,
             stats: Default::default(),
-            bootstrap: Default::default(),
         }
     }
 
@@ -301,6 +300,8 @@ impl Runner {
         let mut stream = client.start_replication(options).await?;
 
         let mut gather = Gather::default();
+        // The last idle position sent to the server.
+        let mut reported = Lsn::INVALID;
         loop {
             let event = tokio::select! {
                 event = stream.recv() => event?,
@@ -314,9 +315,17 @@ impl Runner {
             };
             let Some(event) = event else { bail!("the server ended the replication stream") };
             let (message, send_time) = match event {
-                Event::Keepalive { wal_end, .. } => {
+                Event::Keepalive { wal_end, reply_requested, .. } => {
                     // Everything sent is confirmed: caught up.
-                    self.stats.positions(&stream, wal_end, stream.confirmed_lsn() >= wal_end);
+                    let caught_up = stream.confirmed_lsn() >= wal_end;
+                    self.stats.positions(&stream, wal_end, caught_up);
+                    // An idle slot's new position goes out now rather than at the
+                    // next status interval, so the server can recycle the WAL
+                    // behind it. (The server pings once per idle spell.)
+                    if caught_up && !reply_requested && wal_end > reported {
+                        stream.send_status_now().await?;
+                        reported = wal_end;
+                    }
                     continue;
                 }
                 Event::Data { message, wal_end, send_time, .. } => {
