@@ -1030,6 +1030,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     ticker.abort();
     bar.finish_and_clear();
     let setup = report::Setup {
+        program: "sluice bench",
         mode: "http",
         target: url.to_string(),
         body: format.content_type(),

@@ -48,13 +48,25 @@ Stops cleanly on SIGINT or SIGTERM, answering the requests in flight first. See 
         listen: Option<SocketAddr>,
     },
     /// Work with normalizer components offline.
+    #[command(after_help = "Example:\n  sluice component check my_normalizer.wasm --sql --schema acme")]
     Component {
         #[command(subcommand)]
         command: cli::ComponentCommand,
     },
     /// Manage the tenants of a running service through its admin API.
+    #[command(after_help = "\
+Examples:
+  export SLUICE_ADMIN_TOKEN=...
+  sluice tenant create acme --schema acme        # prints the new key, once
+  sluice tenant upload acme my_normalizer.wasm
+  sluice tenant list --admin-url http://10.0.0.5:8080")]
     Tenant(cli::TenantArgs),
     /// List, replay or purge the rows the database refused (dead letters).
+    #[command(after_help = "\
+Examples:
+  export SLUICE_ADMIN_TOKEN=...
+  sluice dlq list default
+  sluice dlq replay default --table events")]
     Dlq(cli::DlqArgs),
     /// Show the change streams (CDC) of a configuration file, or bootstrap one.
     Cdc(sluice::cdc::cli::CdcArgs),

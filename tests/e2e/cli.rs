@@ -1,5 +1,6 @@
-//! The CLI: `sluice component check` offline, and `sluice tenant …` against
-//! the admin API of a running service.
+//! The CLI: `sluice component check` offline, `sluice tenant …` against
+//! the admin API of a running service, `sluice bench` against its ingest
+//! API, `sluice openapi`, and the help and usage errors of every command.
 
 use crate::support::{EXAMPLE, Sluice, TestDb, http};
 use serde_json::Value;
@@ -22,6 +23,7 @@ struct Run {
 fn sluice(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command.args(args).env_remove("SLUICE_ADMIN_URL").env_remove("SLUICE_ADMIN_TOKEN").env_remove("SLUICE_LOG");
+    command.env_remove("SLUICE_URL").env_remove("SLUICE_API_KEY").env_remove("SLUICE_CONFIG");
     for (name, value) in env {
         command.env(name, value);
     }
@@ -252,7 +254,9 @@ async fn dead_letters_are_kept_listed_replayed_and_purged() {
             response.json::<Value>().await.unwrap()
         }
     };
-    let event = |t: &str, k: &str| format!(r#"{{"eventType":"{t}","occurredAt":"2026-05-26T14:21:08Z","idempotencyKey":"{k}"}}"#);
+    let event = |t: &str, k: &str| {
+        format!(r#"{{"eventType":"{t}","occurredAt":"2026-05-26T14:21:08Z","idempotencyKey":"{k}"}}"#)
+    };
     post(format!("[{}]", event("warmup", "w"))).await;
     client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
     let answer = post(format!("[{},{},{}]", event("ok", "1"), event("bad", "2"), event("bad", "3"))).await;
@@ -262,14 +266,22 @@ async fn dead_letters_are_kept_listed_replayed_and_purged() {
 
     let list = sluice(&["dlq", "list", "default"], &env);
     assert_eq!(list.code, 0, "{}", list.stderr);
-    assert_eq!(list.stdout.lines().filter(|l| l.contains("events") && l.contains("23514")).count(), 2, "{}", list.stdout);
+    assert_eq!(
+        list.stdout.lines().filter(|l| l.contains("events") && l.contains("23514")).count(),
+        2,
+        "{}",
+        list.stdout
+    );
 
     // The cause is still there: the rows fail again and stay.
     let replay = sluice(&["dlq", "replay", "default"], &env);
     assert_eq!(replay.code, 0, "{}", replay.stderr);
-    assert!(replay.stdout.contains("replayed 0 dead letters") && replay.stdout.contains("2 failed again"), "{}", replay.stdout);
-    let attempts: i32 =
-        client.query_one("SELECT max(attempts) FROM sluice_dead_letters", &[]).await.unwrap().get(0);
+    assert!(
+        replay.stdout.contains("replayed 0 dead letters") && replay.stdout.contains("2 failed again"),
+        "{}",
+        replay.stdout
+    );
+    let attempts: i32 = client.query_one("SELECT max(attempts) FROM sluice_dead_letters", &[]).await.unwrap().get(0);
     assert_eq!(attempts, 2);
 
     client.batch_execute("ALTER TABLE events DROP CONSTRAINT no_bad").await.unwrap();
@@ -289,4 +301,145 @@ async fn dead_letters_are_kept_listed_replayed_and_purged() {
     let unknown = sluice(&["dlq", "list", "nobody"], &env);
     assert_eq!(unknown.code, 1);
     assert!(unknown.stderr.contains("no tenant nobody"), "{}", unknown.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_loads_a_running_service_and_reports_what_it_wrote() {
+    let db = TestDb::new().await;
+    let service = Sluice::start(Some(&db), "");
+    let args =
+        ["bench", "--url", &service.base, "--duration", "2s", "--concurrency", "2", "--events-per-request", "50"];
+    let run = sluice(&[&args[..], &["--json"]].concat(), &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
+    let acknowledged = report["events_acknowledged"].as_u64().unwrap();
+    assert!(acknowledged >= 50, "{report}");
+    assert_eq!(acknowledged % 50, 0, "whole requests: {report}");
+    assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["target"], format!("{}/v1/events", service.base), "{report}");
+    // Every acknowledged event is a row, and each was new.
+    assert_eq!(count(&db, "events").await, acknowledged as i64);
+
+    // The text report, for people; Logflare's API this time.
+    let run =
+        sluice(&["bench", "--url", &service.base, "--duration", "1s", "--kind", "logflare", "--source-name", "b"], &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let first = run.stdout.lines().next().unwrap_or("");
+    assert_eq!(first, format!("sluice bench http → {}/api/logs?source_name=b", service.base), "{}", run.stdout);
+    let events = run.stdout.lines().find(|l| l.trim_start().starts_with("events ")).expect("an events line");
+    assert!(events.ends_with("events/s"), "{}", run.stdout);
+    assert!(run.stdout.contains("errors      0"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_says_why_it_failed() {
+    let db = TestDb::new().await;
+    let service = Sluice::start(Some(&db), &format!("[[tenants]]\nid = \"acme\"\nkeys = [\"{ACME_KEY}\"]\n"));
+    // A service with tenants wants a key: the report, then the reason, exit 1.
+    let run = sluice(&["bench", "--url", &service.base, "--duration", "1s", "--events-per-request", "5"], &[]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("401"), "the report counts the answers: {}", run.stdout);
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+    assert!(run.stderr.contains("requests did not commit all their events"), "{}", run.stderr);
+    assert!(run.stderr.contains("an API key is required"), "{}", run.stderr);
+    assert_eq!(count(&db, "events").await, 0);
+    // With the tenant's key (from the environment) it writes.
+    let run = sluice(
+        &["bench", "--url", &service.base, "--duration", "1s", "--events-per-request", "5", "--json"],
+        &[("SLUICE_API_KEY", ACME_KEY)],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(count(&db, "events").await, report["events_acknowledged"].as_i64().unwrap());
+    assert!(!run.stderr.contains(ACME_KEY) && !run.stdout.contains(ACME_KEY), "the key is never printed");
+
+    // Nothing listening: one clear line, before any load.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = sluice(&["bench", "--url", &format!("http://127.0.0.1:{port}"), "--duration", "1s"], &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!("cannot reach the Sluice service at http://127.0.0.1:{port}"))
+            && run.stderr.contains("is `sluice serve` running there? set --url or SLUICE_URL"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn every_command_has_help_and_bad_usage_exits_2_with_a_hint() {
+    let top = sluice(&["--help"], &[]);
+    assert_eq!(top.code, 0, "{}", top.stderr);
+    assert!(top.stdout.contains("Exit status: 0 done, 1 failed"), "{}", top.stdout);
+    // Every command listed, and each one's help.
+    let commands: Vec<String> = top
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    for expected in ["serve", "component", "tenant", "dlq", "bench", "openapi"] {
+        assert!(commands.iter().any(|c| c == expected), "{expected} in {commands:?}");
+    }
+    for command in &commands {
+        let run = sluice(&[command, "--help"], &[]);
+        assert_eq!(run.code, 0, "sluice {command} --help: {}", run.stderr);
+        assert!(run.stdout.contains(&format!("Usage: sluice {command}")), "{}", run.stdout);
+    }
+    // Each command's key options and the environment variables they read.
+    let mentions: &[(&[&str], &[&str])] = &[
+        (&["serve"], &["--config", "--listen", "SLUICE_CONFIG", "SLUICE_DATABASE_URL", "Examples:"]),
+        (&["component", "check"], &["--schema", "--sql", "--cache-dir"]),
+        (&["tenant"], &["--admin-url", "--admin-token", "SLUICE_ADMIN_TOKEN", "upload", "add-key"]),
+        (&["tenant", "create"], &["--component", "--key", "--schema"]),
+        (&["dlq"], &["list", "replay", "purge", "SLUICE_ADMIN_URL"]),
+        (&["dlq", "list"], &["--table", "--limit"]),
+        (&["bench"], &["--url", "--api-key", "SLUICE_API_KEY", "--duration", "--concurrency", "--rate", "--kind"]),
+        (&["openapi"], &["sluice openapi > docs/openapi.json"]),
+    ];
+    for (command, words) in mentions {
+        let run = sluice(&[&command[..], &["--help"]].concat(), &[]);
+        assert_eq!(run.code, 0, "{command:?}: {}", run.stderr);
+        for word in *words {
+            assert!(run.stdout.contains(word), "sluice {} --help mentions {word}:\n{}", command.join(" "), run.stdout);
+        }
+    }
+    // The admin token's value is never shown, even when it is set.
+    let run = sluice(&["tenant", "--help"], &[("SLUICE_ADMIN_TOKEN", ADMIN)]);
+    assert!(!run.stdout.contains(ADMIN), "{}", run.stdout);
+
+    // Usage errors: status 2, what is wrong, and where to look.
+    let run = sluice(&["serve", "--bogus"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unexpected argument '--bogus'"), "{}", run.stderr);
+    assert!(run.stderr.contains("For more information, try '--help'"), "{}", run.stderr);
+    let run = sluice(&["bench", "--duration", "0s"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("\"0s\" must be more than zero"), "{}", run.stderr);
+    let run = sluice(&["bench", "--kind", "metrics"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("[possible values: events, logflare]"), "{}", run.stderr);
+    let run = sluice(&["tenat", "list"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("tip: a similar subcommand exists: 'tenant'"), "{}", run.stderr);
+    // A failure that is not about usage: status 1, `error: …`, what to do.
+    let run = sluice(&["tenant", "list"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("error: the admin token is required: set SLUICE_ADMIN_TOKEN"), "{}", run.stderr);
+}
+
+#[test]
+fn openapi_prints_the_committed_document() {
+    let run = sluice(&["openapi"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let document: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/v1/events"]["post"].is_object());
+    assert!(document["components"]["securitySchemes"]["admin_token"].is_object());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json")).unwrap();
+    assert!(run.stdout == committed, "docs/openapi.json is stale: cargo run -p sluice -- openapi > docs/openapi.json");
 }

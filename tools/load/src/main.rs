@@ -273,6 +273,7 @@ async fn http_mode(
         None => None,
     };
     let setup = Setup {
+        program: "sluice-load",
         mode: "http",
         target: url,
         body: format.content_type(),
@@ -303,6 +304,7 @@ async fn query_mode(
         (0..concurrency as usize).map(|w| query::QueryWorker::new(client.clone(), &url, bodies.clone(), w)).collect();
     let stats = run::run(workers, plan).await;
     let setup = Setup {
+        program: "sluice-load",
         mode: "query",
         target: url,
         body: "application/json",
@@ -348,6 +350,7 @@ async fn baseline_mode(database_url: String, method: baseline::Method, common: C
         false => None,
     };
     let setup = Setup {
+        program: "sluice-load",
         mode: match method {
             baseline::Method::Unnest => "baseline",
             baseline::Method::CopyUpsert => "baseline copy-upsert",

@@ -4,6 +4,8 @@ use crate::run::{Plan, Stats};
 use serde_json::json;
 
 pub struct Setup {
+    /// Who reports: `sluice-load`, `sluice bench`.
+    pub program: &'static str,
     pub mode: &'static str,
     /// The URL, or the database and schema.
     pub target: String,
@@ -113,7 +115,7 @@ pub fn print(setup: &Setup, stats: &Stats, json: bool) {
         Some(rate) => format!("paced at {rate} req/s (latency from due time)"),
         None => "back to back".to_owned(),
     };
-    println!("sluice-load {} → {}", setup.mode, setup.target);
+    println!("{} {} → {}", setup.program, setup.mode, setup.target);
     if let Some(sql) = &setup.sql {
         let pacing = pacing.replace("req/s", "queries/s");
         println!("  sql         {sql}");
