@@ -269,7 +269,8 @@ impl Metrics {
     /// Takes one sample of every tenant's counters; the status page's
     /// rates are the differences between consecutive samples.
     pub fn sample(&self, app: &App) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        // Whole milliseconds: a client parses them back exactly (for `since`).
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_millis() as f64 / 1000.0);
         let totals: BTreeMap<String, Totals> =
             tenants(app).iter().map(|t| (t.id().to_owned(), Totals::of(t))).collect();
         let mut history = self.history.lock().unwrap();
@@ -290,8 +291,10 @@ impl Metrics {
         history.last = Some((now, totals));
     }
 
-    /// What `/status.json` answers: now, and the last minutes second by second.
-    pub fn status(&self, app: &App) -> serde_json::Value {
+    /// What `/status.json` answers: now, and the last minutes second by
+    /// second (only the seconds after `since`, when given, so a page that
+    /// polls fetches each second once).
+    pub fn status(&self, app: &App, since: Option<f64>) -> serde_json::Value {
         let history = self.history.lock().unwrap();
         let latest = history.points.back();
         let tenants: Vec<serde_json::Value> = tenants(app)
@@ -333,7 +336,7 @@ impl Metrics {
             "tenants": tenants,
             "cdc": cdc,
             "spool": { "bytes": app.spool.bytes(), "files": app.spool.len() },
-            "history": &history.points,
+            "history": history.points.iter().filter(|p| since.is_none_or(|since| p.t > since)).collect::<Vec<_>>(),
         })
     }
 }

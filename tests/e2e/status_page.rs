@@ -105,6 +105,20 @@ async fn the_status_page_shows_tenants_and_live_numbers() {
     // A few seconds of history for the chart.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
+    // The page fetches each second of history once: `since` leaves out the older ones.
+    let status = |query: String| {
+        let url = sluice.url(&format!("/status.json{query}"));
+        async move { http().get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let full = status(String::new()).await;
+    let points = full["history"].as_array().unwrap();
+    assert!(points.len() >= 3, "a point a second: {full}");
+    let since = points[points.len() - 2]["t"].as_f64().unwrap();
+    let newer = status(format!("?since={since}")).await;
+    let newer = newer["history"].as_array().unwrap();
+    assert!(!newer.is_empty() && newer.len() < points.len(), "{} of {} points", newer.len(), points.len());
+    assert!(newer.iter().all(|p| p["t"].as_f64().unwrap() > since), "since {since}: {newer:?}");
+
     let profile = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
     let url = sluice.url("/");
     let dump =

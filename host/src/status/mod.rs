@@ -9,7 +9,7 @@
 
 use crate::http::App;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -37,6 +37,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
-async fn status(State(app): State<Arc<App>>) -> Response {
-    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(app.metrics.status(&app))).into_response()
+#[derive(serde::Deserialize)]
+struct Since {
+    /// Only the history after this time (seconds since the Unix epoch).
+    since: Option<f64>,
+}
+
+async fn status(State(app): State<Arc<App>>, Query(query): Query<Since>) -> Response {
+    let body = app.metrics.status(&app, query.since);
+    (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
