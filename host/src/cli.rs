@@ -1002,7 +1002,8 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let progress = Arc::new(run::Progress::default());
     let tenths = (args.duration.as_millis() / 100).max(1) as u64;
     let bar = indicatif::ProgressBar::new(tenths);
-    bar.set_style(indicatif::ProgressStyle::with_template("bench {bar:40} {elapsed}/{msg}").expect("a valid template"));
+    bar.set_style(indicatif::ProgressStyle::with_template("bench {bar:24} {msg}").expect("a valid template"));
+    bar.set_message(format!("0 s/{}", duration(args.duration)));
     let started = Instant::now();
     let ticker = {
         let (bar, progress) = (bar.clone(), progress.clone());
@@ -1017,10 +1018,10 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
                 let rate = events as f64 / elapsed.as_secs_f64().max(1e-3);
                 bar.set_position((elapsed.as_millis() / 100) as u64);
                 bar.set_message(format!(
-                    "{total}  {} events committed ({} a second), {} requests, {} failed",
+                    "{} s/{total}  {} events ({}/s), {} failed",
+                    elapsed.as_secs(),
                     thousands(events),
                     thousands(rate as u64),
-                    thousands(requests),
                     thousands(failed)
                 ));
             }
