@@ -740,3 +740,54 @@ async fn a_change_stream_from_a_source_checked_with_verify_full() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_binary_reads_pg_variables_and_the_password_placeholder_from_its_environment() {
+    let db = TestDb::new().await;
+    let (host, port, user, password) = parts(&db);
+    let data = tmp().join(format!("pgenv-{}", db.name));
+    let config = |database: &str| {
+        temp_config(&format!(
+            "data_dir = {data:?}\n[components]\ncache_dir = {:?}\n[database]\nschema = \"from_env\"\n{database}",
+            cache_dir()
+        ))
+    };
+    // Nothing in the file but the schema: PG* names the database.
+    let out = sluice_command(&["migrate", "--config"])
+        .arg(config(""))
+        .env("PGHOST", &host)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", &user)
+        .env("PGPASSWORD", &password)
+        .env("PGDATABASE", &db.name)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = db.client().await;
+    let created = |table: &'static str| {
+        let admin = &admin;
+        async move { admin.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.unwrap().get::<_, bool>(0) }
+    };
+    assert!(created("from_env.events").await);
+
+    // %PASSWORD% in the file's URL, the password in SLUICE_DATABASE_PASSWORD.
+    let out = sluice_command(&["migrate", "--config"])
+        .arg(config(&format!(
+            "url = \"postgres://{user}:%PASSWORD%@{host}:{port}/{}?search_path=from_env\"\n",
+            db.name
+        )))
+        .env(sluice::config::PASSWORD_VAR, &password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sluice_command(&["migrate", "--config"])
+        .arg(config(&format!("url = \"postgres://{user}:%PASSWORD%@{host}:{port}/{}\"\n", db.name)))
+        .env_remove(sluice::config::PASSWORD_VAR)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("SLUICE_DATABASE_PASSWORD is not set"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&data);
+}
