@@ -508,6 +508,13 @@ pub struct Limits {
     pub max_concurrent_calls: u32,
     /// Component instances that may run at once.
     pub max_instances: u32,
+    /// Resident memory the service keeps under (0: no limit): past
+    /// `max_memory_bytes - memory_spike_bytes` new requests get 503 until
+    /// memory falls again (see `memory.rs`).
+    pub max_memory_bytes: usize,
+    /// What may arrive between two checks of memory (default: a fifth of
+    /// `max_memory_bytes`).
+    pub memory_spike_bytes: Option<usize>,
 }
 
 impl Default for Limits {
@@ -522,6 +529,8 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_calls: 4,
             max_instances: 64,
+            max_memory_bytes: 0,
+            memory_spike_bytes: None,
         }
     }
 }
@@ -577,11 +586,19 @@ impl Config {
         if self.limits.max_instances == 0 {
             bail!("limits.max_instances must be at least 1");
         }
+        if self.limits.memory_spike_bytes.is_some_and(|spike| spike >= self.limits.max_memory_bytes) {
+            bail!("limits.memory_spike_bytes must be less than limits.max_memory_bytes");
+        }
         self.query.validate()?;
         for source in &self.cdc {
             source.validate()?;
         }
         Ok(())
+    }
+
+    /// The memory limiter's spike allowance (see `memory.rs`).
+    pub fn memory_spike_bytes(&self) -> usize {
+        self.limits.memory_spike_bytes.unwrap_or(self.limits.max_memory_bytes / 5)
     }
 
     pub fn cache_dir(&self) -> PathBuf {

@@ -38,6 +38,8 @@ pub struct App {
     pub spool: crate::spool::Spool,
     pub metrics: &'static crate::metrics::Metrics,
     pub metrics_config: crate::metrics::MetricsConfig,
+    /// Refuses requests while resident memory is past its soft limit.
+    pub memory: Arc<crate::memory::MemoryLimiter>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -387,10 +389,24 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let charge = declared.unwrap_or(limits.max_body_bytes).min(limits.max_body_bytes);
     let _in_flight_total = InFlight(&app.in_flight_bytes, charge);
-    if app.in_flight_bytes.fetch_add(charge, Ordering::Relaxed) + charge > limits.max_in_flight_bytes_total {
+    let others_in_flight = app.in_flight_bytes.fetch_add(charge, Ordering::Relaxed);
+    if others_in_flight + charge > limits.max_in_flight_bytes_total {
         let mut response = error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        drain(body, limits.max_body_bytes).await;
+        return response;
+    }
+    if !app.memory.admit(charge, others_in_flight == 0) {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the service is near its memory limit ({} of {} bytes resident); retry shortly",
+                app.memory.resident(),
+                app.memory.limit()
+            ),
         );
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         drain(body, limits.max_body_bytes).await;

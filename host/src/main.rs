@@ -91,6 +91,7 @@ Examples:
 }
 
 fn main() -> Result<ExitCode> {
+    sluice::memory::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => {

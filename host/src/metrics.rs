@@ -207,6 +207,13 @@ impl Metrics {
             "Request bytes being processed now, all tenants",
             app.in_flight_bytes.load(Ordering::Relaxed) as i64,
         );
+        gauge(
+            registry,
+            "resident_memory_bytes",
+            "The process's resident memory",
+            crate::memory::resident_bytes().unwrap_or(0) as i64,
+        );
+        gauge(registry, "memory_limit_bytes", "[limits] max_memory_bytes (0: no limit)", app.memory.limit() as i64);
         gauge(registry, "spool_bytes", "Bytes of requests kept in the spool", app.spool.bytes() as i64);
         gauge(registry, "spool_files", "Requests kept in the spool", app.spool.len() as i64);
         gauge(registry, "uptime_seconds", "Seconds since the process started", self.started.elapsed().as_secs() as i64);

@@ -94,6 +94,7 @@ pub async fn serve(config: Config) -> Result<()> {
         spool: crate::spool::Spool::open(config.data_dir.join("spool"), config.spool.clone())?,
         metrics: crate::metrics::metrics(),
         metrics_config: config.metrics.clone(),
+        memory: crate::memory::MemoryLimiter::start(config.limits.max_memory_bytes, config.memory_spike_bytes()),
     });
     crate::spool::Spool::start(&app);
     crate::metrics::start_sampling(&app);

@@ -146,6 +146,8 @@ impl TenantLimits {
             max_instances: service.max_instances,
             max_in_flight_bytes_total: service.max_in_flight_bytes_total,
             max_connections: service.max_connections,
+            max_memory_bytes: service.max_memory_bytes,
+            memory_spike_bytes: service.memory_spike_bytes,
         }
     }
 }

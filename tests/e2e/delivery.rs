@@ -129,6 +129,44 @@ async fn the_service_in_flight_cap_answers_503_with_retry_after() {
     assert_eq!(status, 200, "{answer}");
 }
 
+/// Past its memory limit the service turns new requests away with 503 and
+/// Retry-After, names the limit, and writes nothing of them; a request that
+/// is alone in flight is still taken, so the service keeps making progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_memory_limit_the_service_answers_503_and_writes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    // Below any process's resident set: every request meets the limit.
+    let sluice = Sluice::start(Some(&db), "[limits]\nmax_memory_bytes = 1048576\nmemory_spike_bytes = 1024\n");
+    // A first request, alone, whose body is still arriving.
+    let body = json!([event("alone", "m0")]).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let address = sluice.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    slow.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // With it in flight, another is refused and leaves no row.
+    let (status, retry_after, answer) = send(&sluice.url("/v1/events"), &json!([event("refused", "m1")])).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{answer}");
+    let reason = answer["error"].as_str().unwrap();
+    assert!(reason.contains("memory limit") && reason.contains("of 1048576 bytes"), "{answer}");
+
+    // The first completes and commits.
+    slow.write_all(tail.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let client = db.client().await;
+    let rows: Vec<String> =
+        client.query("SELECT event_type FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(rows, ["alone"]);
+}
+
 /// Polls `url` until it answers `status`, for at most `within`.
 async fn until_status(url: &str, status: u16, within: Duration) -> Duration {
     let started = Instant::now();
