@@ -146,7 +146,7 @@ fn start_workload(
             let (url, stop) = (url.to_owned(), stop.clone());
             tokio::spawn(async move {
                 let mut client = crate::support::connect(&url).await;
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) * 0x2545_F491);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x2545_F491));
                 let mut mine: Vec<i64> = Vec::new();
                 let mut committed = 0;
                 while !stop.load(Ordering::Relaxed) {
