@@ -80,6 +80,8 @@ class Cluster:
                         "-o", options, "-w", "start"], check=True, capture_output=True)
         self.data = data
         self.url = lambda db: f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def create_databases(self):
         for db in ("src", "dest"):
             self.psql("postgres", f"CREATE DATABASE {db}")
 
@@ -302,6 +304,7 @@ def main():
     cluster = Cluster()
     sluice = None
     try:
+        cluster.create_databases()
         sluice, result = throughput(cluster, opts)
         print(json.dumps({"throughput": result}), flush=True)
         if "lag" not in opts.skip:
