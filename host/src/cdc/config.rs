@@ -60,11 +60,13 @@ pub struct TableKey {
 fn default_component() -> String {
     BUILTIN_AUDIT.into()
 }
+// Measured on a 1,000,000-row transaction: these keep the host's peak near
+// 85 MiB (10,000 / 100,000 took 325 MiB) and applied it faster.
 fn default_batch_changes() -> usize {
-    10_000
+    2_000
 }
 fn default_memory_changes() -> usize {
-    100_000
+    10_000
 }
 
 impl CdcConfig {
