@@ -35,8 +35,13 @@ async fn wait_for_slot(client: &tokio_postgres::Client, db: &TestDb, sluice: &Sl
     let slot = format!("s_{}", db.name);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // A slot being created is already active, but changes count only
+        // from its consistent point, known once confirmed_flush_lsn is set.
         let active = client
-            .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_opt(
+                "SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .unwrap()
             .is_some_and(|row| row.get::<_, bool>(0));
