@@ -94,21 +94,7 @@ fn main() -> Result<ExitCode> {
     sluice::memory::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen } => {
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
-            init_serve_logging(&config.log)?;
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(sluice::server::serve(config))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve { config, listen } => Ok(cli::exit(serve(config, listen))),
         Command::Component { command } => {
             init_logging("warn");
             Ok(cli::exit(cli::component(command)))
@@ -144,6 +130,20 @@ fn main() -> Result<ExitCode> {
             Ok(cli::exit(runtime.block_on(sluice::cdc::cli::run(args))))
         }
     }
+}
+
+/// `sluice serve`. A failure to start (a bad config file, an address in use,
+/// an unreachable database) is reported as every command's is: `error: …`.
+fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()> {
+    let mut config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    init_serve_logging(&config.log)?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sluice::server::serve(config))
 }
 
 /// `serve`'s logs: `[log]` in the config file, under the environment's

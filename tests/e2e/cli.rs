@@ -430,6 +430,13 @@ fn every_command_has_help_and_bad_usage_exits_2_with_a_hint() {
     let run = sluice(&["tenant", "list"], &[]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("error: the admin token is required: set SLUICE_ADMIN_TOKEN"), "{}", run.stderr);
+    let run = sluice(&["serve", "--config", "/nonexistent/sluice.toml"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: read config file /nonexistent/sluice.toml: No such file"),
+        "one line, as every command's: {}",
+        run.stderr
+    );
 }
 
 #[test]
