@@ -115,6 +115,91 @@ async fn drained(dir: &Path) {
     }
 }
 
+/// One event in 1,000 breaks a CHECK constraint (23514): its 999 neighbours
+/// commit, it alone is refused by index and kept as a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_event_in_a_thousand_is_dead_lettered_and_the_rest_commit() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let client = db.client().await;
+    let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("warmup", "w")])).await;
+    assert_eq!(status, 200);
+    client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
+    let body: Vec<Value> =
+        (0..1000).map(|i| event(if i == 617 { "bad" } else { "ok" }, &format!("t{i}"))).collect();
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &json!(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["inserted"], 999, "{answer}");
+    let rejected = answer["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{answer}");
+    assert_eq!(rejected[0]["index"], 617, "{answer}");
+    assert!(rejected[0]["reason"].as_str().unwrap().contains("23514"), "{answer}");
+    let ok: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
+    assert_eq!(ok, 999);
+    let letters = client
+        .query("SELECT target_table, sqlstate, row->>'event_type' FROM sluice_dead_letters", &[])
+        .await
+        .unwrap();
+    let letters: Vec<(String, String, String)> = letters.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(letters, [("events".to_owned(), "23514".to_owned(), "bad".to_owned())]);
+}
+
+/// Two flushes that insert the same keys in opposite orders deadlock in
+/// PostgreSQL (40P01); the one chosen as the victim is retried, and both
+/// requests succeed with every event stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_between_two_writers_is_retried_and_both_succeed() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "[batch]\nwriters = 2\n");
+    let client = db.client().await;
+    let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("warmup", "w")])).await;
+    assert_eq!(status, 200);
+    // Each row waits before it is inserted, so the two flushes interleave:
+    // A takes k1, B takes k2, then each waits for the other's key.
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW WHEN (NEW.event_type <> 'warmup') EXECUTE FUNCTION slow();",
+        )
+        .await
+        .unwrap();
+    let deadlocks = || async {
+        let row = client
+            .query_one("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let before = deadlocks().await;
+    let url = sluice.url("/v1/events");
+    let a = tokio::spawn({
+        let url = url.clone();
+        async move { send(&url, &json!([event("a", "k1"), event("a", "k2")])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b = send(&url, &json!([event("b", "k2"), event("b", "k1")])).await;
+    let a = a.await.unwrap();
+    for (status, _, answer) in [&a, &b] {
+        assert_eq!(*status, 200, "{answer}; log:\n{}", sluice.log());
+        assert_eq!(answer["rejected"].as_array().map_or(0, |r| r.len()), 0, "{answer}");
+    }
+    // Between them every key is stored once: the one that committed first
+    // inserted both, the retried one found them (duplicates).
+    let inserted = a.2["inserted"].as_u64().unwrap() + b.2["inserted"].as_u64().unwrap();
+    let duplicates = a.2["duplicates"].as_u64().unwrap() + b.2["duplicates"].as_u64().unwrap();
+    assert_eq!((inserted, duplicates), (2, 2), "a: {}, b: {}", a.2, b.2);
+    let stored: i64 =
+        client.query_one("SELECT count(*) FROM events WHERE event_type IN ('a', 'b')", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 2);
+    // It was a real deadlock, and the writer said it retried.
+    let started = Instant::now();
+    while deadlocks().await <= before {
+        assert!(started.elapsed() < Duration::from_secs(5), "PostgreSQL counted no deadlock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sluice.log().contains("40P01"), "{}", sluice.log());
+}
+
 /// Past the service's in-flight cap a request is turned away with 503 and
 /// Retry-After before it costs anything more; smaller ones still pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

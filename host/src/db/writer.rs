@@ -57,6 +57,15 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    fn of(e: &tokio_postgres::Error) -> Refusal {
+        Refusal {
+            sqlstate: e.code().map_or("", |c| c.code()).to_owned(),
+            message: e.as_db_error().map_or_else(|| describe(e), |db| db.message().to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteError {
     /// The database could not be reached, or kept failing transiently,
@@ -365,6 +374,16 @@ impl Batch<'_> {
             refusals.push((units[0], refusal));
             return Ok(Vec::new());
         }
+        match self.retrying(Some(&units), || isolate(self.pool, self.jobs, &units)).await {
+            Ok((written, refused)) => {
+                refusals.extend(refused);
+                return Ok(written);
+            }
+            Err(Err(e)) => return Err(e),
+            // Refused outside every part (a deferred constraint at commit):
+            // halves in transactions of their own.
+            Err(Ok(_)) => {}
+        }
         let second = units.split_off(units.len() / 2);
         let mut written = Vec::new();
         // Depth first, in order: the second half waits its turn.
@@ -392,11 +411,21 @@ impl Batch<'_> {
         &self,
         units: Option<&[Unit]>,
     ) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
-        let (jobs, deadline) = (self.jobs, self.deadline);
         let chosen: Option<HashSet<Unit>> = units.map(|units| units.iter().copied().collect());
+        self.retrying(units, || write_units(self.pool, self.jobs, chosen.as_ref())).await
+    }
+
+    /// Runs `attempt` (a write of `units`, all of the batch when `None`)
+    /// until it succeeds, the data is refused, or the deadline comes.
+    async fn retrying<T, F: Future<Output = Result<T, Attempt>>>(
+        &self,
+        units: Option<&[Unit]>,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, Result<Refusal, WriteError>> {
+        let (jobs, deadline) = (self.jobs, self.deadline);
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let error = match write_units(self.pool, jobs, chosen.as_ref()).await {
+            let error = match attempt().await {
                 Ok(written) => return Ok(written),
                 Err(error) => error,
             };
@@ -406,15 +435,10 @@ impl Batch<'_> {
             };
             match failure {
                 Failure::Data => {
-                    let sqlstate = match &error {
-                        Attempt::Database(e) => e.code().map_or("", |c| c.code()).to_owned(),
-                        Attempt::Pool(_) => String::new(),
-                    };
-                    let message = match &error {
-                        Attempt::Database(e) => e.as_db_error().map_or(message.clone(), |db| db.message().to_owned()),
-                        Attempt::Pool(_) => message,
-                    };
-                    return Err(Ok(Refusal { sqlstate, message }));
+                    return Err(Ok(match &error {
+                        Attempt::Database(e) => Refusal::of(e),
+                        Attempt::Pool(_) => Refusal { sqlstate: String::new(), message },
+                    }));
                 }
                 Failure::Destination => return Err(Err(WriteError::Unusable(message))),
                 Failure::Conflict if !self.retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
@@ -510,6 +534,68 @@ async fn write_units(
     jobs: &[Job],
     chosen: Option<&HashSet<Unit>>,
 ) -> Result<Vec<(usize, usize, usize)>, Attempt> {
+    let mut client = connect(pool).await?;
+    let tx = client.transaction().await?;
+    let written = write_rows(&tx, jobs, chosen).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+async fn connect(pool: &Pool) -> Result<deadpool_postgres::Object, Attempt> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => Attempt::Database(e),
+        other => Attempt::Pool(other),
+    })
+}
+
+/// Finds the events the database refuses in a batch it refused whole, in
+/// one transaction: the events are written in `PARTS` parts, each under a
+/// savepoint; a refused part is rolled back to it and split again, depth
+/// first, until a refused part is one event. What was written commits
+/// together. With one bad event in N this writes about 1.5 N rows (rows are
+/// written in order and a statement stops at the bad one) in a few dozen
+/// statements and one commit; halving in separate transactions took ~3 N
+/// rows and ~20 commits.
+async fn isolate(
+    pool: &Pool,
+    jobs: &[Job],
+    units: &[Unit],
+) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
+    let mut client = connect(pool).await?;
+    let mut tx = client.transaction().await?;
+    let (mut written, mut refusals) = (Vec::new(), Vec::new());
+    let mut pending: Vec<&[Unit]> = units.chunks(units.len().div_ceil(PARTS)).rev().collect();
+    while let Some(part) = pending.pop() {
+        let chosen: HashSet<Unit> = part.iter().copied().collect();
+        let savepoint = tx.savepoint("part").await?;
+        match write_rows(&savepoint, jobs, Some(&chosen)).await {
+            Ok(rows) => {
+                savepoint.commit().await?;
+                written.extend(rows);
+            }
+            Err(e) if Failure::of(&e) == Failure::Data => {
+                savepoint.rollback().await?;
+                match part {
+                    [unit] => refusals.push((*unit, Refusal::of(&e))),
+                    _ => pending.extend(part.chunks(part.len().div_ceil(PARTS)).rev()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.commit().await?;
+    Ok((written, refusals))
+}
+
+/// Parts a refused batch (or part) is split into by [`isolate`].
+const PARTS: usize = 8;
+
+/// Writes the rows of the `chosen` events (all when `None`) in `tx`.
+async fn write_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    jobs: &[Job],
+    chosen: Option<&HashSet<Unit>>,
+) -> Result<Vec<(usize, usize, usize)>, tokio_postgres::Error> {
     // Plans of the same shape, from any job, share one statement.
     let mut groups: Vec<(&Upsert, Vec<(usize, usize)>)> = Vec::new();
     let mut by_sql: HashMap<&str, usize> = HashMap::new();
@@ -523,11 +609,6 @@ async fn write_units(
         }
     }
 
-    let mut client = pool.get().await.map_err(|e| match e {
-        deadpool_postgres::PoolError::Backend(e) => Attempt::Database(e),
-        other => Attempt::Pool(other),
-    })?;
-    let tx = client.transaction().await?;
     let mut written = Vec::new();
     for (upsert, members) in &groups {
         let mut columns: Vec<ColumnArray> =
@@ -554,6 +635,5 @@ async fn write_units(
             written.push(origin[(position - 1) as usize]);
         }
     }
-    tx.commit().await?;
     Ok(written)
 }
