@@ -68,6 +68,8 @@ Examples:
   sluice dlq list default
   sluice dlq replay default --table events")]
     Dlq(cli::DlqArgs),
+    /// Create the schemas and tables serve needs, with an admin connection, and exit.
+    Migrate(sluice::migrate_cmd::MigrateArgs),
     /// Show the change streams (CDC) of a configuration file, or bootstrap one.
     Cdc(sluice::cdc::cli::CdcArgs),
     /// Load a running service: post fresh events for a while and report the
@@ -86,8 +88,6 @@ Examples:
     /// GET /openapi.json).
     #[command(after_help = "Example:\n  sluice openapi > docs/openapi.json")]
     Openapi,
-    /// Create the schemas and tables serve needs, with an admin connection, and exit.
-    Migrate(sluice::migrate_cmd::MigrateArgs),
 }
 
 fn main() -> Result<ExitCode> {

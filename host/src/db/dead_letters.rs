@@ -112,7 +112,9 @@ pub fn replay_sql(schema: &str, table: &str, columns: &[String], key: &[String],
     let target = qualified(schema, table);
     let list = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let picked = columns.iter().map(|c| format!("r.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let mut sql = format!("INSERT INTO {target} ({list}) SELECT {picked} FROM jsonb_populate_record(NULL::{target}, $1::text::jsonb) r");
+    let mut sql = format!(
+        "INSERT INTO {target} ({list}) SELECT {picked} FROM jsonb_populate_record(NULL::{target}, $1::text::jsonb) r"
+    );
     if !key.is_empty() {
         let key = key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         match update {
@@ -266,13 +268,21 @@ pub async fn replay(
 
 /// Deletes kept rows of `tenant` (of one table, with `selection.table`);
 /// returns how many.
-pub async fn purge(client: &impl GenericClient, schema: &str, tenant: &str, table: Option<&str>) -> Result<u64, tokio_postgres::Error> {
+pub async fn purge(
+    client: &impl GenericClient,
+    schema: &str,
+    tenant: &str,
+    table: Option<&str>,
+) -> Result<u64, tokio_postgres::Error> {
     if !exists(client, schema).await? {
         return Ok(0);
     }
     client
         .execute(
-            &format!("DELETE FROM {} WHERE tenant = $1 AND ($2::text IS NULL OR target_table = $2)", qualified(schema, TABLE)),
+            &format!(
+                "DELETE FROM {} WHERE tenant = $1 AND ($2::text IS NULL OR target_table = $2)",
+                qualified(schema, TABLE)
+            ),
             &[&tenant, &table],
         )
         .await
