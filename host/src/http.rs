@@ -391,41 +391,27 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
     let _in_flight_total = InFlight(&app.in_flight_bytes, charge);
     let others_in_flight = app.in_flight_bytes.fetch_add(charge, Ordering::Relaxed);
     if others_in_flight + charge > limits.max_in_flight_bytes_total {
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total),
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        drain(body, limits.max_body_bytes).await;
-        return response;
+        let reason =
+            format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, reason, body, limits.max_body_bytes).await;
     }
     if !app.memory.admit(charge, others_in_flight == 0) {
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the service is near its memory limit ({} of {} bytes resident); retry shortly",
-                app.memory.resident(),
-                app.memory.limit()
-            ),
+        let reason = format!(
+            "the service is near its memory limit ({} of {} bytes resident); retry shortly",
+            app.memory.resident(),
+            app.memory.limit()
         );
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        drain(body, limits.max_body_bytes).await;
-        return response;
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, reason, body, limits.max_body_bytes).await;
     }
     let in_flight = &tenant.stats.in_flight_bytes;
     let _in_flight = InFlight(in_flight, charge);
     if in_flight.fetch_add(charge, Ordering::Relaxed) + charge > limits.max_in_flight_bytes {
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "tenant {} has more than {} bytes in flight; retry shortly",
-                tenant.id(),
-                limits.max_in_flight_bytes
-            ),
+        let reason = format!(
+            "tenant {} has more than {} bytes in flight; retry shortly",
+            tenant.id(),
+            limits.max_in_flight_bytes
         );
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        drain(body, limits.max_body_bytes).await;
-        return response;
+        return refuse(StatusCode::TOO_MANY_REQUESTS, reason, body, limits.max_body_bytes).await;
     }
     let body = match read_body(&headers, body, limits.max_body_bytes).await {
         Ok(body) => body,
@@ -557,9 +543,19 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     }
 }
 
+/// Turns a request away for now: `status` with `Retry-After: 1` and the
+/// reason, once its body is drained.
+async fn refuse(status: StatusCode, reason: String, body: Body, limit: usize) -> Response {
+    let mut response = error(status, reason);
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    drain(body, limit).await;
+    response
+}
+
 /// Reads a refused request's body and throws it away, a frame at a time,
 /// so the client, still sending, gets the answer instead of a reset
 /// connection. Bounded by `limit` bytes and a few seconds.
+
 async fn drain(body: Body, limit: usize) {
     let discard = async {
         let mut body = body;
