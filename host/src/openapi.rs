@@ -30,6 +30,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::http::healthz,
         crate::http::ready,
         serve,
+        crate::status::page,
+        crate::status::metrics,
+        crate::status::status,
         crate::query::get_query,
         crate::query::post_query,
         crate::admin::list,
@@ -50,7 +53,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "ingest", description = "Events and logs in; rows committed before the answer."),
         (name = "query", description = "Read-only SQL over a tenant's tables (docs/query.md)."),
         (name = "admin", description = "Tenants, keys, components and dead letters, behind the admin token."),
-        (name = "service", description = "Health, readiness and this document."),
+        (name = "service", description = "Health, readiness, metrics, the status page and this document."),
     ),
 )]
 struct Doc;

@@ -27,23 +27,44 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new().route("/", get(page)).merge(data)
 }
 
-async fn page() -> Response {
+/// The status page: HTML that draws `/status.json`; it holds no data itself.
+#[utoipa::path(get, path = "/", tag = "service", summary = "The operator's status page.",
+    responses((status = 200, description = "The page (HTML, built in).", content_type = "text/html", body = String)))]
+pub(crate) async fn page() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE).into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// Prometheus metrics in the OpenMetrics text format (docs/observability.md).
+#[utoipa::path(get, path = "/metrics", tag = "service", summary = "Prometheus metrics.",
+    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed.",
+    security((), ("admin_token" = [])),
+    responses(
+    (status = 200, description = "Every series.", content_type = "application/openmetrics-text", body = String),
+    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
+))]
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.metrics.render(&app);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 #[derive(serde::Deserialize)]
-struct Since {
+pub(crate) struct Since {
     /// Only the history after this time (seconds since the Unix epoch).
     since: Option<f64>,
 }
 
-async fn status(State(app): State<Arc<App>>, Query(query): Query<Since>) -> Response {
+/// Tenants, totals, change streams and the last minutes second by second.
+#[utoipa::path(get, path = "/status.json", tag = "service", summary = "What the status page shows, as JSON.",
+    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed.",
+    params(("since" = Option<f64>, Query, description = "Only the seconds after this time (seconds since the Unix epoch).")),
+    security((), ("admin_token" = [])),
+    responses(
+    (status = 200, description = "Now, and the history.", body = Object),
+    (status = 400, description = "A query string that is not as documented.", body = crate::openapi::ErrorBody),
+    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
+))]
+pub(crate) async fn status(State(app): State<Arc<App>>, Query(query): Query<Since>) -> Response {
     let body = app.metrics.status(&app, query.since);
     (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
