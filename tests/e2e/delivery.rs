@@ -144,6 +144,35 @@ async fn one_bad_event_in_a_thousand_is_dead_lettered_and_the_rest_commit() {
     assert_eq!(letters, [("events".to_owned(), "23514".to_owned(), "bad".to_owned())]);
 }
 
+/// A deferred constraint refuses only at commit; the refused event is
+/// still found alone, and its neighbours commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_a_deferred_constraint_refuses_is_isolated() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let client = db.client().await;
+    let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("warmup", "w")])).await;
+    assert_eq!(status, 200);
+    client
+        .batch_execute(
+            "CREATE TABLE allowed (event_type text PRIMARY KEY);
+             INSERT INTO allowed VALUES ('warmup'), ('ok');
+             ALTER TABLE events ADD CONSTRAINT known FOREIGN KEY (event_type) REFERENCES allowed
+                 DEFERRABLE INITIALLY DEFERRED;",
+        )
+        .await
+        .unwrap();
+    let body = json!([event("ok", "d1"), event("unknown", "d2"), event("ok", "d3")]);
+    let (status, _, answer) = send(&sluice.url("/v1/events"), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["inserted"], 2, "{answer}");
+    let rejected = answer["rejected"].as_array().unwrap();
+    assert_eq!((rejected.len(), &rejected[0]["index"]), (1, &json!(1)), "{answer}");
+    assert!(rejected[0]["reason"].as_str().unwrap().contains("23503"), "{answer}");
+    let ok: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
+    assert_eq!(ok, 2);
+}
+
 /// Two flushes that insert the same keys in opposite orders deadlock in
 /// PostgreSQL (40P01); the one chosen as the victim is retried, and both
 /// requests succeed with every event stored once.

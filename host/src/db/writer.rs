@@ -37,7 +37,7 @@ pub type Written = Vec<Vec<bool>>;
 #[derive(Debug, Default)]
 pub struct JobResult {
     pub written: Written,
-    /// Events whose rows the database refused (by bisection), with why;
+    /// Events whose rows the database refused (found by `isolate`), with why;
     /// none of their rows were written.
     pub refused: Vec<(u32, String)>,
     /// Whether the refused events' rows were kept in the dead-letter table.
@@ -52,6 +52,7 @@ pub struct Origin {
 }
 
 /// Why the database refused rows for good.
+#[derive(Clone)]
 struct Refusal {
     sqlstate: String,
     message: String,
@@ -97,11 +98,11 @@ pub enum Failure {
     Conflict,
     /// The data: `22` data exceptions, `23` integrity violations, `54`
     /// program limits (a value too large) and anything else row-specific.
-    /// The bad rows are found by bisection; the rest are written.
+    /// The bad rows are isolated under savepoints; the rest are written.
     Data,
     /// The destination: `42` syntax/undefined/privilege, `3D`/`3F` missing
     /// database or schema, `0A` not supported, `25` read-only. Every row
-    /// would fail the same way; no point bisecting.
+    /// would fail the same way; no point isolating.
     Destination,
 }
 
@@ -308,8 +309,8 @@ fn events_of(jobs: &[Job]) -> Vec<Unit> {
 
 /// Writes the jobs in one transaction, retrying transient failures with
 /// backoff until every job's deadline has passed. When the data is refused,
-/// bisects the batch by event: halves that commit are written, and an event
-/// that fails alone is refused with the database's reason.
+/// [`isolate`] finds the refused events: the rest are written, and each
+/// refused event is reported with the database's reason.
 async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
     let started = std::time::Instant::now();
     let mut results: Vec<JobResult> = jobs
@@ -323,7 +324,7 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
     let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
     let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock };
     let mut refusals = Vec::new();
-    let outcome = batch.write_bisecting(&mut refusals).await;
+    let outcome = batch.write_isolating(&mut refusals).await;
     if !refusals.is_empty() {
         let kept = keep_dead_letters(&pool, &jobs, &refusals).await;
         for ((j, event), refusal) in refusals {
@@ -358,61 +359,36 @@ impl Batch<'_> {
     /// Writes `units`, splitting them while the database refuses the data;
     /// returns the rows written and adds each event refused alone to
     /// `refusals`.
-    async fn write_bisecting(
+    async fn write_isolating(
         &self,
         refusals: &mut Vec<(Unit, Refusal)>,
     ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
         // The whole batch first: its events are listed only when the
         // database refuses it, off the common path.
-        let refusal = match self.write_retrying(None).await {
+        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs)).await {
             Ok(rows) => return Ok(rows),
             Err(Err(e)) => return Err(e),
             Err(Ok(refusal)) => refusal,
         };
-        let mut units = events_of(self.jobs);
-        if units.len() == 1 {
-            refusals.push((units[0], refusal));
+        let units = events_of(self.jobs);
+        if let [unit] = units[..] {
+            refusals.push((unit, refusal));
             return Ok(Vec::new());
         }
         match self.retrying(Some(&units), || isolate(self.pool, self.jobs, &units)).await {
             Ok((written, refused)) => {
                 refusals.extend(refused);
-                return Ok(written);
+                Ok(written)
             }
-            Err(Err(e)) => return Err(e),
-            // Refused outside every part (a deferred constraint at commit):
-            // halves in transactions of their own.
-            Err(Ok(_)) => {}
-        }
-        let second = units.split_off(units.len() / 2);
-        let mut written = Vec::new();
-        // Depth first, in order: the second half waits its turn.
-        let mut pending = vec![second, units];
-        while let Some(mut units) = pending.pop() {
-            match self.write_retrying(Some(&units)).await {
-                Ok(rows) => written.extend(rows),
-                Err(Err(e)) => return Err(e),
-                Err(Ok(refusal)) if units.len() == 1 => refusals.push((units[0], refusal)),
-                Err(Ok(_)) => {
-                    let second = units.split_off(units.len() / 2);
-                    pending.push(second);
-                    pending.push(units);
-                }
+            Err(Err(e)) => Err(e),
+            // `isolate` checks constraints statement by statement, so its
+            // commit cannot refuse the data; were it to, nothing is written
+            // and every event is refused with the reason.
+            Err(Ok(refusal)) => {
+                refusals.extend(units.iter().map(|&unit| (unit, refusal.clone())));
+                Ok(Vec::new())
             }
         }
-        Ok(written)
-    }
-
-    /// Writes `units` (all of the batch when `None`) in one transaction,
-    /// retrying transient failures (and conflicts, when allowed) with
-    /// jittered exponential backoff until the deadline. `Err(Ok(refusal))`:
-    /// the data was refused; `Err(Err(e))`: the write cannot be done now.
-    async fn write_retrying(
-        &self,
-        units: Option<&[Unit]>,
-    ) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
-        let chosen: Option<HashSet<Unit>> = units.map(|units| units.iter().copied().collect());
-        self.retrying(units, || write_units(self.pool, self.jobs, chosen.as_ref())).await
     }
 
     /// Runs `attempt` (a write of `units`, all of the batch when `None`)
@@ -527,16 +503,12 @@ impl From<tokio_postgres::Error> for Attempt {
     }
 }
 
-/// One transaction writing the rows of the `chosen` events (all when
-/// `None`); returns (job, plan, row) of each row written.
-async fn write_units(
-    pool: &Pool,
-    jobs: &[Job],
-    chosen: Option<&HashSet<Unit>>,
-) -> Result<Vec<(usize, usize, usize)>, Attempt> {
+/// One transaction writing every row of the jobs; returns (job, plan, row)
+/// of each row written.
+async fn write_units(pool: &Pool, jobs: &[Job]) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut client = connect(pool).await?;
     let tx = client.transaction().await?;
-    let written = write_rows(&tx, jobs, chosen).await?;
+    let written = write_rows(&tx, jobs, None).await?;
     tx.commit().await?;
     Ok(written)
 }
@@ -552,10 +524,11 @@ async fn connect(pool: &Pool) -> Result<deadpool_postgres::Object, Attempt> {
 /// one transaction: the events are written in `PARTS` parts, each under a
 /// savepoint; a refused part is rolled back to it and split again, depth
 /// first, until a refused part is one event. What was written commits
-/// together. With one bad event in N this writes about 1.5 N rows (rows are
-/// written in order and a statement stops at the bad one) in a few dozen
-/// statements and one commit; halving in separate transactions took ~3 N
-/// rows and ~20 commits.
+/// together. Deferrable constraints are checked at once, so a refusal
+/// always belongs to a part. With one bad event in N this writes about
+/// 1.5 N rows (rows are written in order and a statement stops at the bad
+/// one) in a few dozen statements and one commit; halving in separate
+/// transactions took ~3 N rows and ~20 commits.
 async fn isolate(
     pool: &Pool,
     jobs: &[Job],
@@ -563,6 +536,7 @@ async fn isolate(
 ) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
     let mut client = connect(pool).await?;
     let mut tx = client.transaction().await?;
+    tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
     let (mut written, mut refusals) = (Vec::new(), Vec::new());
     let mut pending: Vec<&[Unit]> = units.chunks(units.len().div_ceil(PARTS)).rev().collect();
     while let Some(part) = pending.pop() {
