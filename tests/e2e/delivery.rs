@@ -1,8 +1,8 @@
 //! Delivery when the database refuses rows or the destination breaks.
 
-use crate::support::{Sluice, TestDb, http};
+use crate::support::{Sluice, TestDb, http, own_cluster};
 use serde_json::{Value, json};
-use sluice::embedded::{Cluster, ClusterOptions};
+use sluice::embedded::Cluster;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -299,16 +299,8 @@ async fn until_status(url: &str, status: u16, within: Duration) -> Duration {
 /// resumes by itself when the server is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_rides_out_database_outages() {
-    // A server of its own, on a fixed port, so it can stop and come back.
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join(format!("outage-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let options = ClusterOptions {
-        fsync: false,
-        template: Some(tmp.join("pg-template")),
-        port: Some(port),
-        ..ClusterOptions::new(dir.join("pg"))
-    };
+    // A server of its own, so it can stop and come back.
+    let (options, dir) = own_cluster("outage");
     let mut cluster = Cluster::start(options.clone()).unwrap();
     let db = TestDb { url: cluster.url(), name: "sluice".into() };
     cluster.stop().unwrap();

@@ -2,9 +2,9 @@
 //! database outage, a change stream's gauges, request ids in answers and
 //! in the JSON log.
 
-use crate::support::{Sluice, TestDb, http};
+use crate::support::{Sluice, TestDb, http, own_cluster};
 use serde_json::{Value, json};
-use sluice::embedded::{Cluster, ClusterOptions};
+use sluice::embedded::Cluster;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -212,15 +212,7 @@ async fn until_ready(sluice: &Sluice, ready: bool, within: Duration) -> Value {
 /// and 200 again once it is back; `/healthz` says 200 throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database() {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join(format!("readyz-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let options = ClusterOptions {
-        fsync: false,
-        template: Some(tmp.join("pg-template")),
-        port: Some(port),
-        ..ClusterOptions::new(dir.join("pg"))
-    };
+    let (options, dir) = own_cluster("readyz");
     let mut cluster = Cluster::start(options.clone()).unwrap();
     let db = TestDb { url: cluster.url(), name: "sluice".into() };
     let sluice = Sluice::start_in(Some(&db), "[limits]\nrequest_timeout_ms = 1500\n", Some(&dir.join("sluice")));

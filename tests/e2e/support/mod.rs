@@ -37,6 +37,22 @@ fn server_url() -> &'static str {
     })
 }
 
+/// Options for a PostgreSQL of the test's own in `<tmp>/<name>-<pid>/pg`,
+/// on a fixed port so it can stop and start again at the same address;
+/// and that folder, for the service's data beside it.
+pub fn own_cluster(name: &str) -> (ClusterOptions, PathBuf) {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join(format!("{name}-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = ClusterOptions {
+        fsync: false,
+        template: Some(tmp.join("pg-template")),
+        port: Some(port),
+        ..ClusterOptions::new(dir.join("pg"))
+    };
+    (options, dir)
+}
+
 /// A fresh, empty database on the test server.
 pub struct TestDb {
     pub url: String,
