@@ -919,21 +919,11 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// `10s`, `500ms`, `2m`, `1.5` (seconds).
+/// A duration more than zero (see `sluice_loadgen::run::parse_duration`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 10s or 500ms"))?;
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s or m")),
-    };
-    match Duration::try_from_secs_f64(number * scale) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("{text:?} must be more than zero")),
+    match sluice_loadgen::run::parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
+        d => Ok(d),
     }
 }
 

@@ -8,11 +8,8 @@
 
 use crate::config::{Config, DatabaseConfig};
 use crate::db;
-use crate::runtime::Runtime;
-use crate::tenants::Registry;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 /// `sluice migrate`'s arguments.
 #[derive(clap::Args)]
@@ -66,23 +63,7 @@ pub async fn migrate(config: Config, database_url: Option<String>) -> Result<()>
     // Fail early, and clearly, when the admin connection does not work.
     db::connect(&settings).await.context("connect with the admin credentials")?;
 
-    let runtime = Runtime::new(&config.limits, &config.cache_dir())?;
-    let builtin_wasm = match &config.components.builtin {
-        Some(path) => std::fs::read(path).with_context(|| format!("read component {}", path.display()))?,
-        None => sluice_artifacts::STANDARD.to_vec(),
-    };
-    let normalizer = {
-        let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load("builtin", &builtin_wasm)).await??
-    };
-    let registry = Arc::new(Registry::new(
-        runtime,
-        normalizer.clone(),
-        database.clone(),
-        config.limits.clone(),
-        config.batch.clone(),
-        &config.data_dir,
-    ));
+    let (registry, normalizer) = crate::server::registry(&config, &database).await?;
     let result = async {
         let service = registry.service_destination()?;
         registry

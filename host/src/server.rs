@@ -6,7 +6,7 @@ use crate::db;
 use crate::embedded::{Cluster, ClusterOptions};
 use crate::http::{self, App};
 use crate::ingest::Tenant;
-use crate::runtime::Runtime;
+use crate::runtime::{Normalizer, Runtime};
 use crate::tenants::{Registry, TenantSpec};
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
@@ -22,24 +22,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let (database, mut embedded) = database(&config).await?;
 
-    let runtime = Runtime::new(&config.limits, &config.cache_dir())?;
-    let builtin_wasm = match &config.components.builtin {
-        Some(path) => std::fs::read(path).with_context(|| format!("read component {}", path.display()))?,
-        None => sluice_artifacts::STANDARD.to_vec(),
-    };
-    let normalizer = {
-        let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load("builtin", &builtin_wasm)).await??
-    };
-
-    let registry = Arc::new(Registry::new(
-        runtime.clone(),
-        normalizer.clone(),
-        database.clone(),
-        config.limits.clone(),
-        config.batch.clone(),
-        &config.data_dir,
-    ));
+    let (registry, normalizer) = registry(&config, &database).await?;
     registry.start(config.tenants.clone()).await?;
     let destination = registry.service_destination()?;
     let migrated = match registry.migrate(&destination, &database.schema, &normalizer, &Default::default()).await {
@@ -84,7 +67,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
 
     let app = Arc::new(App {
-        runtime,
+        runtime: registry.runtime.clone(),
         registry: registry.clone(),
         default_tenant,
         pool: destination.pool.clone(),
@@ -125,6 +108,30 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The engine, the built-in normalizer (or `[components] builtin` in its
+/// place) and the tenant registry over `database`: what `serve` and
+/// `migrate` both start from.
+pub async fn registry(config: &Config, database: &DatabaseConfig) -> Result<(Arc<Registry>, Arc<Normalizer>)> {
+    let runtime = Runtime::new(&config.limits, &config.cache_dir())?;
+    let builtin_wasm = match &config.components.builtin {
+        Some(path) => std::fs::read(path).with_context(|| format!("read component {}", path.display()))?,
+        None => sluice_artifacts::STANDARD.to_vec(),
+    };
+    let normalizer = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load("builtin", &builtin_wasm)).await??
+    };
+    let registry = Registry::new(
+        runtime,
+        normalizer.clone(),
+        database.clone(),
+        config.limits.clone(),
+        config.batch.clone(),
+        &config.data_dir,
+    );
+    Ok((Arc::new(registry), normalizer))
 }
 
 /// The database to use: `SLUICE_DATABASE_URL`, else the config file, else

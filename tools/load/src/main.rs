@@ -39,7 +39,7 @@ enum Mode {
         #[arg(long)]
         ndjson: bool,
         /// Give up on a request after this long.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = run::parse_duration)]
         timeout: Duration,
         /// The database the service writes to; needed only for --truncate.
         #[arg(long)]
@@ -79,7 +79,7 @@ enum Mode {
         #[arg(long = "params")]
         params: Vec<String>,
         /// Give up on a query after this long.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = run::parse_duration)]
         timeout: Duration,
         /// A header for every request, `NAME: VALUE` (repeatable), e.g.
         /// `--header "authorization: Bearer TOKEN"`.
@@ -89,7 +89,7 @@ enum Mode {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         concurrency: u32,
         /// How long to send for: 10s, 500ms, 2m (a bare number is seconds).
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = run::parse_duration)]
         duration: Duration,
         /// Pace the whole run to this many queries a second (open loop;
         /// latency counts from each query's due time). Default: back to back.
@@ -117,7 +117,7 @@ struct Common {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
     /// How long to send for: 10s, 500ms, 2m (a bare number is seconds).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = run::parse_duration)]
     duration: Duration,
     /// Pace the whole run to this many requests a second (open loop;
     /// latency counts from each request's due time). Default: back to back.
@@ -135,7 +135,7 @@ struct Common {
     json: bool,
     /// Also tally the answers per interval of this long, by when they
     /// arrived (e.g. 1s): a timeline of the run.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = run::parse_duration)]
     interval: Option<Duration>,
     /// Write every request's answer to this file, a line per request:
     /// `worker request answer` (request counts from 0 in each worker; the
@@ -184,21 +184,6 @@ fn plan(duration: Duration, rate: Option<f64>) -> Result<run::Plan> {
         bail!("--duration must be more than zero");
     }
     Ok(run::Plan { duration, rate, interval: None, outcomes: false })
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 10s or 500ms"))?;
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(number * scale).map_err(|e| e.to_string())
 }
 
 /// Exit status of a run in which some requests failed (the results are
@@ -371,16 +356,6 @@ async fn baseline_mode(database_url: String, method: baseline::Method, common: C
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn the_cli_is_well_formed() {
