@@ -44,6 +44,16 @@ pub async fn write(
         return Ok(());
     }
     let (sql, types) = accumulate_sql(schema, table, plan).map_err(|e| anyhow!(e))?;
+    let columns = column_arrays(plan, &types)?;
+    let statement = tx.prepare_cached(&sql).await?;
+    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    tx.execute(&statement, &params).await.map_err(|e| anyhow!("accumulate into table {:?}: {e}", plan.table))?;
+    Ok(())
+}
+
+/// A plan's rows as one parameter array per column, each value checked
+/// against its column's declared type (`types`, in the plan's order).
+pub fn column_arrays<'a>(plan: &'a UpsertPlan, types: &[ColumnType]) -> Result<Vec<ColumnArray<'a>>> {
     let mut columns: Vec<ColumnArray> =
         types.iter().map(|&ty| ColumnArray { param_type: param_type(ty), values: Vec::new() }).collect();
     for row in &plan.rows {
@@ -55,17 +65,14 @@ pub async fn write(
                 plan.columns.len()
             );
         }
-        for ((column, value), (name, ty)) in columns.iter_mut().zip(&row.values).zip(plan.columns.iter().zip(&types)) {
+        for ((column, value), (name, ty)) in columns.iter_mut().zip(&row.values).zip(plan.columns.iter().zip(types)) {
             if value.column_type().is_some_and(|t| t != *ty) {
                 bail!("a {:?} value for column {name:?} of table {:?}", value.column_type(), plan.table);
             }
             column.values.push(value);
         }
     }
-    let statement = tx.prepare_cached(&sql).await?;
-    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    tx.execute(&statement, &params).await.map_err(|e| anyhow!("accumulate into table {:?}: {e}", plan.table))?;
-    Ok(())
+    Ok(columns)
 }
 
 /// The statement of an accumulating plan and its columns' declared types.

@@ -21,7 +21,6 @@ use tokio_postgres::types::ToSql;
 use super::changes::Keys;
 use super::config::CdcConfig;
 use super::spill::TxBuffer;
-use crate::db::encode::ColumnArray;
 use crate::runtime::{CallLimits, ChangeHandler, Runtime};
 
 /// The table of checkpoints, in the destination schema.
@@ -603,25 +602,13 @@ impl Runner {
                 anyhow!("the handler plans rows for table {:?}, which it does not declare", plan.table)
             })?;
             let upsert = Upsert::new(&self.schema, table, &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
-            let mut columns: Vec<ColumnArray> =
-                upsert.param_types.iter().map(|&param_type| ColumnArray { param_type, values: Vec::new() }).collect();
-            for row in &plan.rows {
-                if row.values.len() != plan.columns.len() {
-                    bail!(
-                        "a row for table {:?} has {} values for {} columns",
-                        plan.table,
-                        row.values.len(),
-                        plan.columns.len()
-                    );
-                }
-                for ((column, value), name) in columns.iter_mut().zip(&row.values).zip(&plan.columns) {
-                    let declared = table.column(name).map(|c| c.data_type);
-                    if value.column_type().is_some_and(|t| Some(t) != declared) {
-                        bail!("a {:?} value for column {name:?} of table {:?}", value.column_type(), plan.table);
-                    }
-                    column.values.push(value);
-                }
-            }
+            let types: Vec<sluice_sdk::ColumnType> = plan
+                .columns
+                .iter()
+                .map(|name| table.column(name).map(|c| c.data_type))
+                .collect::<Option<_>>()
+                .ok_or_else(|| anyhow!("a plan for table {:?} names a column it does not have", plan.table))?;
+            let columns = super::plans::column_arrays(plan, &types)?;
             let statement = tx.prepare_cached(&upsert.sql).await?;
             let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
             tx.query(&statement, &params).await.with_context(|| format!("write to table {:?}", plan.table))?;
