@@ -526,15 +526,25 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
-    };
+    // Read into one buffer of the declared size: a large body is then
+    // neither gathered from its frames nor copied again.
+    let mut raw = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = Limited::new(body, limit);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    raw.extend_from_slice(data);
+                }
+            }
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
+        }
+    }
     let decoded = match encoding.as_str() {
         "gzip" | "x-gzip" => decompress(flate2::read::MultiGzDecoder::new(&raw[..]), limit),
         "zstd" => zstd::stream::read::Decoder::new(&raw[..]).and_then(|d| decompress(d, limit)),
-        _ => return Ok(raw.to_vec()),
+        _ => return Ok(raw),
     };
     match decoded {
         Ok(Some(body)) => Ok(body),

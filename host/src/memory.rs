@@ -135,14 +135,20 @@ fn release_free_memory() {
 /// batches) come and go: they are mapped and unmapped on their own, rather
 /// than left to fragment the heaps (glibc otherwise raises its mmap
 /// threshold after the first large free, up to 32 MiB), and a few arenas
-/// serve all threads instead of up to eight per core.
+/// serve all threads instead of up to eight per core. glibc's own
+/// variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) win.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters; it is called
-    // before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
+    for (variable, parameter, value) in
+        [("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 << 10), ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 4)]
+    {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only sets the allocator's parameters; it is
+            // called before any other thread starts.
+            unsafe {
+                libc::mallopt(parameter, value);
+            }
+        }
     }
 }
 

@@ -197,8 +197,9 @@ async fn a_killed_host_resumes_from_its_checkpoint_with_no_gap_and_no_duplicate(
     let db = TestDb::new().await;
     let client = db.client().await;
     client.batch_execute("CREATE TABLE ticks (id int PRIMARY KEY, payload text)").await.unwrap();
-    // Small parts: a transaction of many changes is delivered in several calls.
-    let toml = cdc_toml(&db, &["ticks"], "batch_changes = 7\nmemory_changes = 5");
+    // Small parts: a transaction of many changes is delivered in several
+    // calls, four at once.
+    let toml = cdc_toml(&db, &["ticks"], "batch_changes = 7\nmemory_changes = 5\nconcurrent_calls = 4");
     let mut sluice = Sluice::start(Some(&db), &toml);
     wait_for_slot(&client, &db, &sluice).await;
 
@@ -595,4 +596,116 @@ async fn cli_bootstraps_then_shows_the_status() {
     assert!(err.contains("another host streams source \"totals\""), "{err}");
     stops(sluice);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The writer's pipeline (statements sent without waiting, consecutive
+/// plans merged) stores what one statement per plan, one after the other,
+/// would: each step below fails if a statement ran out of order or a merge
+/// changed what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_merged_plans_store_what_one_statement_each_would() {
+    use sluice::cdc::plans::Pipeline;
+    use sluice_replication::{SslMode, TlsSettings};
+    use sluice_sdk::{Column, ColumnType, Conflict, Row, Table, UpsertPlan, Value};
+
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE latest (id text PRIMARY KEY, a bigint, b text); \
+             CREATE TABLE totals (k text PRIMARY KEY, n bigint NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let latest = Table {
+        name: "latest".into(),
+        columns: vec![
+            Column::new("id", ColumnType::Text).not_null(),
+            Column::new("a", ColumnType::Int8),
+            Column::new("b", ColumnType::Text),
+        ],
+        primary_key: vec!["id".into()],
+        indexes: vec![],
+        template: false,
+    };
+    let totals = Table {
+        name: "totals".into(),
+        columns: vec![Column::new("k", ColumnType::Text).not_null(), Column::new("n", ColumnType::Int8).not_null()],
+        primary_key: vec!["k".into()],
+        indexes: vec![],
+        template: false,
+    };
+    let names = |columns: &[&str]| columns.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let row = |id: &str, a: i64, b: &str| Row {
+        event: 0,
+        values: vec![Value::Text(id.into()), Value::Int8(a), Value::Text(b.into())],
+    };
+    let latest_plan = |set: &[&str], rows: Vec<Row>| UpsertPlan {
+        table: "latest".into(),
+        template: None,
+        columns: names(&["id", "a", "b"]),
+        conflict: if set.is_empty() { Conflict::DoNothing } else { Conflict::Update(names(set)) },
+        rows,
+    };
+    let add = |n: i64| UpsertPlan {
+        table: "totals".into(),
+        template: None,
+        columns: names(&["k", "n"]),
+        conflict: Conflict::Update(names(&["+n"])),
+        rows: vec![Row { event: 0, values: vec![Value::Text("k".into()), Value::Int8(n)] }],
+    };
+    let empty_totals = UpsertPlan {
+        table: "totals".into(),
+        template: None,
+        columns: vec![],
+        conflict: Conflict::DoNothing,
+        rows: vec![],
+    };
+
+    let pg: tokio_postgres::Config = db.url.parse().unwrap();
+    let settings = sluice::db::PgSettings::new(pg, TlsSettings::new(SslMode::Disable, None), None);
+    let pool = sluice::db::pool(settings, 1, Duration::from_secs(10)).unwrap();
+    let mut connection = pool.get().await.unwrap();
+    let tx = connection.transaction().await.unwrap();
+    let mut pipeline = Pipeline::new(&tx, "public");
+    // In commit order:
+    for (table, plan) in [
+        (&latest, latest_plan(&["a", "b"], vec![row("x", 1, "first")])),
+        // Merged with the one before: the last row wins either way.
+        (&latest, latest_plan(&["a", "b"], vec![row("x", 2, "second")])),
+        // Sets `b` only: alone, after the two before and before the last.
+        (&latest, latest_plan(&["b"], vec![row("x", 3, "third")])),
+        (&latest, latest_plan(&[], vec![row("y", 10, "kept")])),
+        // Merged: the first row of a key wins either way.
+        (&latest, latest_plan(&[], vec![row("y", 11, "dropped")])),
+        (&totals, add(1)),
+        (&totals, add(2)),
+        // Emptying the table goes alone, after the sums before it.
+        (&totals, empty_totals),
+        (&totals, add(5)),
+        (&latest, latest_plan(&["a"], vec![row("x", 4, "not stored either")])),
+    ] {
+        pipeline.push(table, plan, ()).await.unwrap();
+    }
+    pipeline.finish().await.unwrap();
+    drop(pipeline);
+    tx.commit().await.unwrap();
+
+    let stored = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| format!("{:?}", (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, Option<String>>(2))))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        stored("SELECT id, a, b FROM latest ORDER BY id").await,
+        [r#"("x", 4, Some("third"))"#, r#"("y", 10, Some("kept"))"#]
+    );
+    assert_eq!(stored("SELECT k, n, NULL::text FROM totals").await, [r#"("k", 5, None)"#]);
 }

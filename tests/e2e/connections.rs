@@ -414,7 +414,8 @@ async fn migrate_as_admin_then_serve_as_a_writer_that_cannot_create() {
     assert!(e.as_db_error().unwrap().message().contains("permission denied"), "{e}");
 
     // serve as the writer: it starts (no DDL needed) and ingests.
-    let sluice = start_with_env("[database]\nschema = \"ingest\"\n", &[("SLUICE_DATABASE_URL", writer_url.as_str())]);
+    let sluice =
+        Sluice::start_with_env("[database]\nschema = \"ingest\"\n", &[("SLUICE_DATABASE_URL", writer_url.as_str())]);
     let (status, answer) = post(&sluice.url("/v1/events"), "application/json", EXAMPLE).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["inserted"], 1, "{answer}");
@@ -494,7 +495,7 @@ async fn secrets_never_show() {
     }
 
     // The service, with AWS credentials in its environment.
-    let sluice = start_with_env(
+    let sluice = Sluice::start_with_env(
         &toml,
         &[
             ("SLUICE_DATABASE_URL", service_url.as_str()),
@@ -585,84 +586,6 @@ async fn secrets_never_show() {
     }
 }
 
-/// A `sluice serve` with its own environment (the harness's passes this
-/// process's on), its stderr kept.
-struct Serve {
-    child: std::process::Child,
-    base: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-    data: PathBuf,
-}
-
-impl Serve {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Serve {
-    use std::io::{BufRead, BufReader};
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let data = tmp().join(format!(
-        "conn-serve-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let config = temp_config(&format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n{toml}\n[components]\ncache_dir = {:?}\n",
-        cache_dir()
-    ));
-    let mut command = sluice_command(&["serve", "--config"]);
-    command.arg(&config).env("SLUICE_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let kept = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = kept.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let kept = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // stdout is output too: keep it with the log for the secrets check.
-            kept.lock().unwrap().push_str(&format!("{line}\n"));
-            let _ = tx.send(line);
-        }
-    });
-    let base = loop {
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => {
-                if let Some(url) = line.strip_prefix("sluice listening on ") {
-                    break url.to_owned();
-                }
-            }
-            Err(_) => panic!("sluice did not start; its log:\n{}", log.lock().unwrap()),
-        }
-    };
-    Serve { child, base, log, data }
-}
-
 fn sluice_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command.args(args).env_remove("SLUICE_DATABASE_URL").stdin(Stdio::null());
@@ -699,32 +622,34 @@ async fn a_change_stream_from_a_source_checked_with_verify_full() {
     let toml = format!(
         "[[cdc]]\nname = \"tls\"\nhost = \"localhost\"\nport = {}\ndatabase = \"sluice\"\nuser = \"sluice\"\n\
          password = {:?}\nslotName = \"tls_cdc\"\npublicationName = \"tls_cdc\"\ntables = [\"tls_cdc_orders\"]\n\
-         sslMode = \"verify-full\"\nsslRootCert = {:?}\n",
+         sslMode = \"verify-full\"\nsslRootCert = {:?}\napplicationName = \"tls-cdc-stream\"\n",
         server.cluster.port(),
         server.cluster.password(),
         server.ca
     );
     let sluice = Sluice::start(Some(&db), &toml);
-    // Both of the source's connections (the slot's lock and the stream) are encrypted.
+    // Both of the source's connections (the slot's lock and the stream) are
+    // encrypted. Other tests share this server, so the stream has a name of
+    // its own, and every session under a name must be encrypted.
     let deadline = Instant::now() + Duration::from_secs(60);
     let encrypted = |name: &'static str| {
         let source = &source;
         async move {
-            source
-                .query_opt(
+            let rows = source
+                .query(
                     "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
                     &[&name],
                 )
                 .await
-                .unwrap()
-                .map(|row| row.get::<_, bool>(0))
+                .unwrap();
+            (!rows.is_empty()).then(|| rows.iter().all(|row| row.get::<_, bool>(0)))
         }
     };
-    while encrypted("sluice").await.is_none() || encrypted("sluice-cdc-lock").await.is_none() {
+    while encrypted("tls-cdc-stream").await.is_none() || encrypted("sluice-cdc-lock").await.is_none() {
         assert!(Instant::now() < deadline, "the stream never started; log:\n{}", sluice.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(encrypted("sluice").await, Some(true));
+    assert_eq!(encrypted("tls-cdc-stream").await, Some(true));
     assert_eq!(encrypted("sluice-cdc-lock").await, Some(true));
     source.execute("INSERT INTO tls_cdc_orders VALUES (1, 'streamed over verify-full')", &[]).await.unwrap();
     let destination = db.client().await;

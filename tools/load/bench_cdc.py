@@ -2,7 +2,7 @@
 """Change streams: Sluice against pg_recvlogical on the same WAL, the lag at
 half that rate, and memory during a 1,000,000-row transaction.
 
-    python3 tools/load/bench_cdc.py [--changes 1000000] [--tx-size 100] [--no-build]
+    python3 tools/load/bench_cdc.py [--changes 1000000] [--tx-size 100] [--handler audit|aggregate] [--no-build]
 
 It starts a PostgreSQL cluster of its own (wal_level=logical, fsync and
 synchronous_commit on) with a source database `src` (table `orders`,
@@ -20,6 +20,13 @@ the other over that same WAL:
     moment it owns the slot until the marker row is committed;
   - for scale, the same audit rows copied by one INSERT ... SELECT into a
     table of the same shape: the destination's share alone.
+
+--handler aggregate: the same, through `builtin:aggregate` instead (orders
+has `customer_id` and REPLICA IDENTITY FULL; the handler's effect is one
+accumulated row per customer, so the destination writes little and the
+chain measured is Sluice's own). Sluice is timed until the marker's
+customer is counted, and the run fails unless the aggregate equals the
+source's GROUP BY. No lag or memory part.
 
 lag: Sluice is left running, caught up; pgbench commits transactions of
 --tx-size inserts at half the rate Sluice reached, for --lag-seconds. A
@@ -99,14 +106,14 @@ class Cluster:
 
 
 class Sluice:
-    def __init__(self, cluster, extra=""):
+    def __init__(self, cluster, extra="", handler="audit"):
         self.dir = tempfile.mkdtemp(prefix="sluice-bench-cdc-host-")
         toml = os.path.join(self.dir, "sluice.toml")
         with open(toml, "w") as f:
             f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{self.dir}"\n\n'
                     f'[[cdc]]\nname = "bench"\nhost = "127.0.0.1"\nport = {cluster.port}\ndatabase = "src"\n'
                     f'user = "postgres"\ntables = ["orders"]\nslotName = "sluice_bench"\n'
-                    f'publicationName = "bench"\nsslMode = "disable"\n{extra}\n')
+                    f'publicationName = "bench"\nsslMode = "disable"\ncomponent = "builtin:{handler}"\n{extra}\n')
         self.log = os.path.join(self.dir, "sluice.log")
         self.process = subprocess.Popen(
             [SLUICE, "serve", "--config", toml], stdout=subprocess.DEVNULL, stderr=open(self.log, "w"),
@@ -140,18 +147,48 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_marker(cluster, marker, timeout=1800):
-    """Until the audit row of order `marker` is committed in dest."""
+class Session:
+    """One psql session kept open: polling through it costs no new
+    connection (a backend fork) each time."""
+
+    def __init__(self, url):
+        self.process = subprocess.Popen(["psql", url, "-AtX", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def query(self, sql):
+        self.process.stdin.write(f"{sql};\n\\echo __done__\n")
+        self.process.stdin.flush()
+        lines = []
+        for line in self.process.stdout:
+            if line.strip() == "__done__":
+                return "\n".join(lines)
+            lines.append(line.strip())
+        sys.exit(f"psql ended while polling: {sql}")
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def wait_marker(cluster, marker, timeout=1800, handler="audit"):
+    """Until the audit row of order `marker` (with the aggregate: the
+    marker's customer) is committed in dest."""
     deadline = time.time() + timeout
     sql = f"SELECT count(*) FROM cdc_audit WHERE element_id = 'orders:{marker}'"
-    while time.time() < deadline:
-        if cluster.psql("dest", sql, check=False) == "1":
-            return time.monotonic()
-        time.sleep(0.02)
+    if handler == "aggregate":
+        sql = "SELECT count(*) FROM customer_order_totals WHERE customer_id = 'marker' AND order_count = 1"
+    session = Session(cluster.url("dest"))
+    try:
+        while time.time() < deadline:
+            if session.query(sql) == "1":
+                return time.monotonic()
+            time.sleep(0.02)
+    finally:
+        session.close()
     sys.exit(f"order {marker} never audited")
 
 
-def generate(cluster, changes, tx_size):
+def generate(cluster, changes, tx_size, customer="customer"):
     """`changes` row changes in transactions of `tx_size`: 80 % inserts,
     then 15 % updates and 5 % deletes of those rows; then a marker row."""
     inserts = changes * 80 // 100
@@ -161,7 +198,7 @@ def generate(cluster, changes, tx_size):
         DO $$
         BEGIN
           FOR i IN 0..{inserts // tx_size - 1} LOOP
-            INSERT INTO orders (id, customer, amount, status, note)
+            INSERT INTO orders (id, {customer}, amount, status, note)
               SELECT g, 'cust_' || (g % 5000), (g % 10000) / 100.0, 'new', md5(g::text)
               FROM generate_series(i * {tx_size} + 1, (i + 1) * {tx_size}) g;
             COMMIT;
@@ -176,20 +213,25 @@ def generate(cluster, changes, tx_size):
             COMMIT;
           END LOOP;
         END $$""")
-    cluster.psql("src", "INSERT INTO orders (id, customer, amount, status, note) VALUES (-1, 'marker', 0, 'end', '')")
+    cluster.psql("src", f"INSERT INTO orders (id, {customer}, amount, status, note) VALUES (-1, 'marker', 0, 'end', '')")
     expected = (inserts // tx_size + updates // tx_size + deletes // tx_size) * tx_size + 1
     return expected
 
 
 def throughput(cluster, opts):
-    cluster.psql("src", "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, amount numeric(12,2), "
+    aggregate = opts.handler == "aggregate"
+    customer = "customer_id" if aggregate else "customer"
+    cluster.psql("src", f"CREATE TABLE orders (id bigint PRIMARY KEY, {customer} text, amount numeric(12,2), "
                         "status text, note text, created_at timestamptz DEFAULT clock_timestamp());"
                         "CREATE PUBLICATION bench FOR TABLE orders;")
+    if aggregate:
+        # The handler needs the old row of updates and deletes.
+        cluster.psql("src", "ALTER TABLE orders REPLICA IDENTITY FULL")
     # Both slots start at the same position (a slot is made outside a writing transaction).
     for slot in ("recv", "sluice_bench"):
         cluster.psql("src", f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     started = time.monotonic()
-    changes = generate(cluster, opts.changes, opts.tx_size)
+    changes = generate(cluster, opts.changes, opts.tx_size, customer)
     end = cluster.psql("src", "SELECT pg_current_wal_lsn()")
     wal = int(cluster.psql("src", f"SELECT '{end}'::pg_lsn - confirmed_flush_lsn FROM pg_replication_slots "
                                   "WHERE slot_name = 'recv'"))
@@ -205,11 +247,26 @@ def throughput(cluster, opts):
     if recv.returncode != 0:
         sys.exit("pg_recvlogical failed")
 
-    sluice = Sluice(cluster, opts.toml)
+    sluice = Sluice(cluster, opts.toml, opts.handler)
     t0 = sluice.wait_for("owns the slot")
-    t1 = wait_marker(cluster, -1)
+    t1 = wait_marker(cluster, -1, handler=opts.handler)
     sluice_seconds = t1 - t0
     cpu = cpu_seconds(sluice.process.pid)
+    result = {
+        "handler": opts.handler, "changes": changes, "tx_size": opts.tx_size, "wal_mib": round(wal / 2**20),
+        "pg_recvlogical_s": round(recv_seconds, 2), "pg_recvlogical_changes_per_s": round(changes / recv_seconds),
+        "sluice_s": round(sluice_seconds, 2), "sluice_changes_per_s": round(changes / sluice_seconds),
+        "ratio": round(recv_seconds / sluice_seconds, 3), "sluice_cpu_s": round(cpu, 1),
+    }
+    if aggregate:
+        totals = "SELECT md5(string_agg(format('%s|%s|%s', customer_id, n, total), ',' ORDER BY customer_id)) FROM ({}) t"
+        source = cluster.psql("src", totals.format(
+            "SELECT customer_id, count(*) AS n, sum(amount) AS total FROM orders GROUP BY 1"))
+        derived = cluster.psql("dest", totals.format(
+            "SELECT customer_id, order_count AS n, total FROM customer_order_totals WHERE order_count > 0"))
+        if source != derived:
+            sys.exit("the aggregate differs from the source's GROUP BY")
+        return sluice, result
     audited = int(cluster.psql("dest", "SELECT count(*) FROM cdc_audit"))
     if audited != changes:
         sys.exit(f"{audited} audit rows for {changes} changes")
@@ -220,13 +277,7 @@ def throughput(cluster, opts):
                          "INSERT INTO audit_copy SELECT * FROM cdc_audit")
     copy_seconds = time.monotonic() - t0
     cluster.psql("dest", "DROP TABLE audit_copy")
-    result = {
-        "insert_select_s": round(copy_seconds, 2), "insert_select_rows_per_s": round(changes / copy_seconds),
-        "changes": changes, "tx_size": opts.tx_size, "wal_mib": round(wal / 2**20),
-        "pg_recvlogical_s": round(recv_seconds, 2), "pg_recvlogical_changes_per_s": round(changes / recv_seconds),
-        "sluice_s": round(sluice_seconds, 2), "sluice_changes_per_s": round(changes / sluice_seconds),
-        "ratio": round(recv_seconds / sluice_seconds, 3), "sluice_cpu_s": round(cpu, 1),
-    }
+    result.update({"insert_select_s": round(copy_seconds, 2), "insert_select_rows_per_s": round(changes / copy_seconds)})
     return sluice, result
 
 
@@ -298,7 +349,10 @@ def main():
     parser.add_argument("--toml", default="", help="more keys for the [[cdc]] table, e.g. 'memory_changes = 10000'")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--skip", action="append", default=[], choices=["lag", "memory"])
+    parser.add_argument("--handler", choices=["audit", "aggregate"], default="audit")
     opts = parser.parse_args()
+    if opts.handler == "aggregate":
+        opts.skip += ["lag", "memory"]
     if not opts.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "sluice"], cwd=ROOT, check=True)
     cluster = Cluster()

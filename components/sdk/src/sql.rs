@@ -265,6 +265,9 @@ fn ident_list(names: &[String]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upsert {
     pub sql: String,
+    /// The same write without its answer (no positions): for writers that
+    /// only need it applied, such as change streams.
+    pub write_sql: String,
     pub param_types: Vec<ColumnType>,
     /// The columns rows conflict on (empty: no key, nothing conflicts).
     pub conflict_key: Vec<String>,
@@ -357,15 +360,16 @@ impl Upsert {
         let selects = (0..columns.len()).map(select).collect::<Vec<_>>().join(", ");
         let target = qualified(schema, name);
         let mut sql = format!("WITH input AS (SELECT * FROM unnest({params}) WITH ORDINALITY AS input({aliases}, n)) ");
+        let mut write_sql = sql.clone();
         if key.is_empty() {
             // Nothing can conflict: every row is new.
-            let _ = write!(
-                sql,
-                ", written AS (INSERT INTO {target} ({}) SELECT {selects} FROM input ORDER BY n) SELECT n FROM input",
-                ident_list(columns)
-            );
+            let insert =
+                format!("INSERT INTO {target} ({}) SELECT {selects} FROM input ORDER BY n", ident_list(columns));
+            let _ = write!(sql, ", written AS ({insert}) SELECT n FROM input");
+            write_sql.push_str(&insert);
             return Ok(Upsert {
                 sql,
+                write_sql,
                 param_types: types.into_iter().map(param_type).collect(),
                 conflict_key: Vec::new(),
                 update_columns: None,
@@ -402,15 +406,13 @@ impl Upsert {
                 format!("SELECT max(n) FROM input JOIN written ON {join} GROUP BY {key_selects}"),
             ),
         };
-        let _ = write!(
-            sql,
-            ", written AS (INSERT INTO {target} ({}) {rows} ON CONFLICT ({}) {action} RETURNING {}) {pick}",
-            ident_list(columns),
-            ident_list(key),
-            ident_list(key),
-        );
+        let insert =
+            format!("INSERT INTO {target} ({}) {rows} ON CONFLICT ({}) {action}", ident_list(columns), ident_list(key));
+        let _ = write!(sql, ", written AS ({insert} RETURNING {}) {pick}", ident_list(key));
+        write_sql.push_str(&insert);
         Ok(Upsert {
             sql,
+            write_sql,
             param_types: types.into_iter().map(param_type).collect(),
             conflict_key: key.clone(),
             update_columns: match conflict {
@@ -481,6 +483,10 @@ mod tests {
         assert_eq!(
             up.sql,
             r#"WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS input(c1, c2, n)) , written AS (INSERT INTO "app"."events" ("id", "amount") SELECT c1, c2::numeric FROM input ORDER BY n ON CONFLICT ("id") DO NOTHING RETURNING "id") SELECT min(n) FROM input JOIN written ON c1 = written."id" GROUP BY c1"#
+        );
+        assert_eq!(
+            up.write_sql,
+            r#"WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS input(c1, c2, n)) INSERT INTO "app"."events" ("id", "amount") SELECT c1, c2::numeric FROM input ORDER BY n ON CONFLICT ("id") DO NOTHING"#
         );
     }
 

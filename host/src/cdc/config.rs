@@ -42,6 +42,11 @@ pub struct CdcConfig {
     /// How long one handler call may run, in milliseconds (default `limits.component_deadline_ms`).
     #[serde(default, alias = "deadlineMs")]
     pub deadline_ms: Option<u64>,
+    /// Handler calls run at once, each on its own transaction (or part) in
+    /// a fresh instance; their effects are still applied in commit order.
+    /// Default: the number of CPUs, at most 8.
+    #[serde(default = "default_concurrent_calls", alias = "concurrentCalls")]
+    pub concurrent_calls: usize,
     /// The connection: host, port, database, user, password, tables,
     /// slotName, publicationName, sslMode.
     #[serde(flatten)]
@@ -68,6 +73,9 @@ fn default_batch_changes() -> usize {
 fn default_memory_changes() -> usize {
     10_000
 }
+fn default_concurrent_calls() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
 
 impl CdcConfig {
     pub fn name(&self) -> &str {
@@ -88,8 +96,8 @@ impl CdcConfig {
                 bail!("cdc {:?}: tableKeys for {:?} lists no columns", self.name(), key.table);
             }
         }
-        if self.batch_changes == 0 || self.memory_changes == 0 {
-            bail!("cdc {:?}: batch_changes and memory_changes must be at least 1", self.name());
+        if self.batch_changes == 0 || self.memory_changes == 0 || self.concurrent_calls == 0 {
+            bail!("cdc {:?}: batch_changes, memory_changes and concurrent_calls must be at least 1", self.name());
         }
         match self.bootstrap_provider.as_deref() {
             None | Some("") | Some("none") | Some("noop") | Some("postgres") => {}
@@ -156,13 +164,17 @@ mod tests {
             table_keys = [{ table = "orders", key_columns = ["id"] }]
             component = "/x/handler.wasm"
             batch_changes = 10
+            concurrent_calls = 3
             "#,
         )
         .unwrap();
         snake.validate().unwrap();
         assert_eq!((snake.name(), snake.source.slot_name.as_str(), snake.batch_changes), ("orders", "s2", 10));
+        assert_eq!((snake.concurrent_calls, camel.concurrent_calls >= 1), (3, true));
         assert_eq!(snake.table_key("public", "orders").unwrap(), ["id"]);
 
+        let none: CdcConfig = toml::from_str("database = \"d\"\nuser = \"u\"\nconcurrentCalls = 0").unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("concurrent_calls must be at least 1"));
         let bad: CdcConfig =
             toml::from_str("database = \"d\"\nuser = \"u\"\nbootstrapProvider = \"application\"").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("\"application\" is not supported"));

@@ -14,10 +14,13 @@
 //! Both are written in the transaction of the change, with its checkpoint,
 //! so they apply exactly once.
 
+use std::task::Poll;
+
 use anyhow::{Result, anyhow, bail};
-use sluice_sdk::sql::{param_type, qualified, quote_ident};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use sluice_sdk::sql::{Upsert, param_type, qualified, quote_ident};
 use sluice_sdk::{ColumnType, Conflict, Table, UpsertPlan};
-use tokio_postgres::types::ToSql;
 
 use crate::db::encode::ColumnArray;
 
@@ -26,29 +29,143 @@ pub fn accumulates(plan: &UpsertPlan) -> bool {
     matches!(&plan.conflict, Conflict::Update(set) if set.iter().any(|c| c.starts_with('+')))
 }
 
-/// Writes an accumulating plan, or empties the table for a plan without columns.
-pub async fn write(
-    tx: &deadpool_postgres::Transaction<'_>,
-    schema: &str,
-    table: &Table,
-    plan: &UpsertPlan,
-) -> Result<()> {
+/// The statement that writes `plan` into `table`, with the declared types
+/// of the plan's columns: an upsert, an accumulation, or emptying the table.
+/// `None`: there is nothing to write.
+pub fn statement(schema: &str, table: &Table, plan: &UpsertPlan) -> Result<Option<(String, Vec<ColumnType>)>> {
     if plan.columns.is_empty() {
         if !plan.rows.is_empty() {
             bail!("a plan for table {:?} lists no columns but has rows", plan.table);
         }
-        tx.execute(&format!("DELETE FROM {}", qualified(schema, &table.name)), &[]).await?;
-        return Ok(());
+        return Ok(Some((format!("DELETE FROM {}", qualified(schema, &table.name)), Vec::new())));
     }
     if plan.rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let (sql, types) = accumulate_sql(schema, table, plan).map_err(|e| anyhow!(e))?;
-    let columns = column_arrays(plan, &types)?;
-    let statement = tx.prepare_cached(&sql).await?;
-    let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    tx.execute(&statement, &params).await.map_err(|e| anyhow!("accumulate into table {:?}: {e}", plan.table))?;
-    Ok(())
+    if accumulates(plan) {
+        return accumulate_sql(schema, table, plan).map(Some).map_err(|e| anyhow!(e));
+    }
+    if plan.template.is_some() {
+        bail!("the handler's plan for {:?} names a template: change handlers cannot use templates yet", plan.table);
+    }
+    let upsert = Upsert::new(schema, table, &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
+    let types = plan
+        .columns
+        .iter()
+        .map(|name| table.column(name).map(|c| c.data_type))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("a plan for table {:?} names a column it does not have", plan.table))?;
+    Ok(Some((upsert.write_sql, types)))
+}
+
+/// Rows a merged statement may carry.
+const MERGED_ROWS: usize = 10_000;
+
+/// The statements of one destination transaction, each sent without
+/// waiting for the answers of those before it: PostgreSQL runs them in the
+/// order sent, and the answers are read in that order, so the first failure
+/// is the one reported.
+///
+/// Consecutive plans for the same table, columns and conflict are merged
+/// into one statement where that writes the same as one statement each (a
+/// backlog of small transactions is then a few large statements): `do
+/// nothing` (the first row of a key wins either way), accumulations (sums
+/// commute), and `update` of every non-key column (the last row wins
+/// either way). Others, and emptying a table, go alone, in order.
+pub struct Pipeline<'t> {
+    tx: &'t deadpool_postgres::Transaction<'t>,
+    schema: &'t str,
+    merging: Option<Merging<'t>>,
+    in_flight: FuturesOrdered<BoxFuture<'t, Result<()>>>,
+}
+
+/// A plan waiting for more rows to merge, with what its parts hold.
+struct Merging<'t> {
+    table: &'t Table,
+    plan: UpsertPlan,
+    holds: Vec<Box<dyn Send + 't>>,
+}
+
+impl<'t> Pipeline<'t> {
+    pub fn new(tx: &'t deadpool_postgres::Transaction<'t>, schema: &'t str) -> Pipeline<'t> {
+        Pipeline { tx, schema, merging: None, in_flight: FuturesOrdered::new() }
+    }
+
+    /// Writes `plan` into `table`, after everything pushed before it;
+    /// `hold` is kept until it is answered.
+    pub async fn push(&mut self, table: &'t Table, plan: UpsertPlan, hold: impl Send + 't) -> Result<()> {
+        if let Some(Merging { plan: merged, holds, .. }) = &mut self.merging
+            && merged.table == plan.table
+            && merged.columns == plan.columns
+            && merged.conflict == plan.conflict
+            && merged.rows.len() + plan.rows.len() <= MERGED_ROWS
+        {
+            merged.rows.extend(plan.rows);
+            holds.push(Box::new(hold));
+            return Ok(());
+        }
+        self.flush().await?;
+        if mergeable(table, &plan) {
+            self.merging = Some(Merging { table, plan, holds: vec![Box::new(hold)] });
+            return Ok(());
+        }
+        self.send(table, plan, hold).await
+    }
+
+    /// Sends the plan being merged, if any.
+    pub async fn flush(&mut self) -> Result<()> {
+        match self.merging.take() {
+            Some(Merging { table, plan, holds }) => self.send(table, plan, holds).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the statement writing `plan` (prepared once per connection).
+    async fn send(&mut self, table: &'t Table, plan: UpsertPlan, hold: impl Send + 't) -> Result<()> {
+        let Some((sql, types)) = statement(self.schema, table, &plan)? else { return Ok(()) };
+        let statement = self.tx.prepare_cached(&sql).await?;
+        let tx = self.tx;
+        self.in_flight.push_back(Box::pin(async move {
+            let _hold = hold;
+            let columns = column_arrays(&plan, &types)?;
+            let write = |e| anyhow!("write to table {:?}: {e}", plan.table);
+            tx.execute_raw(&statement, columns).await.map_err(write)?;
+            Ok(())
+        }));
+        // The first poll sends it; answers already in are read.
+        while let Poll::Ready(Some(done)) = futures_util::poll!(self.in_flight.next()) {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// The next answer, in order; `None` when none is awaited (a plan
+    /// being merged is not sent: [`flush`](Self::flush) first).
+    pub async fn next(&mut self) -> Option<Result<()>> {
+        self.in_flight.next().await
+    }
+
+    /// Sends what is being merged and reads every answer still awaited.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.flush().await?;
+        while let Some(done) = self.in_flight.next().await {
+            done?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether rows of `plan` written together with those of a plan like it
+/// before it store the same as two statements one after the other.
+fn mergeable(table: &Table, plan: &UpsertPlan) -> bool {
+    if plan.columns.is_empty() || plan.template.is_some() {
+        return false;
+    }
+    match &plan.conflict {
+        Conflict::DoNothing => true,
+        Conflict::Update(_) if accumulates(plan) => true,
+        Conflict::Update(set) => plan.columns.iter().all(|c| set.contains(c) || table.primary_key.contains(c)),
+    }
 }
 
 /// A plan's rows as one parameter array per column, each value checked
@@ -145,7 +262,7 @@ pub fn accumulate_sql(schema: &str, table: &Table, plan: &UpsertPlan) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_sdk::Column;
+    use sluice_sdk::{Column, Value};
 
     fn totals() -> Table {
         Table {
@@ -170,6 +287,40 @@ mod tests {
             conflict: Conflict::Update(set.iter().map(|c| c.to_string()).collect()),
             rows: vec![],
         }
+    }
+
+    #[test]
+    fn plans_merge_only_where_one_statement_writes_the_same_as_two() {
+        let t = totals();
+        let mut keep_first = plan(&["customer", "note"], &[]);
+        keep_first.conflict = Conflict::DoNothing;
+        assert!(mergeable(&t, &keep_first), "do nothing: the first row of a key wins either way");
+        assert!(mergeable(&t, &plan(&["customer", "n", "sum"], &["+n", "+sum"])), "sums commute");
+        assert!(mergeable(&t, &plan(&["customer", "n", "note"], &["n", "note"])), "the last row wins either way");
+        // Two statements: the first row inserts `note`, the second only
+        // updates `n`; one statement would insert the second row's `note`.
+        assert!(!mergeable(&t, &plan(&["customer", "n", "note"], &["n"])));
+        assert!(!mergeable(&t, &plan(&[], &[])), "emptying a table goes alone");
+        let mut templated = keep_first.clone();
+        templated.template = Some("t".into());
+        assert!(!mergeable(&t, &templated));
+    }
+
+    #[test]
+    fn statements_for_each_kind_of_plan() {
+        let t = totals();
+        let (sql, types) = statement("s", &t, &plan(&[], &[])).unwrap().unwrap();
+        assert_eq!((sql.as_str(), types.len()), (r#"DELETE FROM "s"."totals""#, 0));
+        assert!(statement("s", &t, &plan(&["customer", "n"], &["n"])).unwrap().is_none(), "no rows: nothing to do");
+        let mut upsert = plan(&["customer", "n", "sum"], &["n"]);
+        let values = vec![Value::Text("a".into()), Value::Int8(1), Value::Numeric("2.5".into())];
+        upsert.rows.push(sluice_sdk::Row { event: 0, values });
+        let (sql, types) = statement("s", &t, &upsert).unwrap().unwrap();
+        assert_eq!(types, [ColumnType::Text, ColumnType::Int8, ColumnType::Numeric]);
+        assert!(sql.ends_with(r#"ON CONFLICT ("customer") DO UPDATE SET "n" = EXCLUDED."n""#), "no positions: {sql}");
+        upsert.columns.push("missing".into());
+        upsert.rows[0].values.push(Value::Null);
+        assert!(statement("s", &t, &upsert).unwrap_err().to_string().contains("missing"));
     }
 
     #[test]

@@ -10,17 +10,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use postgres_protocol::escape::escape_literal;
 use sluice_replication::pgoutput::Message;
 use sluice_replication::{Event, Lsn, ReplicationClient, ReplicationStream, StartOptions, TableName};
-use sluice_sdk::sql::{Upsert, qualified};
+use sluice_sdk::sql::qualified;
 use sluice_sdk::{Table, Transaction, UpsertPlan};
-use tokio::sync::watch;
-use tokio_postgres::types::ToSql;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::changes::Keys;
 use super::config::CdcConfig;
-use super::spill::TxBuffer;
+use super::plans::Pipeline;
+use super::spill::{TxBuffer, TxReader};
 use crate::runtime::{CallLimits, ChangeHandler, Runtime};
 
 /// The table of checkpoints, in the destination schema.
@@ -163,6 +165,12 @@ struct Pending {
     changes: TxBuffer,
 }
 
+impl Pending {
+    fn committed(self, commit_lsn: Lsn, end_lsn: Lsn, commit_time: i64) -> Ready {
+        Ready { changes: self.changes, commit: Commit { xid: self.xid, commit_lsn, end_lsn, commit_time } }
+    }
+}
+
 /// The transactions being received: the open one, and streamed ones
 /// (PostgreSQL 14+ sends large transactions before they commit).
 #[derive(Default)]
@@ -171,6 +179,27 @@ struct Gather {
     streamed: HashMap<u32, Pending>,
     stream_xid: Option<u32>,
 }
+
+impl Gather {
+    /// No transaction is being received.
+    fn is_empty(&self) -> bool {
+        self.current.is_none() && self.streamed.is_empty()
+    }
+}
+
+/// A committed transaction being handed to the handler, part by part.
+struct Delivery {
+    reader: TxReader,
+    commit: Commit,
+    total: u64,
+    /// Changes handed out so far.
+    first: u64,
+    /// Its last part is out.
+    done: bool,
+}
+
+/// A handler call in flight, and what it gives the writer.
+type Call<'a> = BoxFuture<'a, Result<ToWriter>>;
 
 /// A committed transaction, ready to apply.
 struct Ready {
@@ -183,6 +212,55 @@ struct Ready {
 /// backlog is applied with one commit and checkpoint update per group
 /// instead of per source transaction.
 const GROUP_TIME: Duration = Duration::from_millis(100);
+
+/// From the first stage to the writer, in commit order.
+enum ToWriter {
+    /// One part of a source transaction, through the handler.
+    Part(Part),
+    /// A transaction with nothing to apply (empty, or at or below the
+    /// checkpoint): its end is confirmed once everything before it is.
+    Position(Lsn),
+}
+
+struct Part {
+    plans: Vec<UpsertPlan>,
+    /// Its share of the queue's budget, given back once it is written.
+    budget: OwnedSemaphorePermit,
+    changes: u64,
+    end_lsn: Lsn,
+    commit_time: i64,
+    /// The transaction's last part: a destination transaction may end after it.
+    last: bool,
+}
+
+/// The first stage's way to the writer. The handler's results it may have
+/// ahead of the writer are bounded in changes (twice `batch_changes`), so
+/// memory stays flat and a commit in flight does not stall the handler.
+struct ToWriterQueue {
+    items: mpsc::UnboundedSender<ToWriter>,
+    budget: Arc<Semaphore>,
+    size: u32,
+}
+
+impl ToWriterQueue {
+    fn new(batch_changes: usize) -> (ToWriterQueue, mpsc::UnboundedReceiver<ToWriter>) {
+        let size = u32::try_from(batch_changes.saturating_mul(2)).unwrap_or(u32::MAX).max(1);
+        let (items, from_stream) = mpsc::unbounded_channel();
+        (ToWriterQueue { items, budget: Arc::new(Semaphore::new(size as usize)), size }, from_stream)
+    }
+
+    /// Waits for room for `changes` in the budget.
+    async fn reserve(&self, changes: u64) -> OwnedSemaphorePermit {
+        let permits = u32::try_from(changes).unwrap_or(u32::MAX).clamp(1, self.size);
+        self.budget.clone().acquire_many_owned(permits).await.expect("the budget is never closed")
+    }
+
+    /// Queues an item; it is gone only when the writer failed, whose error
+    /// is the one reported.
+    fn send(&self, item: ToWriter) -> Result<()> {
+        self.items.send(item).map_err(|_| anyhow!("the destination writer stopped"))
+    }
+}
 
 /// What the commit says of a transaction.
 struct Commit {
@@ -296,20 +374,79 @@ impl Runner {
         self.prepare_slot(&mut client, &mut keys, &mut checkpoint, false).await?;
         let mut options = StartOptions::new(&source.slot_name, &source.publication_name);
         options.messages = false;
-        let mut stream = client.start_replication(options).await?;
+        let stream = client.start_replication(options).await?;
 
+        // Two stages run side by side: this task gathers transactions and
+        // runs the handler; the writer applies the plans and commits, and
+        // reports each committed position back to be confirmed.
+        let (to_writer, from_stream) = ToWriterQueue::new(self.config.batch_changes);
+        let (committed, confirmations) = watch::channel(Lsn::INVALID);
+        let streaming =
+            self.stream_changes(stream, &mut lock_connection, stop, keys, checkpoint, to_writer, confirmations);
+        tokio::try_join!(streaming, self.write_changes(from_stream, committed, checkpoint))?;
+        Ok(())
+    }
+
+    /// The first stage: receives messages, gathers committed transactions
+    /// and hands them, part by part, to the handler, up to
+    /// `concurrent_calls` calls at once; their plans go to the writer in
+    /// commit order. Positions the writer has committed are confirmed to
+    /// the server. Ends (dropping `to_writer`) when asked to stop.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_changes<L: std::future::Future + Unpin>(
+        &self,
+        mut stream: ReplicationStream,
+        lock_connection: &mut L,
+        stop: &mut watch::Receiver<bool>,
+        mut keys: Keys,
+        checkpoint: Lsn,
+        to_writer: ToWriterQueue,
+        mut confirmations: watch::Receiver<Lsn>,
+    ) -> Result<()>
+    where
+        L::Output: std::fmt::Debug,
+    {
         let mut gather = Gather::default();
         // The last idle position sent to the server.
         let mut reported = Lsn::INVALID;
+        let mut calls: FuturesOrdered<Call<'_>> = FuturesOrdered::new();
+        let mut delivering: Option<Delivery> = None;
+        let parallel = self.config.concurrent_calls;
         loop {
+            while calls.len() < parallel
+                && let Some(delivery) = &mut delivering
+            {
+                calls.push_back(self.next_call(delivery, &to_writer)?);
+                if delivery.done {
+                    delivering = None;
+                }
+            }
+            // New messages only when the handler has room for them.
+            let receive = delivering.is_none() && calls.len() < parallel;
             let event = tokio::select! {
-                event = stream.recv() => event?,
-                ended = &mut lock_connection => {
+                Some(done) = calls.next() => {
+                    to_writer.send(done?)?;
+                    // A long transaction must not leave the source without news.
+                    stream.send_status_if_due().await?;
+                    continue;
+                }
+                event = stream.recv(), if receive => event?,
+                ended = &mut *lock_connection => {
                     bail!("the connection holding the slot's lock ended: {ended:?}");
                 }
                 _ = stopped(stop) => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
                     return Ok(());
+                }
+                Ok(()) = confirmations.changed() => {
+                    // Effects and checkpoint are committed up to here:
+                    // the server may recycle the WAL behind it.
+                    let lsn = *confirmations.borrow_and_update();
+                    stream.confirm(lsn);
+                    let caught_up = gather.is_empty() && lsn >= stream.server_wal_end();
+                    self.stats.positions(&stream, lsn, caught_up);
+                    stream.send_status_now().await?;
+                    continue;
                 }
             };
             let Some(event) = event else { bail!("the server ended the replication stream") };
@@ -332,8 +469,23 @@ impl Runner {
                     (message, send_time)
                 }
             };
-            let Some(ready) = self.gather(&mut gather, &mut keys, message, send_time)? else { continue };
-            self.apply(&mut stream, &mut gather, &mut keys, ready, &mut checkpoint).await?;
+            let Some(Ready { changes, commit }) = self.gather(&mut gather, &mut keys, message, send_time)? else {
+                continue;
+            };
+            let total = changes.len();
+            if commit.end_lsn <= checkpoint || total == 0 {
+                // Applied before (a restart re-sent it) or empty: only its
+                // position goes on, in order, to be confirmed.
+                if commit.end_lsn <= checkpoint {
+                    self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(source = %self.name, lsn = %commit.end_lsn, "skipping a transaction at or below the checkpoint");
+                }
+                let position = ToWriter::Position(commit.end_lsn);
+                calls.push_back(Box::pin(std::future::ready(Ok(position))));
+                continue;
+            }
+            let reader = changes.into_reader().context("read a spilled transaction")?;
+            delivering = Some(Delivery { reader, commit, total, first: 0, done: false });
         }
     }
 
@@ -344,42 +496,24 @@ impl Runner {
         match message {
             Message::Begin(begin) => {
                 self.stats.behind(begin.commit_time);
-                *current = Some(Pending {
-                    xid: begin.xid,
-                    changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
-                });
+                *current = Some(self.pending(begin.xid));
             }
             Message::Commit(commit) => {
                 let pending = current.take().ok_or_else(|| anyhow!("a commit without a begin"))?;
-                let commit = Commit {
-                    xid: pending.xid,
-                    commit_lsn: commit.commit_lsn,
-                    end_lsn: commit.end_lsn,
-                    commit_time: commit.commit_time,
-                };
-                return Ok(Some(Ready { changes: pending.changes, commit }));
+                return Ok(Some(pending.committed(commit.commit_lsn, commit.end_lsn, commit.commit_time)));
             }
             Message::StreamStart { xid, .. } => {
                 // The commit time comes only with the stream's commit.
                 self.stats.behind(send_time);
                 *stream_xid = Some(xid);
-                streamed.entry(xid).or_insert_with(|| Pending {
-                    xid,
-                    changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir),
-                });
+                streamed.entry(xid).or_insert_with(|| self.pending(xid));
             }
             Message::StreamStop => *stream_xid = None,
             Message::StreamCommit(commit) => {
                 let pending = streamed
                     .remove(&commit.xid)
                     .ok_or_else(|| anyhow!("a stream commit for an unknown transaction"))?;
-                let commit = Commit {
-                    xid: commit.xid,
-                    commit_lsn: commit.commit_lsn,
-                    end_lsn: commit.end_lsn,
-                    commit_time: commit.commit_time,
-                };
-                return Ok(Some(Ready { changes: pending.changes, commit }));
+                return Ok(Some(pending.committed(commit.commit_lsn, commit.end_lsn, commit.commit_time)));
             }
             Message::StreamAbort(abort) => {
                 if abort.xid == abort.subxid {
@@ -399,6 +533,12 @@ impl Runner {
             Message::Origin(_) | Message::Relation { .. } | Message::Type(_) | Message::Message(_) => {}
         }
         Ok(None)
+    }
+
+    /// A transaction to gather, its changes kept in memory up to
+    /// `memory_changes`, then spilled.
+    fn pending(&self, xid: u32) -> Pending {
+        Pending { xid, changes: TxBuffer::new(self.config.memory_changes, &self.spill_dir) }
     }
 
     /// Adds a change to the open transaction (plain or streamed).
@@ -423,149 +563,154 @@ impl Runner {
         Ok(())
     }
 
-    /// Hands a committed transaction to the component, writes its plans and
-    /// the checkpoint in one destination transaction, then confirms it.
-    /// Transactions already received behind it (a backlog) join that
-    /// destination transaction, up to `batch_changes` changes or
-    /// [`GROUP_TIME`]: their effects and the checkpoint of the last one
-    /// commit together, so exactly-once holds for the group.
-    async fn apply(
-        &self,
-        stream: &mut ReplicationStream,
-        gather: &mut Gather,
-        keys: &mut Keys,
-        ready: Ready,
-        checkpoint: &mut Lsn,
-    ) -> Result<()> {
-        let end = ready.commit.end_lsn;
-        if end <= *checkpoint || ready.changes.len() == 0 {
-            // Applied before (a restart re-sent it), or nothing to apply.
-            if end <= *checkpoint {
-                self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(source = %self.name, lsn = %end, "skipping a transaction at or below the checkpoint");
-            }
-            stream.confirm(end);
-            return Ok(());
-        }
-        let mut client = self.pool.get().await.context("connect to the destination")?;
-        let tx = client.transaction().await?;
-        // The checkpoint row, locked: if another host applied these
-        // transactions meanwhile, they are not applied twice.
-        let stored: String = tx
-            .query_one(
-                &format!("SELECT lsn::text FROM {} WHERE source = $1 FOR UPDATE", qualified(&self.schema, CHECKPOINTS)),
-                &[&self.name],
-            )
-            .await?
-            .get(0);
-        let stored = Lsn::from_str(&stored).map_err(|e| anyhow!("{e}"))?;
-        *checkpoint = (*checkpoint).max(stored);
-        let started = tokio::time::Instant::now();
-        let (mut last, mut transactions, mut changes) = (ready.commit.end_lsn, 0u64, 0u64);
-        let mut next = Some(ready);
-        loop {
-            if let Some(Ready { changes: buffer, commit }) = next.take() {
-                let total = buffer.len();
-                if commit.end_lsn <= *checkpoint {
-                    self.stats.skipped_transactions.fetch_add(1, Ordering::Relaxed);
-                } else if total > 0 {
-                    self.apply_parts(&tx, stream, buffer, &commit).await?;
-                    transactions += 1;
-                    changes += total;
-                    self.stats.applied(commit.commit_time);
-                }
-                last = last.max(commit.end_lsn);
-            }
-            if changes >= self.config.batch_changes as u64 || started.elapsed() >= GROUP_TIME {
-                break;
-            }
-            // Only what is already at hand: waiting would add latency.
-            let event = tokio::select! {
-                biased;
-                event = stream.recv() => event?,
-                _ = std::future::ready(()) => break,
-            };
-            match event {
-                None => bail!("the server ended the replication stream"),
-                Some(Event::Keepalive { wal_end, .. }) => {
-                    // The server has sent everything it has.
-                    self.stats.positions(stream, wal_end, false);
-                    break;
-                }
-                Some(Event::Data { message, wal_end, send_time, .. }) => {
-                    self.stats.positions(stream, wal_end, false);
-                    next = self.gather(gather, keys, message, send_time)?;
-                }
-            }
-        }
-        if transactions == 0 {
-            tx.rollback().await?;
-        } else {
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1",
-                    qualified(&self.schema, CHECKPOINTS)
-                ),
-                &[&self.name, &last.to_string()],
-            )
-            .await?;
-            tx.commit().await?;
-        }
-        stream.confirm(last);
-        *checkpoint = (*checkpoint).max(last);
-        self.stats.transactions.fetch_add(transactions, Ordering::Relaxed);
-        self.stats.changes.fetch_add(changes, Ordering::Relaxed);
-        self.stats.positions(stream, last, false);
-        tracing::debug!(source = %self.name, lsn = %last, transactions, changes, "applied transactions");
-        Ok(())
+    /// The handler call for the next part of `delivery`: it waits for room
+    /// in the writer's budget, then runs.
+    fn next_call<'a>(&'a self, delivery: &mut Delivery, to_writer: &'a ToWriterQueue) -> Result<Call<'a>> {
+        let part = delivery.reader.next_part(self.config.batch_changes).context("read a spilled transaction")?;
+        let count = part.len() as u64;
+        let first = delivery.first;
+        let last = first + count >= delivery.total || count == 0;
+        let commit = &delivery.commit;
+        let part = Transaction {
+            source: self.name.clone(),
+            xid: commit.xid,
+            commit_lsn: commit.commit_lsn.0,
+            end_lsn: commit.end_lsn.0,
+            commit_time: commit.commit_time,
+            first_change: u32::try_from(first).map_err(|_| anyhow!("a transaction of more than 2^32 changes"))?,
+            last,
+            changes: part,
+        };
+        delivery.first += count;
+        delivery.done = last;
+        let (end_lsn, commit_time) = (commit.end_lsn, commit.commit_time);
+        Ok(Box::pin(async move {
+            let budget = to_writer.reserve(count).await;
+            let plans = self.call_handler(part).await?;
+            Ok(ToWriter::Part(Part { plans, budget, changes: count, end_lsn, commit_time, last }))
+        }))
     }
 
-    /// Hands one committed transaction to the component, part by part,
-    /// writing each part's plans in `tx`.
-    async fn apply_parts(
+    /// The second stage: applies the handler's plans in destination
+    /// transactions, each with the checkpoint of its last source
+    /// transaction, and reports each committed position. A destination
+    /// transaction takes what has arrived, at source transaction bounds, up
+    /// to `batch_changes` changes or [`GROUP_TIME`]: a backlog commits in
+    /// groups, and a commit in flight never stalls the handler.
+    async fn write_changes(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        stream: &mut ReplicationStream,
-        changes: TxBuffer,
-        commit: &Commit,
+        mut from_stream: mpsc::UnboundedReceiver<ToWriter>,
+        committed: watch::Sender<Lsn>,
+        mut checkpoint: Lsn,
     ) -> Result<()> {
-        let total = changes.len();
-        let mut reader = changes.into_reader().context("read a spilled transaction")?;
-        let mut first: u64 = 0;
-        loop {
-            let part = reader.next_part(self.config.batch_changes).context("read a spilled transaction")?;
-            let count = part.len() as u64;
-            let last = first + count >= total;
-            let part = Transaction {
-                source: self.name.clone(),
-                xid: commit.xid,
-                commit_lsn: commit.commit_lsn.0,
-                end_lsn: commit.end_lsn.0,
-                commit_time: commit.commit_time,
-                first_change: u32::try_from(first).map_err(|_| anyhow!("a transaction of more than 2^32 changes"))?,
-                last,
-                changes: part,
-            };
-            self.handle_part(tx, part).await?;
-            // A long transaction must not leave the source without news.
-            stream.send_status_if_due().await?;
-            first += count;
-            if last || count == 0 {
-                return Ok(());
+        let checkpoints = qualified(&self.schema, CHECKPOINTS);
+        while let Some(mut item) = from_stream.recv().await {
+            if let ToWriter::Position(lsn) = item {
+                // Everything before it is committed: confirm at once.
+                committed.send_replace(lsn);
+                continue;
             }
+            let mut client = self.pool.get().await.context("connect to the destination")?;
+            let tx = client.transaction().await?;
+            // The checkpoint row, locked: if another host applied these
+            // transactions meanwhile, they are not applied twice.
+            let stored: String = tx
+                .query_one(&format!("SELECT lsn::text FROM {checkpoints} WHERE source = $1 FOR UPDATE"), &[&self.name])
+                .await?
+                .get(0);
+            checkpoint = checkpoint.max(Lsn::from_str(&stored).map_err(|e| anyhow!("{e}"))?);
+            let started = tokio::time::Instant::now();
+            let (mut last, mut transactions, mut changes, mut last_commit_time) = (Lsn::INVALID, 0u64, 0u64, 0);
+            let mut pipeline = Pipeline::new(&tx, &self.schema);
+            loop {
+                let bound = match item {
+                    ToWriter::Position(lsn) => {
+                        last = last.max(lsn);
+                        true
+                    }
+                    ToWriter::Part(part) => {
+                        let Part { plans, budget, changes: count, end_lsn, commit_time, last: last_part } = part;
+                        if end_lsn <= checkpoint {
+                            self.stats.skipped_transactions.fetch_add(u64::from(last_part), Ordering::Relaxed);
+                        } else {
+                            self.send_plans(&mut pipeline, plans, Arc::new(budget)).await?;
+                            changes += count;
+                            if last_part {
+                                transactions += 1;
+                                last_commit_time = commit_time;
+                            }
+                        }
+                        if last_part {
+                            last = last.max(end_lsn);
+                        }
+                        last_part
+                    }
+                };
+                if bound && (changes >= self.config.batch_changes as u64 || started.elapsed() >= GROUP_TIME) {
+                    break;
+                }
+                item = if bound {
+                    // Only what is already at hand: waiting would add latency.
+                    match from_stream.try_recv() {
+                        Ok(item) => item,
+                        Err(_) => break,
+                    }
+                } else {
+                    // The rest of a transaction, whose parts commit together;
+                    // meanwhile the answers come in (and free the budget).
+                    pipeline.flush().await?;
+                    loop {
+                        tokio::select! {
+                            item = from_stream.recv() => match item {
+                                Some(item) => break item,
+                                None => return Ok(()),
+                            },
+                            Some(done) = pipeline.next() => done?,
+                        }
+                    }
+                };
+            }
+            pipeline.finish().await?;
+            drop(pipeline);
+            if transactions == 0 {
+                tx.rollback().await?;
+            } else {
+                tx.execute(
+                    &format!("UPDATE {checkpoints} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1"),
+                    &[&self.name, &last.to_string()],
+                )
+                .await?;
+                tx.commit().await?;
+                self.stats.applied(last_commit_time);
+            }
+            checkpoint = checkpoint.max(last);
+            self.stats.transactions.fetch_add(transactions, Ordering::Relaxed);
+            self.stats.changes.fetch_add(changes, Ordering::Relaxed);
+            tracing::debug!(source = %self.name, lsn = %last, transactions, changes, "applied transactions");
+            committed.send_replace(last);
         }
+        Ok(())
     }
 
     /// Hands one part of a transaction (or of the bootstrap, xid 0) to a
     /// fresh instance of the component and writes its plans in `tx`.
     pub(super) async fn handle_part(&self, tx: &deadpool_postgres::Transaction<'_>, part: Transaction) -> Result<()> {
+        let plans = self.call_handler(part).await?;
+        let mut pipeline = Pipeline::new(tx, &self.schema);
+        self.send_plans(&mut pipeline, plans, ()).await?;
+        pipeline.finish().await
+    }
+
+    /// Hands one part of a transaction to a fresh instance of the component;
+    /// returns its plans.
+    async fn call_handler(&self, part: Transaction) -> Result<Vec<UpsertPlan>> {
         let what = if part.xid == 0 {
             "the bootstrap".to_owned()
         } else {
             format!("the transaction committed at {}", Lsn(part.commit_lsn))
         };
-        let plans = match self.runtime.handle_transaction(self.handler.clone(), part, self.limits).await {
-            Ok(Ok(plans)) => plans,
+        match self.runtime.handle_transaction(self.handler.clone(), part, self.limits).await {
+            Ok(Ok(plans)) => Ok(plans),
             Ok(Err(refused)) => {
                 self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
                 bail!("the handler refused {what}: {refused}");
@@ -574,44 +719,22 @@ impl Runner {
                 self.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
                 bail!("the handler failed on {what}: {failure}");
             }
-        };
-        self.write_plans(tx, &plans).await
+        }
     }
 
-    /// Writes plans inside the open transaction: one set-based statement
-    /// each (an upsert, an accumulation, or emptying a table).
-    async fn write_plans(&self, tx: &deadpool_postgres::Transaction<'_>, plans: &[UpsertPlan]) -> Result<()> {
+    /// Sends `plans` down the destination transaction's pipeline, each to a
+    /// table the handler declares; `hold` is kept until they are answered.
+    async fn send_plans<'t, H: Clone + Send + 't>(
+        &'t self,
+        pipeline: &mut Pipeline<'t>,
+        plans: Vec<UpsertPlan>,
+        hold: H,
+    ) -> Result<()> {
         for plan in plans {
-            if plan.columns.is_empty() || super::plans::accumulates(plan) {
-                let table = self.tables.get(&plan.table).filter(|t| !t.template).ok_or_else(|| {
-                    anyhow!("the handler plans rows for table {:?}, which it does not declare", plan.table)
-                })?;
-                super::plans::write(tx, &self.schema, table, plan).await?;
-                continue;
-            }
-            if plan.rows.is_empty() {
-                continue;
-            }
-            if plan.template.is_some() {
-                bail!(
-                    "the handler's plan for {:?} names a template: change handlers cannot use templates yet",
-                    plan.table
-                );
-            }
             let table = self.tables.get(&plan.table).filter(|t| !t.template).ok_or_else(|| {
                 anyhow!("the handler plans rows for table {:?}, which it does not declare", plan.table)
             })?;
-            let upsert = Upsert::new(&self.schema, table, &plan.columns, &plan.conflict).map_err(|e| anyhow!(e))?;
-            let types: Vec<sluice_sdk::ColumnType> = plan
-                .columns
-                .iter()
-                .map(|name| table.column(name).map(|c| c.data_type))
-                .collect::<Option<_>>()
-                .ok_or_else(|| anyhow!("a plan for table {:?} names a column it does not have", plan.table))?;
-            let columns = super::plans::column_arrays(plan, &types)?;
-            let statement = tx.prepare_cached(&upsert.sql).await?;
-            let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            tx.query(&statement, &params).await.with_context(|| format!("write to table {:?}", plan.table))?;
+            pipeline.push(table, plan, hold.clone()).await?;
         }
         Ok(())
     }

@@ -106,7 +106,8 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub struct Sluice {
     pub child: Child,
     pub base: String,
-    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// What it wrote to stderr and stdout, line by line.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
     _config: tempfile_path::TempPath,
 }
 
@@ -122,6 +123,17 @@ impl Sluice {
     }
 
     pub fn start_in(db: Option<&TestDb>, extra_toml: &str, data_dir: Option<&Path>) -> Sluice {
+        let env: Vec<(&str, &str)> = db.map(|db| ("SLUICE_DATABASE_URL", db.url.as_str())).into_iter().collect();
+        Sluice::launch(extra_toml, data_dir, &env)
+    }
+
+    /// Starts `sluice serve` with these environment variables (the
+    /// database's URL among them, if it is to have one).
+    pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> Sluice {
+        Sluice::launch(extra_toml, None, env)
+    }
+
+    fn launch(extra_toml: &str, data_dir: Option<&Path>, env: &[(&str, &str)]) -> Sluice {
         let config = tempfile_path::TempPath::new("toml");
         let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| config.path().with_extension("data"));
         let cache = format!("[components]\ncache_dir = {:?}\n", cache_dir());
@@ -138,32 +150,38 @@ impl Sluice {
             .arg(config.path())
             .env_remove("SLUICE_DATABASE_URL")
             .env("SLUICE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(db) = db {
-            command.env("SLUICE_DATABASE_URL", &db.url);
-        }
         let mut child = command.spawn().expect("start sluice");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = |line: &str, log: &std::sync::Mutex<String>| {
+            let mut log = log.lock().unwrap();
+            log.push_str(line);
+            log.push('\n');
+        };
         {
-            let stderr = stderr.clone();
+            let log = log.clone();
             let pipe = child.stderr.take().unwrap();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = stderr.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
+                    keep(&line, &log);
                 }
             });
         }
-        let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        {
+            let log = log.clone();
+            let pipe = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    // stdout is output too: kept with the log (the secrets checks read it).
+                    keep(&line, &log);
+                    let _ = tx.send(line);
+                }
+            });
+        }
         let base = loop {
             match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(line) => {
@@ -171,10 +189,10 @@ impl Sluice {
                         break url.to_owned();
                     }
                 }
-                Err(_) => panic!("sluice did not start; its log:\n{}", stderr.lock().unwrap()),
+                Err(_) => panic!("sluice did not start; its log:\n{}", log.lock().unwrap()),
             }
         };
-        Sluice { child, base, stderr, _config: config }
+        Sluice { child, base, log, _config: config }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -189,7 +207,7 @@ impl Sluice {
     }
 
     pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.log.lock().unwrap().clone()
     }
 }
 
