@@ -18,8 +18,12 @@ the other over that same WAL:
   - `sluice serve` streams its slot into the builtin audit handler, every
     change committed into `dest.cdc_audit` with its checkpoint, from the
     moment it owns the slot until the marker row is committed;
-  - for scale, the same audit rows copied by one INSERT ... SELECT into a
-    table of the same shape: the destination's share alone.
+  - for scale, the same audit rows into a table of the same shape by one
+    INSERT ... SELECT, and by a raw COPY of their text: the destination's
+    share alone.
+
+It also reports the CPU seconds the cluster's walsenders and the
+destination's backends spent while Sluice ran.
 
 --handler aggregate: the same, through `builtin:aggregate` instead (orders
 has `customer_id` and REPLICA IDENTITY FULL; the handler's effect is one
@@ -147,6 +151,23 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu(cluster):
+    """CPU seconds so far of the cluster's processes, by role: the
+    walsenders (decoding), the backends of `dest` (the writes), the rest."""
+    postmaster = int(open(os.path.join(cluster.data, "postmaster.pid")).readline())
+    roles = {"walsender": 0.0, "dest": 0.0, "other": 0.0}
+    for pid in os.listdir("/proc"):
+        try:
+            if not pid.isdigit() or int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) != postmaster:
+                continue
+            title = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            role = "walsender" if "walsender" in title else "dest" if " dest " in title else "other"
+            roles[role] += cpu_seconds(int(pid))
+        except (OSError, ValueError):
+            continue
+    return roles
+
+
 class Session:
     """One psql session kept open: polling through it costs no new
     connection (a backend fork) each time."""
@@ -249,7 +270,9 @@ def throughput(cluster, opts):
 
     sluice = Sluice(cluster, opts.toml, opts.handler)
     t0 = sluice.wait_for("owns the slot")
+    server_before = server_cpu(cluster)
     t1 = wait_marker(cluster, -1, handler=opts.handler)
+    server_after = server_cpu(cluster)
     sluice_seconds = t1 - t0
     cpu = cpu_seconds(sluice.process.pid)
     result = {
@@ -257,6 +280,8 @@ def throughput(cluster, opts):
         "pg_recvlogical_s": round(recv_seconds, 2), "pg_recvlogical_changes_per_s": round(changes / recv_seconds),
         "sluice_s": round(sluice_seconds, 2), "sluice_changes_per_s": round(changes / sluice_seconds),
         "ratio": round(recv_seconds / sluice_seconds, 3), "sluice_cpu_s": round(cpu, 1),
+        # While Sluice ran: the walsender decoding for it, the destination's backends.
+        **{f"pg_{role}_cpu_s": round(server_after[role] - server_before[role], 1) for role in server_after},
     }
     if aggregate:
         totals = "SELECT md5(string_agg(format('%s|%s|%s', customer_id, n, total), ',' ORDER BY customer_id)) FROM ({}) t"
@@ -270,14 +295,22 @@ def throughput(cluster, opts):
     audited = int(cluster.psql("dest", "SELECT count(*) FROM cdc_audit"))
     if audited != changes:
         sys.exit(f"{audited} audit rows for {changes} changes")
-    # The destination alone: the same rows copied by one statement into a
-    # table of the same shape (indexes included), for scale.
-    t0 = time.monotonic()
-    cluster.psql("dest", "CREATE TABLE audit_copy (LIKE cdc_audit INCLUDING ALL); "
-                         "INSERT INTO audit_copy SELECT * FROM cdc_audit")
-    copy_seconds = time.monotonic() - t0
-    cluster.psql("dest", "DROP TABLE audit_copy")
-    result.update({"insert_select_s": round(copy_seconds, 2), "insert_select_rows_per_s": round(changes / copy_seconds)})
+    # The destination alone, for scale: the same rows into a table of the
+    # same shape (indexes included), by one INSERT ... SELECT (no parsing),
+    # and by a raw COPY of their text (what any client must send: the jsonb
+    # images parsed again).
+    rows_file = os.path.join(cluster.dir, "audit.copy")
+    cluster.psql("dest", f"COPY cdc_audit TO '{rows_file}'")
+    for name, load in (("insert_select", "INSERT INTO audit_copy SELECT * FROM cdc_audit"),
+                       ("copy", f"COPY audit_copy FROM '{rows_file}'")):
+        cluster.psql("dest", "CREATE TABLE audit_copy (LIKE cdc_audit INCLUDING ALL)")
+        t0 = time.monotonic()
+        cluster.psql("dest", load)
+        seconds = time.monotonic() - t0
+        cluster.psql("dest", "DROP TABLE audit_copy")
+        result.update({f"{name}_s": round(seconds, 2), f"{name}_rows_per_s": round(changes / seconds),
+                       f"{name}_ratio": round(recv_seconds / seconds, 3)})
+    os.remove(rows_file)
     return sluice, result
 
 

@@ -353,7 +353,7 @@ impl Runner {
                         first += count;
                         progress.rows_done.fetch_add(count, Ordering::Relaxed);
                     }
-                    part.push(keys.insert(&pg::Insert { xid: None, relation: relation.clone(), new: Tuple(values) }));
+                    part.push(keys.insert(pg::Insert { xid: None, relation: relation.clone(), new: Tuple(values) }));
                 }
                 table_rows += got;
                 if last_log.elapsed() >= LOG_EVERY {

@@ -87,13 +87,13 @@ impl Keys {
         (key, element_id)
     }
 
-    pub fn insert(&mut self, insert: &pg::Insert) -> RowChange {
+    pub fn insert(&mut self, insert: pg::Insert) -> RowChange {
         let (key, element_id) = self.key(&insert.relation, &insert.new);
-        let (after, unchanged_toast) = image(&insert.relation, &insert.new);
+        let (after, unchanged_toast) = image(&insert.relation, insert.new);
         change(ChangeOp::Insert, &insert.relation, element_id, key, None, Some(after), unchanged_toast)
     }
 
-    pub fn update(&mut self, update: &pg::Update) -> RowChange {
+    pub fn update(&mut self, update: pg::Update) -> RowChange {
         let relation = &update.relation;
         // The new row's key, unless one of its key values was not sent.
         let mut keyed = self.key(relation, &update.new);
@@ -103,15 +103,15 @@ impl Keys {
             self.without_key.fetch_sub(1, Ordering::Relaxed);
             keyed = self.key(relation, old.tuple());
         }
-        let before = update.old.as_ref().map(|old| old_image(relation, old));
-        let (after, unchanged_toast) = image(relation, &update.new);
+        let before = update.old.map(|old| old_image(relation, old));
+        let (after, unchanged_toast) = image(relation, update.new);
         change(ChangeOp::Update, relation, keyed.1, keyed.0, before, Some(after), unchanged_toast)
     }
 
-    pub fn delete(&mut self, delete: &pg::Delete) -> RowChange {
+    pub fn delete(&mut self, delete: pg::Delete) -> RowChange {
         let relation = &delete.relation;
         let (key, element_id) = self.key(relation, delete.old.tuple());
-        let before = old_image(relation, &delete.old);
+        let before = old_image(relation, delete.old);
         change(ChangeOp::Delete, relation, element_id, key, Some(before), None, Vec::new())
     }
 
@@ -153,15 +153,16 @@ pub fn element_prefix(relation: &Relation) -> String {
     }
 }
 
-/// A row image, leaving out (and naming) unchanged TOASTed columns.
-fn image(relation: &Relation, tuple: &Tuple) -> (Vec<NamedValue>, Vec<String>) {
+/// A row image, leaving out (and naming) unchanged TOASTed columns. The
+/// decoded values move into it: a change's text is never copied twice.
+fn image(relation: &Relation, tuple: Tuple) -> (Vec<NamedValue>, Vec<String>) {
     let mut values = Vec::with_capacity(tuple.0.len());
     let mut unchanged = Vec::new();
-    for (column, value) in relation.zip(tuple) {
+    for (column, value) in relation.columns.iter().zip(tuple.0) {
         if value.is_unchanged() {
             unchanged.push(column.name.clone());
         } else {
-            values.push(NamedValue::new(&column.name, to_value(value)));
+            values.push(NamedValue::new(&column.name, into_value(value)));
         }
     }
     (values, unchanged)
@@ -169,13 +170,15 @@ fn image(relation: &Relation, tuple: &Tuple) -> (Vec<NamedValue>, Vec<String>) {
 
 /// The old row: all of it with `REPLICA IDENTITY FULL`, else only its
 /// identity columns (the others are not sent).
-fn old_image(relation: &Relation, old: &OldTuple) -> Vec<NamedValue> {
+fn old_image(relation: &Relation, old: OldTuple) -> Vec<NamedValue> {
     match old {
         OldTuple::Full(tuple) => image(relation, tuple).0,
         OldTuple::Key(tuple) => relation
-            .zip(tuple)
+            .columns
+            .iter()
+            .zip(tuple.0)
             .filter(|(column, value)| column.is_key && !value.is_unchanged())
-            .map(|(column, value)| NamedValue::new(&column.name, to_value(value)))
+            .map(|(column, value)| NamedValue::new(&column.name, into_value(value)))
             .collect(),
     }
 }
@@ -184,25 +187,30 @@ fn old_image(relation: &Relation, old: &OldTuple) -> Vec<NamedValue> {
 /// int8, floats to float8, timestamps become timestamptz (UTC); dates,
 /// and every type the contract has no variant for, travel as the server's
 /// text. An unchanged TOASTed value never gets here (see [`image`]).
-pub fn to_value(value: &pg::Value) -> Value {
+pub fn into_value(value: pg::Value) -> Value {
     match value {
         pg::Value::Null | pg::Value::Unchanged => Value::Null,
-        pg::Value::Bool(b) => Value::Boolean(*b),
-        pg::Value::Int2(i) => Value::Int8(i64::from(*i)),
-        pg::Value::Int4(i) => Value::Int8(i64::from(*i)),
-        pg::Value::Int8(i) => Value::Int8(*i),
-        pg::Value::Float4(f) => Value::Float8(f64::from(*f)),
-        pg::Value::Float8(f) => Value::Float8(*f),
-        pg::Value::Numeric(s) => Value::Numeric(s.clone()),
-        pg::Value::Text(s) => Value::Text(s.clone()),
-        pg::Value::Json(s) => Value::Jsonb(s.clone()),
-        pg::Value::Uuid(bytes) => Value::uuid(u128::from_be_bytes(*bytes)),
-        pg::Value::Timestamp(us) | pg::Value::TimestampTz(us) => Value::Timestamptz(*us),
-        pg::Value::Date(days) => Value::Text(format_date(*days)),
-        pg::Value::Bytea(bytes) => Value::Bytea(bytes.clone()),
-        pg::Value::Other { text, .. } => Value::Text(text.clone()),
+        pg::Value::Bool(b) => Value::Boolean(b),
+        pg::Value::Int2(i) => Value::Int8(i64::from(i)),
+        pg::Value::Int4(i) => Value::Int8(i64::from(i)),
+        pg::Value::Int8(i) => Value::Int8(i),
+        pg::Value::Float4(f) => Value::Float8(f64::from(f)),
+        pg::Value::Float8(f) => Value::Float8(f),
+        pg::Value::Numeric(s) => Value::Numeric(s),
+        pg::Value::Text(s) => Value::Text(s),
+        pg::Value::Json(s) => Value::Jsonb(s),
+        pg::Value::Uuid(bytes) => Value::uuid(u128::from_be_bytes(bytes)),
+        pg::Value::Timestamp(us) | pg::Value::TimestampTz(us) => Value::Timestamptz(us),
+        pg::Value::Date(days) => Value::Text(format_date(days)),
+        pg::Value::Bytea(bytes) => Value::Bytea(bytes),
+        pg::Value::Other { text, .. } => Value::Text(text),
         pg::Value::Binary { bytes, .. } => Value::Bytea(bytes.to_vec()),
     }
+}
+
+/// [`into_value`] of a value that stays where it is (a key's).
+pub fn to_value(value: &pg::Value) -> Value {
+    into_value(value.clone())
 }
 
 /// A key value as element id text, as PostgreSQL prints it; none for a
@@ -290,7 +298,7 @@ mod tests {
         let orders = relation(1, "public", "orders", ReplicaIdentity::Default, &[("id", true), ("note", false)]);
         let insert =
             pg::Insert { xid: None, relation: orders.clone(), new: Tuple(vec![pg::Value::Int4(7), text("a")]) };
-        let change = keys.insert(&insert);
+        let change = keys.insert(insert);
         assert_eq!(change.element_id.as_deref(), Some("orders:7"));
         assert_eq!(change.key, [NamedValue::new("id", Value::Int8(7))]);
         assert_eq!(change.before, None);
@@ -302,7 +310,7 @@ mod tests {
             relation: items.clone(),
             old: OldTuple::Full(Tuple(vec![text("A-1"), text("eu"), pg::Value::Int8(3)])),
         };
-        let change = keys.delete(&delete);
+        let change = keys.delete(delete);
         assert_eq!(change.element_id.as_deref(), Some("inv.items:A-1_eu"));
         assert_eq!(change.before.as_ref().unwrap().len(), 3);
         assert_eq!(change.after, None);
@@ -310,10 +318,10 @@ mod tests {
         // The replica identity when there is no primary key in the catalog;
         // none at all (FULL without a key) is counted.
         let other = relation(3, "s", "t", ReplicaIdentity::Index, &[("a", true), ("b", false)]);
-        let change = keys.insert(&pg::Insert { xid: None, relation: other, new: Tuple(vec![text("x"), text("y")]) });
+        let change = keys.insert(pg::Insert { xid: None, relation: other, new: Tuple(vec![text("x"), text("y")]) });
         assert_eq!(change.element_id.as_deref(), Some("s.t:x"));
         let keyless = relation(4, "public", "logs", ReplicaIdentity::Full, &[("a", true)]);
-        let change = keys.insert(&pg::Insert { xid: None, relation: keyless, new: Tuple(vec![text("x")]) });
+        let change = keys.insert(pg::Insert { xid: None, relation: keyless, new: Tuple(vec![text("x")]) });
         assert_eq!((change.element_id, change.key.len()), (None, 0));
         assert_eq!(keys.without_key.load(Ordering::Relaxed), 1);
     }
@@ -328,7 +336,7 @@ mod tests {
             old: Some(OldTuple::Key(Tuple(vec![pg::Value::Int8(1), pg::Value::Null]))),
             new: Tuple(vec![pg::Value::Int8(2), pg::Value::Unchanged]),
         };
-        let change = keys.update(&update);
+        let change = keys.update(update);
         assert_eq!(change.element_id.as_deref(), Some("docs:2"));
         assert_eq!(change.before, Some(vec![NamedValue::new("id", Value::Int8(1))]));
         assert_eq!(change.after, Some(vec![NamedValue::new("id", Value::Int8(2))]));

@@ -58,6 +58,21 @@ pub fn statement(schema: &str, table: &Table, plan: &UpsertPlan) -> Result<Optio
     Ok(Some((upsert.write_sql, types)))
 }
 
+/// What the values of `plan` take, roughly as sent: a group of plans
+/// closes by it (large rows make long statements).
+pub fn value_bytes(plan: &UpsertPlan) -> usize {
+    use sluice_sdk::Value;
+    let size = |value: &Value| match value {
+        Value::Null => 0,
+        Value::Boolean(_) => 1,
+        Value::Int8(_) | Value::Float8(_) | Value::Timestamptz(_) => 8,
+        Value::Uuid(_) => 16,
+        Value::Numeric(s) | Value::Text(s) | Value::Jsonb(s) => s.len(),
+        Value::Bytea(b) => b.len(),
+    };
+    plan.rows.iter().flat_map(|row| row.values.iter()).map(size).sum()
+}
+
 /// Rows a merged statement may carry.
 const MERGED_ROWS: usize = 10_000;
 
@@ -321,6 +336,18 @@ mod tests {
         upsert.columns.push("missing".into());
         upsert.rows[0].values.push(Value::Null);
         assert!(statement("s", &t, &upsert).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn value_bytes_counts_what_the_values_hold() {
+        use sluice_sdk::{Row, Value};
+        let mut p = plan(&["customer", "n", "sum"], &["+n", "+sum"]);
+        assert_eq!(value_bytes(&p), 0);
+        p.rows = vec![
+            Row { event: 0, values: vec![Value::Text("abc".into()), Value::Int8(1), Value::Numeric("2.50".into())] },
+            Row { event: 1, values: vec![Value::Null, Value::Uuid((1, 2)), Value::Bytea(vec![0; 5])] },
+        ];
+        assert_eq!(value_bytes(&p), 3 + 8 + 4 + 16 + 5);
     }
 
     #[test]
