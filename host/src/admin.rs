@@ -446,6 +446,7 @@ pub(crate) async fn revoke_key(State(app): State<Arc<App>>, Path((id, key)): Pat
 }
 
 /// A registered tenant, or the default one while it serves.
+#[allow(clippy::result_large_err, reason = "the error is the response sent, once per refused request")]
 fn tenant_or_default(app: &App, id: &str) -> Result<Arc<Tenant>, Response> {
     match app.registry.get(id) {
         Ok(tenant) => Ok(tenant),

@@ -332,6 +332,7 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
 
 /// The tenant a request is for: by its key, checked against the path's
 /// tenant when there is one.
+#[allow(clippy::result_large_err, reason = "the error is the response sent, once per refused request")]
 fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
     let snapshot = app.registry.snapshot();
     if snapshot.tenants.is_empty() {
@@ -565,7 +566,6 @@ async fn refuse(status: StatusCode, reason: String, body: Body, limit: usize) ->
 /// Reads a refused request's body and throws it away, a frame at a time,
 /// so the client, still sending, gets the answer instead of a reset
 /// connection. Bounded by `limit` bytes and a few seconds.
-
 async fn drain(body: Body, limit: usize) {
     let discard = async {
         let mut body = body;

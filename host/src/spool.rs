@@ -200,7 +200,7 @@ impl Spool {
                 }
                 // Still cannot write: try again later, in order.
                 Err(IngestError::Write(_) | IngestError::Resting(_)) => break,
-                Err(IngestError::Component(e)) if matches!(e, crate::runtime::ComponentFailure::Busy(_)) => break,
+                Err(IngestError::Component(crate::runtime::ComponentFailure::Busy(_))) => break,
                 Err(e) => {
                     tracing::error!(file = %path.display(), "a spooled request failed for good; set aside: {e:?}");
                     let _ = std::fs::rename(&path, path.with_extension("failed"));

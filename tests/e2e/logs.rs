@@ -191,7 +191,7 @@ settings = {{ logflare = {{ create_sources = false, sources = {{ app = "{source}
     assert_eq!(status, 200, "{answer}");
 
     let table = format!("log_events_{}", source.replace('-', "_"));
-    assert_eq!(tables(&client, "acme", "log_events_").await, [table.clone()]);
+    assert_eq!(tables(&client, "acme", "log_events_").await, std::slice::from_ref(&table));
     let count: i64 = client.query_one(&format!("SELECT count(*) FROM acme.{table}"), &[]).await.unwrap().get(0);
     assert_eq!(count, 3);
 

@@ -88,7 +88,7 @@ async fn the_status_page_shows_tenants_and_live_numbers() {
             while !stop.load(Ordering::Relaxed) {
                 let events: Vec<_> = (0..10)
                     .map(|i| {
-                        let occurred = if n % 20 == 0 && i == 0 { json!(null) } else { json!("2026-05-26T14:21:08Z") };
+                        let occurred = if n.is_multiple_of(20) && i == 0 { json!(null) } else { json!("2026-05-26T14:21:08Z") };
                         json!({"eventType": "tick", "occurredAt": occurred, "idempotencyKey": format!("{worker}-{n}-{i}")})
                     })
                     .collect();

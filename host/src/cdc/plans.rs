@@ -61,16 +61,7 @@ pub fn statement(schema: &str, table: &Table, plan: &UpsertPlan) -> Result<Optio
 /// What the values of `plan` take, roughly as sent: a group of plans
 /// closes by it (large rows make long statements).
 pub fn value_bytes(plan: &UpsertPlan) -> usize {
-    use sluice_sdk::Value;
-    let size = |value: &Value| match value {
-        Value::Null => 0,
-        Value::Boolean(_) => 1,
-        Value::Int8(_) | Value::Float8(_) | Value::Timestamptz(_) => 8,
-        Value::Uuid(_) => 16,
-        Value::Numeric(s) | Value::Text(s) | Value::Jsonb(s) => s.len(),
-        Value::Bytea(b) => b.len(),
-    };
-    plan.rows.iter().flat_map(|row| row.values.iter()).map(size).sum()
+    plan.rows.iter().flat_map(|row| &row.values).map(sluice_sdk::Value::wire_size).sum()
 }
 
 /// Rows a merged statement may carry.

@@ -484,7 +484,7 @@ impl Runner {
             let Some(Ready { changes, commit }) = self.gather(&mut gather, &mut keys, message, send_time)? else {
                 continue;
             };
-            let total = changes.len();
+            let total = changes.delivered();
             if commit.end_lsn <= checkpoint || total == 0 {
                 // Applied before (a restart re-sent it) or empty: only its
                 // position goes on, in order, to be confirmed.

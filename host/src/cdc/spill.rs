@@ -61,7 +61,7 @@ impl TxBuffer {
     }
 
     /// Changes that will be delivered.
-    pub fn len(&self) -> u64 {
+    pub fn delivered(&self) -> u64 {
         self.counts.iter().filter(|(sub, _)| !self.aborted.contains(sub)).map(|(_, n)| n).sum()
     }
 
@@ -374,7 +374,7 @@ mod tests {
             }
             buffer.abort_subtransaction(99);
             assert_eq!(buffer.is_spilled(), limit == 3);
-            assert_eq!(buffer.len(), 8);
+            assert_eq!(buffer.delivered(), 8);
             let parts = read_all(buffer, 3);
             assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
             let all: Vec<RowChange> = parts.into_iter().flatten().collect();
