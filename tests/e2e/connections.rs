@@ -645,7 +645,23 @@ async fn a_change_stream_from_a_source_checked_with_verify_full() {
             (!rows.is_empty()).then(|| rows.iter().all(|row| row.get::<_, bool>(0)))
         }
     };
-    while encrypted("tls-cdc-stream").await.is_none() || encrypted("sluice-cdc-lock").await.is_none() {
+    // The change below counts only once the slot has its consistent point
+    // (a slot being created is already active, and its stream session
+    // already up).
+    let streaming = || async {
+        source
+            .query_opt(
+                "SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'tls_cdc'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some_and(|row| row.get::<_, bool>(0))
+    };
+    while encrypted("tls-cdc-stream").await.is_none()
+        || encrypted("sluice-cdc-lock").await.is_none()
+        || !streaming().await
+    {
         assert!(Instant::now() < deadline, "the stream never started; log:\n{}", sluice.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
