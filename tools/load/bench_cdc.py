@@ -27,8 +27,8 @@ destination's backends spent while Sluice ran.
 
 --handler aggregate: the same, through `builtin:aggregate` instead (orders
 has `customer_id` and REPLICA IDENTITY FULL; the handler's effect is one
-accumulated row per customer, so the destination writes little and the
-chain measured is Sluice's own). Sluice is timed until the marker's
+accumulated row per customer, so the destination stores few rows, though
+each group still updates most of its customers). Sluice is timed until the marker's
 customer is counted, and the run fails unless the aggregate equals the
 source's GROUP BY. No lag or memory part.
 

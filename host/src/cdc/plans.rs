@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn value_bytes_counts_what_the_values_hold() {
-        use sluice_sdk::{Row, Value};
+        use sluice_sdk::Row;
         let mut p = plan(&["customer", "n", "sum"], &["+n", "+sum"]);
         assert_eq!(value_bytes(&p), 0);
         p.rows = vec![

@@ -622,6 +622,7 @@ impl Runner {
         mut checkpoint: Lsn,
     ) -> Result<()> {
         let checkpoints = qualified(&self.schema, CHECKPOINTS);
+        let group_changes = self.group_changes() as u64;
         while let Some(mut item) = from_stream.recv().await {
             if let ToWriter::Position(lsn) = item {
                 // Everything before it is committed: confirm at once.
@@ -667,7 +668,7 @@ impl Runner {
                         last_part
                     }
                 };
-                let full = changes >= self.group_changes() as u64 || bytes >= GROUP_BYTES;
+                let full = changes >= group_changes || bytes >= GROUP_BYTES;
                 if bound && (full || started.elapsed() >= GROUP_TIME) {
                     break;
                 }
