@@ -46,6 +46,9 @@ pub struct Metrics {
     batch_rows: Histogram,
     flush_seconds: Histogram,
     write_retries: Counter,
+    /// A flush's writes of one table, by how: `copy`, `upsert`, or
+    /// `copy_met_a_key` (a COPY that met an existing key; redone by upsert).
+    table_writes: Family<Labels, Counter>,
     /// Rows handed to writers and not yet taken into a flush.
     writer_queued_rows: Gauge,
     requests_in_flight: Family<Labels, Gauge>,
@@ -71,6 +74,7 @@ impl Metrics {
             // 1 ms .. ~16 s
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             write_retries: Counter::default(),
+            table_writes: Family::default(),
             writer_queued_rows: Gauge::default(),
             requests_in_flight: Family::default(),
             instantiate_seconds: Family::new_with_constructor(instantiate_histogram),
@@ -96,6 +100,11 @@ impl Metrics {
     pub fn flushed(&self, rows: usize, elapsed: Duration) {
         self.batch_rows.observe(rows as f64);
         self.flush_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A flush wrote one table's rows `how`.
+    pub fn table_write(&self, how: &'static str) {
+        self.table_writes.get_or_create(&vec![("method", how.to_owned())]).inc();
     }
 
     pub fn write_retried(&self) {
@@ -168,6 +177,12 @@ impl Metrics {
             "write_retries",
             "Write attempts retried after a transient failure",
             self.write_retries.clone(),
+        );
+        registry.register(
+            "table_writes",
+            "A flush's writes of one table, by method: copy, upsert, or copy_met_a_key (a COPY that met a key \
+             already there, so the flush was written again by upsert and the table rests from COPY for 10 s)",
+            self.table_writes.clone(),
         );
         registry.register(
             "writer_queued_rows",

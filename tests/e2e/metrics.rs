@@ -63,6 +63,43 @@ impl Scrape {
     }
 }
 
+/// New rows go by binary COPY. A COPY that meets a key already there is
+/// redone by upsert, which tells the duplicates from the new rows, and that
+/// table is then upserted for a while (a replay tends to come in runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rows_are_copied_and_a_replay_is_upserted() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let url = sluice.url("/v1/events");
+    let writes = |m: &Scrape, method| m.get("sluice_table_writes_total", &[("method", method)]);
+    let answer = |a: &Value| (a["inserted"].as_u64(), a["duplicates"].as_u64());
+
+    let (status, _, a) = send(&url, &json!([event("ok", "c1"), event("ok", "c2")]), "new", None).await;
+    assert_eq!((status, answer(&a)), (200, (Some(2), Some(0))), "{a}");
+    let (m, text) = Scrape::of(&sluice).await;
+    assert_eq!(
+        (writes(&m, "copy"), writes(&m, "copy_met_a_key"), writes(&m, "upsert")),
+        (Some(1.0), None, None),
+        "{text}"
+    );
+
+    // c2 again, with a new c3: the COPY meets c2, the upsert writes c3 alone.
+    let (status, _, a) = send(&url, &json!([event("ok", "c2"), event("ok", "c3")]), "replay", None).await;
+    assert_eq!((status, answer(&a)), (200, (Some(1), Some(1))), "{a}");
+    let (m, text) = Scrape::of(&sluice).await;
+    let counts = (writes(&m, "copy"), writes(&m, "copy_met_a_key"), writes(&m, "upsert"));
+    assert_eq!(counts, (Some(1.0), Some(1.0), Some(1.0)), "{text}");
+
+    // Right after, even new rows go by upsert.
+    let (status, _, a) = send(&url, &json!([event("ok", "c4")]), "resting", None).await;
+    assert_eq!((status, answer(&a)), (200, (Some(1), Some(0))), "{a}");
+    let (m, text) = Scrape::of(&sluice).await;
+    assert_eq!((writes(&m, "copy"), writes(&m, "upsert")), (Some(1.0), Some(2.0)), "{text}");
+
+    let row = db.client().await.query_one("SELECT count(*), count(DISTINCT event_id) FROM events", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (4, 4));
+}
+
 /// A known workload, counted exactly: accepted, duplicate, rejected and
 /// dead-lettered events and rows, flushes, instantiations and a trap; each
 /// answer carries its request id, and the JSON log line of the trap too.

@@ -273,6 +273,13 @@ pub struct Upsert {
     pub conflict_key: Vec<String>,
     /// The columns a conflict overwrites; `None`: a conflict does nothing.
     pub update_columns: Option<Vec<String>>,
+    /// A binary `COPY` of the same columns, when it writes what the upsert
+    /// writes whenever it succeeds: the plan's conflicts do nothing (or
+    /// nothing can conflict), so a `COPY` that meets no existing key inserts
+    /// exactly the rows the upsert would, and one that meets a key fails
+    /// whole. Numeric columns travel as text, which binary `COPY` cannot
+    /// take, so their plans have none.
+    pub copy_sql: Option<String>,
 }
 
 /// The columns a plan's rows conflict on: the primary key when the plan
@@ -359,6 +366,9 @@ impl Upsert {
         let aliases = (0..columns.len()).map(alias).collect::<Vec<_>>().join(", ");
         let selects = (0..columns.len()).map(select).collect::<Vec<_>>().join(", ");
         let target = qualified(schema, name);
+        let copyable =
+            (matches!(conflict, Conflict::DoNothing) || key.is_empty()) && !types.contains(&ColumnType::Numeric);
+        let copy_sql = copyable.then(|| format!("COPY {target} ({}) FROM STDIN (FORMAT binary)", ident_list(columns)));
         let mut sql = format!("WITH input AS (SELECT * FROM unnest({params}) WITH ORDINALITY AS input({aliases}, n)) ");
         let mut write_sql = sql.clone();
         if key.is_empty() {
@@ -373,6 +383,7 @@ impl Upsert {
                 param_types: types.into_iter().map(param_type).collect(),
                 conflict_key: Vec::new(),
                 update_columns: None,
+                copy_sql,
             });
         }
         let key = &key;
@@ -419,6 +430,7 @@ impl Upsert {
                 Conflict::DoNothing => None,
                 Conflict::Update(set) => Some(set.clone()),
             },
+            copy_sql,
         })
     }
 }
@@ -488,6 +500,22 @@ mod tests {
             up.write_sql,
             r#"WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS input(c1, c2, n)) INSERT INTO "app"."events" ("id", "amount") SELECT c1, c2::numeric FROM input ORDER BY n ON CONFLICT ("id") DO NOTHING"#
         );
+    }
+
+    #[test]
+    fn copy_only_where_it_writes_what_the_upsert_writes() {
+        let copy = |cols: &[&str], conflict: Conflict| {
+            let cols: Vec<String> = cols.iter().map(|s| s.to_string()).collect();
+            Upsert::new("app", &events(), &cols, &conflict).unwrap().copy_sql
+        };
+        assert_eq!(
+            copy(&["id", "at"], Conflict::DoNothing).as_deref(),
+            Some(r#"COPY "app"."events" ("id", "at") FROM STDIN (FORMAT binary)"#)
+        );
+        // An update changes existing rows, which COPY cannot.
+        assert_eq!(copy(&["id", "at"], Conflict::Update(vec!["at".into()])), None);
+        // Numeric travels as text, which binary COPY cannot take.
+        assert_eq!(copy(&["id", "amount"], Conflict::DoNothing), None);
     }
 
     #[test]

@@ -75,6 +75,9 @@ fn encode(
 impl ToSql for ColumnArray<'_> {
     fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         let dimension = wire::ArrayDimension { len: i32::try_from(self.values.len())?, lower_bound: 1 };
+        // Room for the whole array at once: growing the buffer by doubling
+        // would copy a batch's bodies several times over.
+        out.reserve(20 + self.values.iter().map(|v| 5 + v.wire_size()).sum::<usize>());
         wire::array_to_sql(
             Some(dimension),
             element_oid(self.param_type),
@@ -92,40 +95,32 @@ impl ToSql for ColumnArray<'_> {
     to_sql_checked!();
 }
 
-/// One value as a parameter of its column's own type (binary COPY). Numeric
-/// values are refused: they travel as text and are cast in SQL.
-#[derive(Debug)]
-pub struct ValueParam<'a>(pub &'a Value);
-
-impl ToSql for ValueParam<'_> {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if matches!(self.0, Value::Numeric(_)) {
-            return Err("numeric values cannot be sent in binary; cast them from text".into());
+/// The rows as one binary `COPY` stream (header, rows, trailer). Numeric
+/// values cannot be in it: they travel as text (plans with a numeric column
+/// have no `Upsert::copy_sql`).
+pub fn copy_data<'a>(rows: impl Iterator<Item = &'a [Value]> + Clone) -> Result<BytesMut, String> {
+    let size = rows.clone().map(|r| 2 + r.iter().map(|v| 5 + v.wire_size()).sum::<usize>()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(19 + size + 2);
+    out.put_slice(b"PGCOPY\n\xff\r\n\0");
+    out.put_i32(0); // flags
+    out.put_i32(0); // header extension
+    for row in rows {
+        out.put_i16(i16::try_from(row.len()).map_err(|_| "too many columns for COPY")?);
+        for value in row {
+            if matches!(value, Value::Numeric(_)) {
+                return Err("numeric values cannot be sent in binary; cast them from text".into());
+            }
+            let at = out.len();
+            out.put_i32(0);
+            match encode(value, &mut out).map_err(|e| e.to_string())? {
+                postgres_protocol::IsNull::Yes => out[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes()),
+                postgres_protocol::IsNull::No => {
+                    let len = i32::try_from(out.len() - at - 4).map_err(|_| "a value too large for COPY")?;
+                    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+            }
         }
-        Ok(match encode(self.0, out)? {
-            postgres_protocol::IsNull::Yes => IsNull::Yes,
-            postgres_protocol::IsNull::No => IsNull::No,
-        })
     }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    to_sql_checked!();
-}
-
-/// The PostgreSQL type of a column (for binary COPY).
-pub fn column_type(ty: ColumnType) -> Type {
-    match ty {
-        ColumnType::Boolean => Type::BOOL,
-        ColumnType::Int8 => Type::INT8,
-        ColumnType::Float8 => Type::FLOAT8,
-        ColumnType::Numeric => Type::NUMERIC,
-        ColumnType::Text => Type::TEXT,
-        ColumnType::Jsonb => Type::JSONB,
-        ColumnType::Uuid => Type::UUID,
-        ColumnType::Timestamptz => Type::TIMESTAMPTZ,
-        ColumnType::Bytea => Type::BYTEA,
-    }
+    out.put_i16(-1);
+    Ok(out)
 }

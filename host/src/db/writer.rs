@@ -6,9 +6,16 @@
 //! window has ended, or (linger 0, the default) at once. While writers are
 //! busy the next batch keeps growing, so the busier the service, the larger
 //! and cheaper its transactions.
+//!
+//! Rows whose conflicts do nothing go by binary `COPY` first: when none of
+//! them is already there (the common case) that writes exactly what the
+//! upsert would, for about a quarter less of the database's CPU. A `COPY`
+//! that meets an existing key fails whole; the transaction is then written
+//! again with the upsert, which tells new rows from duplicates, and that
+//! table's rows go by upsert for a while.
 
 use super::dead_letters::{self, DeadLetter};
-use super::encode::ColumnArray;
+use super::encode::{self, ColumnArray};
 use crate::config::BatchConfig;
 use deadpool_postgres::Pool;
 use sluice_sdk::UpsertPlan;
@@ -19,7 +26,35 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
+
+/// How long a table whose `COPY` met an existing key is written by upsert
+/// only: retried requests tend to come in runs.
+const COPY_REST: Duration = Duration::from_secs(10);
+
+/// Statements whose `COPY` recently met an existing key, and until when they
+/// go by upsert only.
+#[derive(Default)]
+struct CopyConflicts(std::sync::Mutex<HashMap<String, Instant>>);
+
+impl CopyConflicts {
+    fn allows(&self, copy_sql: &str) -> bool {
+        let mut resting = self.0.lock().expect("not poisoned");
+        match resting.get(copy_sql) {
+            Some(&until) if until > Instant::now() => false,
+            Some(_) => {
+                resting.remove(copy_sql);
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn met_a_key(&self, copy_sql: &str) {
+        self.0.lock().expect("not poisoned").insert(copy_sql.to_owned(), Instant::now() + COPY_REST);
+    }
+}
 
 /// A plan whose shape was checked against its table, with the statement
 /// that writes it.
@@ -172,7 +207,10 @@ impl Writer {
         let (jobs, queue) = mpsc::channel(4096);
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
-            Batcher { pool, batch, pending: VecDeque::new(), pending_rows: 0, pending_bytes: 0 }.run(queue).await;
+            let conflicts = Arc::default();
+            Batcher { pool, batch, conflicts, pending: VecDeque::new(), pending_rows: 0, pending_bytes: 0 }
+                .run(queue)
+                .await;
             let _ = done_tx.send(());
         });
         (Writer { jobs }, done)
@@ -212,6 +250,7 @@ impl Writer {
 struct Batcher {
     pool: Pool,
     batch: BatchConfig,
+    conflicts: Arc<CopyConflicts>,
     pending: VecDeque<Job>,
     pending_rows: usize,
     pending_bytes: usize,
@@ -237,7 +276,8 @@ impl Batcher {
                 let jobs = self.take();
                 linger_ends = (!self.pending.is_empty()).then(|| Instant::now() + linger);
                 if !jobs.is_empty() {
-                    flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock));
+                    let conflicts = self.conflicts.clone();
+                    flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock, conflicts));
                 }
             }
             if closed && self.pending.is_empty() && flushing.is_empty() {
@@ -311,7 +351,7 @@ fn events_of(jobs: &[Job]) -> Vec<Unit> {
 /// backoff until every job's deadline has passed. When the data is refused,
 /// [`isolate`] finds the refused events: the rest are written, and each
 /// refused event is reported with the database's reason.
-async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
+async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, conflicts: Arc<CopyConflicts>) {
     let started = std::time::Instant::now();
     let mut results: Vec<JobResult> = jobs
         .iter()
@@ -322,7 +362,7 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool) {
         })
         .collect();
     let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
-    let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock };
+    let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock, conflicts: &conflicts };
     let mut refusals = Vec::new();
     let outcome = batch.write_isolating(&mut refusals).await;
     if !refusals.is_empty() {
@@ -353,6 +393,7 @@ struct Batch<'a> {
     jobs: &'a [Job],
     deadline: Instant,
     retry_on_deadlock: bool,
+    conflicts: &'a CopyConflicts,
 }
 
 impl Batch<'_> {
@@ -365,7 +406,7 @@ impl Batch<'_> {
     ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
         // The whole batch first: its events are listed only when the
         // database refuses it, off the common path.
-        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs)).await {
+        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs, self.conflicts)).await {
             Ok(rows) => return Ok(rows),
             Err(Err(e)) => return Err(e),
             Err(Ok(refusal)) => refusal,
@@ -505,12 +546,24 @@ impl From<tokio_postgres::Error> for Attempt {
 
 /// One transaction writing every row of the jobs; returns (job, plan, row)
 /// of each row written.
-async fn write_units(pool: &Pool, jobs: &[Job]) -> Result<Vec<(usize, usize, usize)>, Attempt> {
+async fn write_units(
+    pool: &Pool,
+    jobs: &[Job],
+    conflicts: &CopyConflicts,
+) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut client = connect(pool).await?;
-    let tx = client.transaction().await?;
-    let written = write_rows(&tx, jobs, None).await?;
-    tx.commit().await?;
-    Ok(written)
+    loop {
+        let tx = client.transaction().await?;
+        match write_rows(&tx, jobs, None, Some(conflicts)).await {
+            Ok(written) => {
+                tx.commit().await?;
+                return Ok(written);
+            }
+            // That table now rests from COPY: the next round upserts it.
+            Err(RowsError::CopyMetAKey) => tx.rollback().await?,
+            Err(RowsError::Database(e)) => return Err(e.into()),
+        }
+    }
 }
 
 async fn connect(pool: &Pool) -> Result<deadpool_postgres::Object, Attempt> {
@@ -542,34 +595,66 @@ async fn isolate(
     while let Some(part) = pending.pop() {
         let chosen: HashSet<Unit> = part.iter().copied().collect();
         let savepoint = tx.savepoint("part").await?;
-        match write_rows(&savepoint, jobs, Some(&chosen)).await {
+        match write_rows(&savepoint, jobs, Some(&chosen), None).await {
             Ok(rows) => {
                 savepoint.commit().await?;
                 written.extend(rows);
             }
-            Err(e) if Failure::of(&e) == Failure::Data => {
+            Err(RowsError::Database(e)) if Failure::of(&e) == Failure::Data => {
                 savepoint.rollback().await?;
                 match part {
                     [unit] => refusals.push((*unit, Refusal::of(&e))),
                     _ => pending.extend(part.chunks(part.len().div_ceil(PARTS)).rev()),
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(RowsError::Database(e)) => return Err(e.into()),
+            Err(RowsError::CopyMetAKey) => unreachable!("isolate writes without COPY"),
         }
     }
     tx.commit().await?;
     Ok((written, refusals))
 }
 
+/// Sends one binary `COPY` stream.
+async fn copy_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    copy_sql: &str,
+    data: bytes::Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = tx.copy_in(copy_sql).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(data).await?;
+    sink.finish().await?;
+    Ok(())
+}
+
 /// Parts a refused batch (or part) is split into by [`isolate`].
 const PARTS: usize = 8;
 
-/// Writes the rows of the `chosen` events (all when `None`) in `tx`.
+/// Why [`write_rows`] stopped.
+enum RowsError {
+    /// A `COPY` met an existing key: the transaction is aborted, and the
+    /// statement now rests from `COPY` in the conflicts given.
+    CopyMetAKey,
+    Database(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for RowsError {
+    fn from(e: tokio_postgres::Error) -> RowsError {
+        RowsError::Database(e)
+    }
+}
+
+/// Writes the rows of the `chosen` events (all when `None`) in `tx`, by
+/// `COPY` where a plan allows it and `copy` (the statements resting from
+/// it) is given, else by upsert.
 async fn write_rows(
     tx: &deadpool_postgres::Transaction<'_>,
     jobs: &[Job],
     chosen: Option<&HashSet<Unit>>,
-) -> Result<Vec<(usize, usize, usize)>, tokio_postgres::Error> {
+    copy: Option<&CopyConflicts>,
+) -> Result<Vec<(usize, usize, usize)>, RowsError> {
     // Plans of the same shape, from any job, share one statement.
     let mut groups: Vec<(&Upsert, Vec<(usize, usize)>)> = Vec::new();
     let mut by_sql: HashMap<&str, usize> = HashMap::new();
@@ -602,6 +687,27 @@ async fn write_rows(
         if origin.is_empty() {
             continue;
         }
+        // (`chosen` is only given by `isolate`, which never copies.)
+        let rows = members.iter().flat_map(|&(j, p)| jobs[j].plans[p].plan.rows.iter().map(|r| &r.values[..]));
+        if let (Some(conflicts), Some(copy_sql)) = (copy, &upsert.copy_sql)
+            && conflicts.allows(copy_sql)
+            && let Ok(data) = encode::copy_data(rows)
+        {
+            match copy_in(tx, copy_sql, data.freeze()).await {
+                Ok(()) => {
+                    crate::metrics::metrics().table_write("copy");
+                    written.extend(origin);
+                    continue;
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    crate::metrics::metrics().table_write("copy_met_a_key");
+                    conflicts.met_a_key(copy_sql);
+                    return Err(RowsError::CopyMetAKey);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        crate::metrics::metrics().table_write("upsert");
         let statement = tx.prepare_cached(&upsert.sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         for row in tx.query(&statement, &params).await? {

@@ -143,7 +143,12 @@ impl Target {
 /// How the baseline writes a request's rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
-    /// The host's statement: `INSERT … SELECT … FROM unnest($1, …) ON CONFLICT DO NOTHING`.
+    /// What the host does: a binary COPY of the rows (the upsert's
+    /// `copy_sql`) and, when that meets a key already there, the upsert in a
+    /// new transaction. Where a plan cannot be copied, the upsert alone.
+    Host,
+    /// The host's upsert statement alone: `INSERT … SELECT … FROM unnest($1,
+    /// …) ON CONFLICT DO NOTHING`, returning the positions of new rows.
     Unnest,
     /// Binary COPY into a temporary staging table, then `INSERT … SELECT …
     /// ON CONFLICT DO NOTHING` from it.
@@ -188,31 +193,21 @@ impl BaselineWorker {
         Ok(BaselineWorker { client, target, upsert, statement, generator, events, method })
     }
 
-    /// Binary COPY of the plan's rows into `target`.
-    async fn copy(
-        tx: &tokio_postgres::Transaction<'_>,
-        table: &Table,
-        target: &str,
-        plan: &UpsertPlan,
-    ) -> Result<u64, tokio_postgres::Error> {
-        use futures_util::pin_mut;
-        use sluice::db::encode::{ValueParam, column_type};
-        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    /// Binary COPY of the plan's rows into `target`, encoded as the host
+    /// encodes them.
+    async fn copy(tx: &tokio_postgres::Transaction<'_>, target: &str, plan: &UpsertPlan) -> Result<u64> {
+        use futures_util::SinkExt;
+        let data = sluice::db::encode::copy_data(plan.rows.iter().map(|r| &r.values[..])).map_err(|e| anyhow!(e))?;
         let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let types: Vec<_> = plan.columns.iter().map(|c| column_type(table.column(c).unwrap().data_type)).collect();
         let sink = tx.copy_in(&format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)")).await?;
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        pin_mut!(writer);
-        for row in &plan.rows {
-            let params: Vec<ValueParam> = row.values.iter().map(ValueParam).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            writer.as_mut().write(&refs).await?;
-        }
-        writer.finish().await
+        futures_util::pin_mut!(sink);
+        sink.send(data.freeze()).await?;
+        Ok(sink.finish().await?)
     }
 
-    /// One transaction writing the plan; returns how many rows were new.
-    async fn write(&mut self, plan: &UpsertPlan) -> Result<u64, tokio_postgres::Error> {
+    /// One transaction writing the plan (two, when the host's COPY meets a
+    /// key); returns how many rows were new.
+    async fn write(&mut self, plan: &UpsertPlan) -> Result<u64> {
         let rows = plan.rows.len();
         let mut columns: Vec<ColumnArray> = self
             .upsert
@@ -228,10 +223,23 @@ impl BaselineWorker {
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let tx = self.client.transaction().await?;
         let written = match self.method {
-            Method::Unnest => tx.query(&self.statement, &params).await?.len() as u64,
-            Method::Copy => Self::copy(&tx, &self.target.table, &self.target.qualified(), plan).await?,
+            Method::Host if self.upsert.copy_sql.is_some() => {
+                match Self::copy(&tx, &self.target.qualified(), plan).await {
+                    Ok(written) => written,
+                    Err(e) if is_unique_violation(&e) => {
+                        tx.rollback().await?;
+                        let tx = self.client.transaction().await?;
+                        let written = tx.query(&self.statement, &params).await?.len() as u64;
+                        tx.commit().await?;
+                        return Ok(written);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Method::Host | Method::Unnest => tx.query(&self.statement, &params).await?.len() as u64,
+            Method::Copy => Self::copy(&tx, &self.target.qualified(), plan).await?,
             Method::CopyUpsert => {
-                Self::copy(&tx, &self.target.table, "staging", plan).await?;
+                Self::copy(&tx, "staging", plan).await?;
                 let target = self.target.qualified();
                 let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
                 let key = self.upsert.conflict_key.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -273,10 +281,18 @@ impl Worker for BaselineWorker {
         let result = match result {
             Ok(written) if written == u64::from(events) => Ok(written),
             Ok(written) => Err(Failure::new("not all inserted", format!("{written} of {events} rows were new"))),
-            Err(e) => Err(db_failure(&e)),
+            Err(e) => Err(match e.downcast_ref::<tokio_postgres::Error>() {
+                Some(e) => db_failure(e),
+                None => Failure::new("encode", e.to_string()),
+            }),
         };
         Attempt { result, latency, bytes }
     }
+}
+
+fn is_unique_violation(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .is_some_and(|e| e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
 }
 
 fn db_failure(e: &tokio_postgres::Error) -> Failure {

@@ -59,7 +59,7 @@ enum Mode {
         #[arg(long)]
         database_url: String,
         /// How to write each request's rows.
-        #[arg(long, value_enum, default_value = "unnest")]
+        #[arg(long, value_enum, default_value = "host")]
         method: baseline::Method,
         #[command(flatten)]
         common: Common,
@@ -337,7 +337,8 @@ async fn baseline_mode(database_url: String, method: baseline::Method, common: C
     let setup = Setup {
         program: "sluice-load",
         mode: match method {
-            baseline::Method::Unnest => "baseline",
+            baseline::Method::Host => "baseline",
+            baseline::Method::Unnest => "baseline unnest",
             baseline::Method::CopyUpsert => "baseline copy-upsert",
             baseline::Method::Copy => "baseline copy",
         },
