@@ -12,8 +12,9 @@ that same database.
 
 `--kind logflare`: Logflare batches (`{"batch": [...]}` to
 `/api/logs?source_name=bench`) against the same events normalized natively
-and written to the source's table with the host's statement; `--runs`
-pairs, alternating which side goes first.
+and written to the source's table as the host writes them (binary COPY),
+and against the same with the host's upsert statement (`unnest`);
+`--runs` rounds of the three, rotating which goes first.
 """
 
 import argparse
@@ -110,20 +111,25 @@ def build():
 
 
 def logflare(opts):
-    """Logflare batches through Sluice against direct SQL, `opts.runs` pairs."""
+    """Logflare batches through Sluice against direct SQL, `opts.runs`
+    rounds of three runs: the baseline writing as the host does, Sluice, and
+    the baseline with the host's upsert statement."""
     service = Service(opts.toml)
     common = ["--kind", "logflare", "--events-per-request", str(opts.events), "--concurrency", str(opts.concurrency)]
     pairs = []
+    modes = ["baseline", "http", "unnest"]
     try:
         for run in range(opts.runs):
             pair = {}
-            # Alternate which goes first, so neither always meets a warmer table.
-            for mode in (("baseline", "http") if run % 2 == 0 else ("http", "baseline")):
+            # Rotate which goes first, so none always meets a warmer table.
+            for mode in modes[run % 3:] + modes[:run % 3]:
                 args = ["--database-url", service.db]
                 if mode == "http":
                     args += ["--url", f"{service.base}/api/logs?source_name=bench"]
+                if mode == "unnest":
+                    args += ["--method", "unnest"]
                 before = cpu_now(service)
-                pair[mode] = load(mode, args + common, opts.duration)
+                pair[mode] = load("baseline" if mode == "unnest" else mode, args + common, opts.duration)
                 after = cpu_now(service)
                 # CPU µs per acknowledged event, by process.
                 events = max(pair[mode]["events_acknowledged"], 1)
@@ -132,20 +138,24 @@ def logflare(opts):
     finally:
         service.stop()
     name = f"Logflare, {opts.events} events/request, {opts.concurrency} concurrent"
-    print(f"| {name}: run | baseline events/s | Sluice events/s | ratio | Sluice p50 / p99 ms | baseline p50 / p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for i, pair in enumerate(pairs, 1):
-        b, s = pair["baseline"], pair["http"]
-        print(f"| {i} ({'baseline' if i % 2 else 'Sluice'} first) | {b['events_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
-              f"{s['events_per_s'] / b['events_per_s']:.2f} | {s['latency_ms']['p50']:.1f} / {s['latency_ms']['p99']:.1f} | "
+    print(f"| {name}: run (first) | baseline events/s | Sluice events/s | ratio | upsert baseline events/s | "
+          "ratio to it | Sluice p50 / p99 ms | baseline p50 / p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    first = {"baseline": "baseline", "http": "Sluice", "unnest": "upsert"}
+    for i, pair in enumerate(pairs):
+        b, s, u = pair["baseline"], pair["http"], pair["unnest"]
+        print(f"| {i + 1} ({first[modes[i % 3]]}) | {b['events_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
+              f"{s['events_per_s'] / b['events_per_s']:.2f} | {u['events_per_s']:,.0f} | "
+              f"{s['events_per_s'] / u['events_per_s']:.2f} | {s['latency_ms']['p50']:.1f} / {s['latency_ms']['p99']:.1f} | "
               f"{b['latency_ms']['p50']:.1f} / {b['latency_ms']['p99']:.1f} |")
-    total_b = sum(p["baseline"]["events_per_s"] for p in pairs)
-    total_s = sum(p["http"]["events_per_s"] for p in pairs)
-    print(f"| all | {total_b / len(pairs):,.0f} | {total_s / len(pairs):,.0f} | **{total_s / total_b:.2f}** | | |")
+    total = {m: sum(p[m]["events_per_s"] for p in pairs) for m in modes}
+    print(f"| all | {total['baseline'] / len(pairs):,.0f} | {total['http'] / len(pairs):,.0f} | "
+          f"**{total['http'] / total['baseline']:.2f}** | {total['unnest'] / len(pairs):,.0f} | "
+          f"**{total['http'] / total['unnest']:.2f}** | | |")
     print("\nCPU µs per event (mean of the runs): " + "; ".join(
         f"{mode}: " + ", ".join(f"{k} {sum(p[mode]['cpu_us_per_event'][k] for p in pairs) / len(pairs):.1f}"
                                 for k in ("postgres", "sluice", "load"))
-        for mode in ("baseline", "http")))
+        for mode in modes))
     for pair in pairs:
         for mode, r in pair.items():
             if r["rows_in_table"] != r["events_acknowledged"]:
@@ -162,7 +172,7 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--toml", default="", help="extra lines for the service's config file, e.g. '[batch]\\nwriters = 4'")
     parser.add_argument("--kind", choices=["events", "logflare"], default="events")
-    parser.add_argument("--runs", type=int, default=3, help="--kind logflare: pairs of runs")
+    parser.add_argument("--runs", type=int, default=3, help="--kind logflare: rounds of runs (baseline, Sluice, upsert baseline)")
     parser.add_argument("--events", type=int, default=250, help="--kind logflare: events a request")
     parser.add_argument("--concurrency", type=int, default=4, help="--kind logflare: concurrent requests")
     opts = parser.parse_args()
@@ -188,11 +198,11 @@ def main():
             bb = b if events == 1000 else results["1000 events/request, 4 concurrent"]["baseline"]
             s = load("http", http + common, opts.duration)
             results[name] = {"baseline": b, "sluice": s}
-            rows.append((name, "direct SQL (unnest), same batches", b, s, s["events_per_s"] / b["events_per_s"]))
+            rows.append((name, "direct SQL as the host writes, same batches", b, s, s["events_per_s"] / b["events_per_s"]))
             if events == 1000:
                 # The other ways to write the same rows, for the same batches.
-                for method, label in [("copy-upsert", "binary COPY to staging + INSERT … ON CONFLICT"),
-                                      ("copy", "raw binary COPY, no conflict handling")]:
+                for method, label in [("unnest", "the upsert statement (INSERT … SELECT FROM unnest … ON CONFLICT)"),
+                                      ("copy-upsert", "binary COPY to staging + INSERT … ON CONFLICT")]:
                     m = load("baseline", baseline + common + ["--method", method], opts.duration)
                     results[name][method] = m
                     rows.append((name, label, m, s, s["events_per_s"] / m["events_per_s"]))
