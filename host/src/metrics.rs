@@ -46,8 +46,9 @@ pub struct Metrics {
     batch_rows: Histogram,
     flush_seconds: Histogram,
     write_retries: Counter,
-    /// A flush's writes of one table, by how: `copy`, `upsert`, or
-    /// `copy_met_a_key` (a COPY that met an existing key; redone by upsert).
+    /// A flush's writes of one table, by how: `copy`, `upsert`, or a COPY
+    /// refused where the upsert may not be (`copy_met_a_key`,
+    /// `copy_failed`), which was redone by upsert.
     table_writes: Family<Labels, Counter>,
     /// Rows handed to writers and not yet taken into a flush.
     writer_queued_rows: Gauge,
@@ -180,8 +181,9 @@ impl Metrics {
         );
         registry.register(
             "table_writes",
-            "A flush's writes of one table, by method: copy, upsert, or copy_met_a_key (a COPY that met a key \
-             already there, so the flush was written again by upsert and the table rests from COPY for 10 s)",
+            "A flush's writes of one table, by method: copy, upsert, or a COPY the database refused: \
+             copy_met_a_key (a key already there) or copy_failed (a table COPY cannot fill, such as one with \
+             row security); the flush was then written again by upsert, and the table rests from COPY for 10 s",
             self.table_writes.clone(),
         );
         registry.register(

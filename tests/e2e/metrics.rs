@@ -166,6 +166,15 @@ async fn metrics_count_a_known_workload_exactly() {
     assert_eq!(m.get("sluice_flush_duration_seconds_count", &[]), Some(3.0), "{text}");
     assert!(m.get("sluice_flush_duration_seconds_sum", &[]).unwrap() > 0.0, "{text}");
     assert_eq!(m.get("sluice_writer_queued_rows", &[]), Some(0.0), "{text}");
+    // The warm-up went by COPY; batch-a's COPY hit the check, and its events
+    // were isolated by upsert; batch-b's COPY met its repeats, and the
+    // upsert told them apart.
+    let writes = |method| m.get("sluice_table_writes_total", &[("method", method)]);
+    assert_eq!(
+        (writes("copy"), writes("copy_failed"), writes("copy_met_a_key")),
+        (Some(1.0), None, Some(1.0)),
+        "{text}"
+    );
 
     // The load-time check and four requests, each in a fresh instance.
     let builtin = ("component", "builtin");
