@@ -671,28 +671,21 @@ async fn write_rows(
 
     let mut written = Vec::new();
     for (upsert, members) in &groups {
-        let mut columns: Vec<ColumnArray> =
-            upsert.param_types.iter().map(|&param_type| ColumnArray { param_type, values: Vec::new() }).collect();
-        let mut origin = Vec::new();
-        for &(j, p) in members {
-            for (r, row) in jobs[j].plans[p].plan.rows.iter().enumerate() {
-                if chosen.is_some_and(|c| !c.contains(&(j, row.event))) {
-                    continue;
-                }
-                for (column, value) in columns.iter_mut().zip(&row.values) {
-                    column.values.push(value);
-                }
-                origin.push((j, p, r));
-            }
-        }
+        let origin: Vec<(usize, usize, usize)> = members
+            .iter()
+            .flat_map(|&(j, p)| {
+                let rows = jobs[j].plans[p].plan.rows.iter().enumerate();
+                rows.filter(move |(_, row)| chosen.is_none_or(|c| c.contains(&(j, row.event))))
+                    .map(move |(r, _)| (j, p, r))
+            })
+            .collect();
         if origin.is_empty() {
             continue;
         }
-        // (`chosen` is only given by `isolate`, which never copies.)
-        let rows = members.iter().flat_map(|&(j, p)| jobs[j].plans[p].plan.rows.iter().map(|r| &r.values[..]));
+        let values = |&(j, p, r): &(usize, usize, usize)| &jobs[j].plans[p].plan.rows[r].values[..];
         if let (Some(rests), Some(copy_sql)) = (copy, &upsert.copy_sql)
             && rests.allows(copy_sql)
-            && let Ok(data) = encode::copy_data(rows)
+            && let Ok(data) = encode::copy_data(origin.iter().map(values))
         {
             match copy_in(tx, copy_sql, data.freeze()).await {
                 Ok(()) => {
@@ -718,6 +711,16 @@ async fn write_rows(
             }
         }
         crate::metrics::metrics().table_write("upsert");
+        let mut columns: Vec<ColumnArray> = upsert
+            .param_types
+            .iter()
+            .map(|&param_type| ColumnArray { param_type, values: Vec::with_capacity(origin.len()) })
+            .collect();
+        for row in &origin {
+            for (column, value) in columns.iter_mut().zip(values(row)) {
+                column.values.push(value);
+            }
+        }
         let statement = tx.prepare_cached(&upsert.sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         for row in tx.query(&statement, &params).await? {
