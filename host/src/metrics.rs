@@ -182,8 +182,8 @@ impl Metrics {
         registry.register(
             "table_writes",
             "A flush's writes of one table, by method: copy, upsert, or a COPY the database refused: \
-             copy_met_a_key (a key already there) or copy_failed (a table COPY cannot fill, such as one with \
-             row security); the flush was then written again by upsert, and the table rests from COPY for 10 s",
+             copy_met_a_key (a key already there) or copy_failed (a table COPY cannot fill: row security, columns \
+             not of the declared types); the flush was then written again by upsert, and the table rests from COPY for 10 s",
             self.table_writes.clone(),
         );
         registry.register(

@@ -629,6 +629,19 @@ async fn copy_in(
     Ok(())
 }
 
+/// Whether the upsert may write what a `COPY` failed to: the `COPY` met a
+/// key already there; or the table is one `COPY` cannot fill (row
+/// security), or whose columns are not of the declared types, which the
+/// upsert's casts bridge and binary `COPY` cannot (a data exception, class
+/// 22; the upsert refuses values that are bad in themselves all the same).
+/// Any other failure (a constraint, a deadlock, a lost connection) the
+/// upsert would meet too, and is handled as such.
+fn upsert_may_write(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::FEATURE_NOT_SUPPORTED || code.code().starts_with("22")
+    })
+}
+
 /// Parts a refused batch (or part) is split into by [`isolate`].
 const PARTS: usize = 8;
 
@@ -693,17 +706,9 @@ async fn write_rows(
                     written.extend(origin);
                     continue;
                 }
-                // What the upsert may write where COPY cannot: a key already
-                // there, or a table COPY cannot fill (row security). Any
-                // other failure (bad data, a deadlock, a lost connection)
-                // the upsert would meet too, and is handled as such.
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    crate::metrics::metrics().table_write("copy_met_a_key");
-                    rests.rest(copy_sql);
-                    return Err(RowsError::CopyFailed);
-                }
-                Err(e) if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
-                    crate::metrics::metrics().table_write("copy_failed");
+                Err(e) if upsert_may_write(&e) => {
+                    let met_a_key = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
+                    crate::metrics::metrics().table_write(if met_a_key { "copy_met_a_key" } else { "copy_failed" });
                     rests.rest(copy_sql);
                     return Err(RowsError::CopyFailed);
                 }
