@@ -615,18 +615,18 @@ async fn isolate(
     Ok((written, refusals))
 }
 
-/// Sends one binary `COPY` stream.
-async fn copy_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+/// Sends one binary `COPY` stream ([`encode::copy_data`]) by `copy_sql`;
+/// returns the rows written.
+pub async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
     copy_sql: &str,
     data: bytes::Bytes,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<u64, tokio_postgres::Error> {
     use futures_util::SinkExt;
     let sink = tx.copy_in(copy_sql).await?;
     futures_util::pin_mut!(sink);
     sink.send(data).await?;
-    sink.finish().await?;
-    Ok(())
+    sink.finish().await
 }
 
 /// Whether the upsert may write what a `COPY` failed to: the `COPY` met a
@@ -701,7 +701,7 @@ async fn write_rows(
             && let Ok(data) = encode::copy_data(origin.iter().map(values))
         {
             match copy_in(tx, copy_sql, data.freeze()).await {
-                Ok(()) => {
+                Ok(_) => {
                     crate::metrics::metrics().table_write("copy");
                     written.extend(origin);
                     continue;

@@ -193,16 +193,17 @@ impl BaselineWorker {
         Ok(BaselineWorker { client, target, upsert, statement, generator, events, method })
     }
 
-    /// Binary COPY of the plan's rows into `target`, encoded as the host
-    /// encodes them.
-    async fn copy(tx: &tokio_postgres::Transaction<'_>, target: &str, plan: &UpsertPlan) -> Result<u64> {
-        use futures_util::SinkExt;
+    /// Binary COPY of the plan's rows by `copy_sql`, encoded and sent as
+    /// the host does.
+    async fn copy(tx: &tokio_postgres::Transaction<'_>, copy_sql: &str, plan: &UpsertPlan) -> Result<u64> {
         let data = sluice::db::encode::copy_data(plan.rows.iter().map(|r| &r.values[..])).map_err(|e| anyhow!(e))?;
+        Ok(sluice::db::writer::copy_in(tx, copy_sql, data.freeze()).await?)
+    }
+
+    /// `COPY` of the plan's columns into `target`.
+    fn copy_sql(target: &str, plan: &UpsertPlan) -> String {
         let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let sink = tx.copy_in(&format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)")).await?;
-        futures_util::pin_mut!(sink);
-        sink.send(data.freeze()).await?;
-        Ok(sink.finish().await?)
+        format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)")
     }
 
     /// One transaction writing the plan (two, when the host's COPY meets a
@@ -223,23 +224,21 @@ impl BaselineWorker {
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let tx = self.client.transaction().await?;
         let written = match self.method {
-            Method::Host if self.upsert.copy_sql.is_some() => {
-                match Self::copy(&tx, &self.target.qualified(), plan).await {
-                    Ok(written) => written,
-                    Err(e) if is_unique_violation(&e) => {
-                        tx.rollback().await?;
-                        let tx = self.client.transaction().await?;
-                        let written = tx.query(&self.statement, &params).await?.len() as u64;
-                        tx.commit().await?;
-                        return Ok(written);
-                    }
-                    Err(e) => return Err(e),
+            Method::Host if let Some(copy_sql) = &self.upsert.copy_sql => match Self::copy(&tx, copy_sql, plan).await {
+                Ok(written) => written,
+                Err(e) if is_unique_violation(&e) => {
+                    tx.rollback().await?;
+                    let tx = self.client.transaction().await?;
+                    let written = tx.query(&self.statement, &params).await?.len() as u64;
+                    tx.commit().await?;
+                    return Ok(written);
                 }
-            }
+                Err(e) => return Err(e),
+            },
             Method::Host | Method::Unnest => tx.query(&self.statement, &params).await?.len() as u64,
-            Method::Copy => Self::copy(&tx, &self.target.qualified(), plan).await?,
+            Method::Copy => Self::copy(&tx, &Self::copy_sql(&self.target.qualified(), plan), plan).await?,
             Method::CopyUpsert => {
-                Self::copy(&tx, "staging", plan).await?;
+                Self::copy(&tx, &Self::copy_sql("staging", plan), plan).await?;
                 let target = self.target.qualified();
                 let columns = plan.columns.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
                 let key = self.upsert.conflict_key.iter().map(|c| sql::quote_ident(c)).collect::<Vec<_>>().join(", ");
