@@ -59,7 +59,20 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::status::routes(app.clone()))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .layer(axum::middleware::map_response(json_refusals))
+        .layer(axum::middleware::map_response(retry_after))
         .with_state(app)
+}
+
+/// Every 503 and 429 tells the client when to try again: the answers that
+/// know better set their own `Retry-After`; the rest get one second.
+async fn retry_after(mut response: Response) -> Response {
+    let status = response.status();
+    if (status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS)
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// axum's own refusals (an unparsable query string or path, a body past
@@ -432,9 +445,16 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
     let request = Arc::new(request);
     let spare = app.spool.enabled().then(|| request.clone());
     let timeout = Duration::from_millis(limits.request_timeout_ms);
-    match tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await {
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out before its rows were committed"),
-        Ok(Ok(tally)) => {
+    // Past its deadline a request is answered as a write that failed: kept
+    // in the spool, or 503 with Retry-After.
+    let ingested = tokio::time::timeout(timeout, tenant.ingest(&app.runtime, request)).await.unwrap_or_else(|_| {
+        Err(IngestError::Write(WriteError::Unavailable(format!(
+            "the request ran past limits.request_timeout_ms ({} ms) before its rows were committed",
+            limits.request_timeout_ms
+        ))))
+    });
+    match ingested {
+        Ok(tally) => {
             let status = if tally.events > 0 && tally.rejected.len() as u32 == tally.events {
                 StatusCode::BAD_REQUEST
             } else {
@@ -442,12 +462,12 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             };
             (status, axum::Json(tally)).into_response()
         }
-        Ok(Err(IngestError::Request(RequestError::Malformed(m)))) => error(StatusCode::BAD_REQUEST, m),
-        Ok(Err(IngestError::Request(RequestError::UnsupportedMediaType(m)))) => {
+        Err(IngestError::Request(RequestError::Malformed(m))) => error(StatusCode::BAD_REQUEST, m),
+        Err(IngestError::Request(RequestError::UnsupportedMediaType(m))) => {
             error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)
         }
-        Ok(Err(IngestError::Request(RequestError::NotFound(m)))) => error(StatusCode::NOT_FOUND, m),
-        Ok(Err(IngestError::Component(failure))) => {
+        Err(IngestError::Request(RequestError::NotFound(m))) => error(StatusCode::NOT_FOUND, m),
+        Err(IngestError::Component(failure)) => {
             tracing::warn!(tenant = %tenant.id(), "{failure}");
             let status = match failure {
                 ComponentFailure::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -455,7 +475,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             };
             error(status, failure.to_string())
         }
-        Ok(Err(IngestError::Resting(rest))) => {
+        Err(IngestError::Resting(rest)) => {
             let seconds = rest.as_secs().max(1);
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -464,7 +484,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
             response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
             response
         }
-        Ok(Err(IngestError::Write(e))) if spare.is_some() => {
+        Err(IngestError::Write(e)) if spare.is_some() => {
             let request = spare.expect("checked");
             match app.spool.keep(&request) {
                 Ok(true) => {
@@ -480,7 +500,7 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
                 }
             }
         }
-        Ok(Err(IngestError::Write(e))) => write_failed(tenant, e),
+        Err(IngestError::Write(e)) => write_failed(tenant, e),
     }
 }
 

@@ -3,6 +3,7 @@
 //! the tenant's batching writer, and tallied per event.
 
 use crate::config::Limits;
+use crate::db::CommitChecked;
 use crate::db::writer::{CheckedPlan, Origin, WriteError};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
@@ -534,7 +535,7 @@ impl Tenant {
                 deleted += tx.execute(&sql, &[&sync.source, &Timestamp(sync.time)]).await.map_err(unavailable)?;
             }
         }
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit_checked().await.map_err(unavailable)?;
         Ok(deleted)
     }
 }

@@ -3,7 +3,9 @@
 //! request itself is written to `<data_dir>/spool/` and synced to disk,
 //! and answered 202 Accepted. A background task sends spooled requests
 //! through the tenant's component and writer again, oldest first, once
-//! the destination takes rows; then their files are deleted.
+//! the destination takes rows, several at a time; then their files are
+//! deleted. Requests replayed together may be written in any order among
+//! themselves, as requests sent at once by clients are.
 //!
 //! A file holds one request: a JSON header line, then the body's bytes.
 //! Replaying the request (not its rows) keeps the file small and lets a
@@ -160,9 +162,15 @@ impl Spool {
         }
     }
 
-    /// Sends spooled requests again, oldest first, until one cannot be
-    /// written yet. Returns how many were written.
+    /// Sends spooled requests again, oldest first and [`REPLAYS`] at a
+    /// time, until one cannot be written yet. Returns how many were
+    /// written.
+    ///
+    /// Several at once, so the spool drains while new requests keep
+    /// coming: each replay waits for a flush of the writer like any
+    /// request, and one at a time could never keep up with many clients.
     pub async fn replay(&self, app: &App) -> usize {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let files = match self.files() {
             Ok(files) => files,
             Err(e) => {
@@ -170,44 +178,59 @@ impl Spool {
                 return 0;
             }
         };
-        let mut written = 0;
-        for path in files {
-            let mut request = match Spool::read(&path) {
-                Ok(request) => request,
-                Err(e) => {
-                    tracing::error!(file = %path.display(), "a spooled request cannot be read; set aside: {e:#}");
-                    let _ = std::fs::rename(&path, path.with_extension("unreadable"));
-                    continue;
-                }
-            };
-            let tenant = match app.registry.get(&request.tenant) {
-                Ok(tenant) => tenant,
-                Err(_) if request.tenant == app.default_tenant.id() => app.default_tenant.clone(),
-                Err(_) => {
-                    tracing::error!(file = %path.display(), tenant = %request.tenant, "the spooled request's tenant is gone; set aside");
-                    let _ = std::fs::rename(&path, path.with_extension("orphan"));
-                    continue;
-                }
-            };
-            request.settings = tenant.settings.clone();
-            match tenant.ingest(&app.runtime, Arc::new(request)).await {
-                Ok(tally) => {
-                    if !tally.rejected.is_empty() {
-                        tracing::warn!(tenant = %tenant.id(), rejected = tally.rejected.len(), "a spooled request had events refused");
-                    }
-                    self.remove(&path);
-                    written += 1;
-                }
-                // Still cannot write: try again later, in order.
-                Err(IngestError::Write(_) | IngestError::Resting(_)) => break,
-                Err(IngestError::Component(crate::runtime::ComponentFailure::Busy(_))) => break,
-                Err(e) => {
-                    tracing::error!(file = %path.display(), "a spooled request failed for good; set aside: {e:?}");
-                    let _ = std::fs::rename(&path, path.with_extension("failed"));
-                }
+        let (mut written, mut blocked) = (0, false);
+        let mut files = files.into_iter();
+        let mut replaying = FuturesUnordered::new();
+        loop {
+            while !blocked && replaying.len() < REPLAYS {
+                let Some(path) = files.next() else { break };
+                replaying.push(self.replay_one(app, path));
+            }
+            match replaying.next().await {
+                Some(Replayed::Written) => written += 1,
+                // Still cannot write: try again later (the ones under way finish).
+                Some(Replayed::Blocked) => blocked = true,
+                Some(Replayed::SetAside) => {}
+                None => return written,
             }
         }
-        written
+    }
+
+    async fn replay_one(&self, app: &App, path: PathBuf) -> Replayed {
+        let mut request = match Spool::read(&path) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(file = %path.display(), "a spooled request cannot be read; set aside: {e:#}");
+                let _ = std::fs::rename(&path, path.with_extension("unreadable"));
+                return Replayed::SetAside;
+            }
+        };
+        let tenant = match app.registry.get(&request.tenant) {
+            Ok(tenant) => tenant,
+            Err(_) if request.tenant == app.default_tenant.id() => app.default_tenant.clone(),
+            Err(_) => {
+                tracing::error!(file = %path.display(), tenant = %request.tenant, "the spooled request's tenant is gone; set aside");
+                let _ = std::fs::rename(&path, path.with_extension("orphan"));
+                return Replayed::SetAside;
+            }
+        };
+        request.settings = tenant.settings.clone();
+        match tenant.ingest(&app.runtime, Arc::new(request)).await {
+            Ok(tally) => {
+                if !tally.rejected.is_empty() {
+                    tracing::warn!(tenant = %tenant.id(), rejected = tally.rejected.len(), "a spooled request had events refused");
+                }
+                self.remove(&path);
+                Replayed::Written
+            }
+            Err(IngestError::Write(_) | IngestError::Resting(_)) => Replayed::Blocked,
+            Err(IngestError::Component(crate::runtime::ComponentFailure::Busy(_))) => Replayed::Blocked,
+            Err(e) => {
+                tracing::error!(file = %path.display(), "a spooled request failed for good; set aside: {e:?}");
+                let _ = std::fs::rename(&path, path.with_extension("failed"));
+                Replayed::SetAside
+            }
+        }
     }
 
     /// Replays the spool every `retry_interval_ms` while the service runs.
@@ -229,6 +252,18 @@ impl Spool {
             }
         });
     }
+}
+
+/// Spooled requests replayed at once.
+const REPLAYS: usize = 16;
+
+/// What became of one spooled request.
+enum Replayed {
+    Written,
+    /// The destination cannot take it yet: it stays, and replaying stops.
+    Blocked,
+    /// Unreadable, its tenant gone, or refused for good: renamed aside.
+    SetAside,
 }
 
 /// The sequence number in a spool file's name.

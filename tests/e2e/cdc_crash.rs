@@ -296,6 +296,28 @@ async fn ten_kills_under_concurrent_writers_lose_and_repeat_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_a_killed_owner_within_seconds() {
+    takeover(Stop::Kill).await;
+}
+
+/// A frozen owner (SIGSTOP) keeps its sessions open but stops beating: the
+/// standby ends them and takes over; thawed, the old owner finds its
+/// sessions gone, stands by, and applies nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_a_frozen_owner_within_seconds() {
+    takeover(Stop::Freeze).await;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Freeze,
+}
+
+fn signal(sluice: &Sluice, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sluice.child.id() as i32), signal).unwrap();
+}
+
+async fn takeover(how: Stop) {
     let db = TestDb::new().await;
     let client = db.client().await;
     create_workload_tables(&client).await;
@@ -315,7 +337,10 @@ async fn a_standby_takes_over_a_killed_owner_within_seconds() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
     let killed_at_wall: SystemTime = SystemTime::now();
-    kill(&mut owner);
+    match how {
+        Stop::Kill => kill(&mut owner),
+        Stop::Freeze => signal(&owner, nix::sys::signal::Signal::SIGSTOP),
+    }
     let checkpoint_at_kill = count(&client, "SELECT (lsn - '0/0')::bigint FROM sluice_cdc_checkpoints").await;
     // Streaming again: the slot is active and a transaction committed after
     // the kill is applied.
@@ -349,6 +374,15 @@ async fn a_standby_takes_over_a_killed_owner_within_seconds() {
     eprintln!("takeover after the kill: streaming {streaming:?}, applying {applying:?}, caught up {caught_up:?}");
     assert!(applying <= Duration::from_secs(10), "takeover took {applying:?}; log:\n{}", standby.log());
 
+    if how == Stop::Freeze {
+        signal(&owner, nix::sys::signal::Signal::SIGCONT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owner.log().matches("standby: another host streams this slot").count() == 0 {
+            assert!(Instant::now() < deadline, "the thawed owner did not stand by; log:\n{}", owner.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(standby.log().contains("stopped beating"), "{}", standby.log());
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut committed = 0;

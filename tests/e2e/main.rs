@@ -9,6 +9,7 @@ mod cli;
 mod connections;
 mod delivery;
 mod events;
+mod faults;
 mod lifecycle;
 mod logs;
 mod metrics;

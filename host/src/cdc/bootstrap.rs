@@ -30,6 +30,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::changes::Keys;
 use super::runner::{CHECKPOINTS, Runner};
+use crate::db::CommitChecked;
 
 /// Completed bootstraps, one row per source, in the destination schema.
 pub const BOOTSTRAPS: &str = "sluice_cdc_bootstraps";
@@ -402,7 +403,7 @@ impl Runner {
             &[&self.name, &self.config.source.slot_name, &consistent_point.to_string(), &(tables.len() as i32), &(rows as i64)],
         )
         .await?;
-        tx.commit().await.context("commit the bootstrap")?;
+        tx.commit_checked().await.context("commit the bootstrap")?;
         let _ = source.batch_execute("COMMIT").await;
         progress.rows_done.store(rows, Ordering::Relaxed);
         progress.completed_lsn.store(consistent_point.0, Ordering::Relaxed);

@@ -69,7 +69,13 @@ pub async fn load(
         let (runtime, name) = (runtime.clone(), format!("cdc:{}", source.name()));
         tokio::task::spawn_blocking(move || runtime.load_change_handler(&name, &wasm)).await??
     };
-    let pool = crate::db::pool(database.pg_config()?, 2, Duration::from_millis(database.connect_timeout_ms))?;
+    let mut pg = database.pg_config()?;
+    // Named so that a standby taking over from a frozen owner can end the
+    // owner's transactions on the destination (see runner::FROZEN_AFTER).
+    if pg.get_application_name() == Some("sluice") {
+        pg.application_name(&runner::apply_session_name(&source.source.slot_name));
+    }
+    let pool = crate::db::pool(pg, 2, Duration::from_millis(database.connect_timeout_ms))?;
     let schema = source.schema.clone().unwrap_or_else(|| database.schema.clone());
     Ok(runner::Runner::new(
         source.clone(),

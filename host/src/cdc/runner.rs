@@ -23,6 +23,7 @@ use super::changes::Keys;
 use super::config::CdcConfig;
 use super::plans::Pipeline;
 use super::spill::{TxBuffer, TxReader};
+use crate::db::CommitChecked;
 use crate::runtime::{CallLimits, ChangeHandler, Runtime};
 
 /// The table of checkpoints, in the destination schema.
@@ -32,6 +33,35 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a standby tries the lock.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often the owner shows it is alive, by a statement on the session
+/// that holds the lock (its `pg_stat_activity.state_change` moves). A
+/// process that is frozen, or cut off from the source with its session
+/// left open, stops beating. (A handler cannot hang the owner: each call
+/// has its deadline.)
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a standby waits on an owner that has not beaten before it ends
+/// the owner's lock session and stream (`pg_terminate_backend`) and takes
+/// over. A takeover thus comes at most this long plus `STANDBY_POLL` after
+/// the owner stopped.
+const FROZEN_AFTER: Duration = Duration::from_secs(5);
+
+/// Beats on the session that holds the lock every [`HEARTBEAT`], until a
+/// beat fails.
+async fn beat(lock: &tokio_postgres::Client) -> anyhow::Error {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        heartbeat.tick().await;
+        if let Err(e) = lock.batch_execute("SELECT").await {
+            return anyhow::Error::new(e).context("beat on the session holding the slot's lock");
+        }
+    }
+}
+
+/// The `application_name` of the sessions that apply a slot's changes.
+pub fn apply_session_name(slot: &str) -> String {
+    format!("sluice-cdc-apply:{slot}")
+}
 
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -344,7 +374,7 @@ impl Runner {
     /// One connection's life. `Ok` only when asked to stop.
     async fn run_once(&self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         let source = &self.config.source;
-        let mut checkpoint = self.prepare_destination().await.context("prepare the destination")?;
+        let checkpoint = self.prepare_destination().await.context("prepare the destination")?;
 
         // Ownership: one host streams the slot at a time.
         let mut pg = tokio_postgres::Config::new();
@@ -367,6 +397,13 @@ impl Runner {
                 tracing::info!(source = %self.name, slot = %source.slot_name, "standby: another host streams this slot");
                 said_standby = true;
             }
+            if let Some(silent) = self.end_a_frozen_owner(&lock, &lock_key).await? {
+                tracing::warn!(
+                    source = %self.name, slot = %source.slot_name, silent_ms = silent.as_millis() as u64,
+                    "the owner of the slot stopped beating: its lock session and stream were ended to take over"
+                );
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(STANDBY_POLL) => {}
                 _ = stopped(stop) => return Ok(()),
@@ -374,6 +411,63 @@ impl Runner {
         }
         self.stats.set_state(State::Owner);
         tracing::info!(source = %self.name, slot = %source.slot_name, %checkpoint, "owns the slot");
+        tokio::select! {
+            owned = self.own(stop, checkpoint, &mut lock_connection) => owned,
+            failed = beat(&lock) => Err(failed),
+        }
+    }
+
+    /// Ends the sessions of an owner that stopped beating: the session holding
+    /// `lock_key` when it has been idle past [`FROZEN_AFTER`], the stream on
+    /// the slot, and the owner's open transaction on the destination.
+    /// Returns how long the owner was silent, if it was ended. (A session
+    /// may end another of the same role; a server that refuses leaves the
+    /// standby waiting.)
+    async fn end_a_frozen_owner(&self, lock: &tokio_postgres::Client, lock_key: &str) -> Result<Option<Duration>> {
+        let slot = &self.config.source.slot_name;
+        let row = lock
+            .query_opt(
+                "WITH k AS (SELECT hashtextextended($1, 0) AS key) \
+                 SELECT a.pid, extract(epoch FROM now() - a.state_change)::float8 \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, k \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                   AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295 \
+                   AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => $2)",
+                &[&lock_key, &FROZEN_AFTER.as_secs_f64()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (pid, silent): (i32, f64) = (row.get(0), row.get(1));
+        lock.execute(
+            "SELECT pg_terminate_backend(pid) FROM (SELECT $1::int AS pid UNION ALL \
+             SELECT active_pid FROM pg_replication_slots WHERE slot_name = $2 AND active_pid IS NOT NULL) owner",
+            &[&pid, &slot],
+        )
+        .await?;
+        // Its transaction on the destination, if it froze in one, would hold
+        // the checkpoint row's lock: ended too.
+        let destination = self.pool.get().await.context("connect to the destination")?;
+        destination
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+                &[&apply_session_name(slot)],
+            )
+            .await?;
+        Ok(Some(Duration::from_secs_f64(silent.max(0.0))))
+    }
+
+    /// The slot's owner: streams and applies until asked to stop.
+    async fn own<L: std::future::Future + Unpin>(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        mut checkpoint: Lsn,
+        lock_connection: &mut L,
+    ) -> Result<()>
+    where
+        L::Output: std::fmt::Debug,
+    {
+        let source = &self.config.source;
 
         let mut client = ReplicationClient::connect(source).await?;
         if client.ensure_publication(&source.publication_name, &source.tables).await? {
@@ -393,8 +487,7 @@ impl Runner {
         // reports each committed position back to be confirmed.
         let (to_writer, from_stream) = ToWriterQueue::new(self.group_changes());
         let (committed, confirmations) = watch::channel(Lsn::INVALID);
-        let streaming =
-            self.stream_changes(stream, &mut lock_connection, stop, keys, checkpoint, to_writer, confirmations);
+        let streaming = self.stream_changes(stream, lock_connection, stop, keys, checkpoint, to_writer, confirmations);
         tokio::try_join!(streaming, self.write_changes(from_stream, committed, checkpoint))?;
         Ok(())
     }
@@ -703,7 +796,7 @@ impl Runner {
                     &[&self.name, &last.to_string()],
                 )
                 .await?;
-                tx.commit().await?;
+                tx.commit_checked().await?;
                 self.stats.applied(last_commit_time);
             }
             checkpoint = checkpoint.max(last);

@@ -7,6 +7,7 @@
 //! PostgreSQL reads back (`jsonb_populate_record` types them by the target
 //! table), so a replay needs nothing but SQL.
 
+use super::CommitChecked;
 use sluice_sdk::sql::{qualified, quote_ident};
 use sluice_sdk::{UpsertPlan, Value};
 use std::fmt::Write;
@@ -232,7 +233,7 @@ pub async fn replay(
             let tx = client.transaction().await?;
             tx.execute(&sql, &[&text]).await?;
             tx.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).await?;
-            tx.commit().await
+            tx.commit_checked().await
         };
         match attempt.await {
             Ok(()) => report.replayed += 1,

@@ -1,6 +1,7 @@
 //! Creating the tables components declare, and refusing changes that would
 //! need a destructive migration.
 
+use super::CommitChecked;
 use anyhow::{Context, Result, bail};
 use sluice_sdk::Table;
 use sluice_sdk::sql::{add_column, create_table, index_name, qualified, quote_ident};
@@ -94,6 +95,6 @@ pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Res
             }
         }
     }
-    tx.commit().await?;
+    tx.commit_checked().await?;
     Ok(())
 }

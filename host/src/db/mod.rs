@@ -9,7 +9,7 @@ pub mod tls;
 pub mod writer;
 
 use anyhow::{Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sluice_replication::tls::TlsSettings;
 use std::future::Future;
 use std::pin::Pin;
@@ -111,9 +111,22 @@ async fn spawn_connection(
     })
 }
 
+/// How long a pooled connection is used before it is closed and replaced,
+/// give or take a tenth (so a pool's connections do not all end at once).
+/// A session keeps the settings it started with (a role's
+/// `statement_timeout`, say); this bounds how long a change on the server
+/// takes to reach every connection.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
 /// A pool of `size` connections. Connections are opened lazily, so this
 /// succeeds while the server is down (but not with an unreadable root
 /// certificate file).
+///
+/// The pool's rules: a connection is opened when one is needed and none is
+/// idle; a connection the driver saw close is replaced when next taken; one
+/// older than [`MAX_CONNECTION_LIFETIME`] is closed instead of reused; and a
+/// connection on which a statement failed is closed by its user
+/// ([`discard`]), never returned with unknown session state.
 pub fn pool(settings: PgSettings, size: usize, wait: Duration) -> Result<Pool> {
     let tls = tls::connector(&settings.tls)?;
     let pg = settings.pg.clone();
@@ -128,8 +141,63 @@ pub fn pool(settings: PgSettings, size: usize, wait: Duration) -> Result<Pool> {
         .wait_timeout(Some(wait))
         .create_timeout(Some(wait))
         .recycle_timeout(Some(wait))
+        .pre_recycle(Hook::sync_fn(|_, metrics| {
+            if metrics.age() >= lifetime_of(metrics.created) {
+                return Err(HookError::Message("the connection reached its maximum lifetime".into()));
+            }
+            Ok(())
+        }))
         .build()?)
 }
+
+/// A connection's lifetime: [`MAX_CONNECTION_LIFETIME`] less up to a tenth,
+/// chosen by when it was made.
+fn lifetime_of(created: std::time::Instant) -> Duration {
+    let spread = MAX_CONNECTION_LIFETIME / 10;
+    let seed = created.duration_since(*PROCESS_START.get_or_init(std::time::Instant::now)).subsec_nanos();
+    MAX_CONNECTION_LIFETIME - spread.mul_f64(f64::from(seed % 1000) / 1000.0)
+}
+
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Closes a pooled connection instead of returning it to its pool: after a
+/// failed statement its session may hold an aborted transaction, a pending
+/// error the driver never read, or settings of an older session; a new
+/// connection holds none of these.
+pub fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+/// Commits a transaction, failing unless the server committed it.
+///
+/// `Transaction::commit` takes any answer to `COMMIT` without an error as
+/// success. But PostgreSQL answers the `COMMIT` of an aborted transaction
+/// with the tag `ROLLBACK` and no error, and a transaction can be aborted by
+/// an error the driver never read: a statement timeout or cancel that fires
+/// after a statement's `CommandComplete` (between a `COPY`'s end and the
+/// `Sync` that follows it, say) is dropped with the finished statement. So
+/// a statement goes first: in an aborted transaction it fails with 25P02,
+/// and the transaction is not acknowledged.
+pub trait CommitChecked {
+    fn commit_checked(self) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send;
+}
+
+impl CommitChecked for tokio_postgres::Transaction<'_> {
+    async fn commit_checked(self) -> Result<(), tokio_postgres::Error> {
+        self.batch_execute(STILL_OPEN).await?;
+        self.commit().await
+    }
+}
+
+impl CommitChecked for deadpool_postgres::Transaction<'_> {
+    async fn commit_checked(self) -> Result<(), tokio_postgres::Error> {
+        self.batch_execute(STILL_OPEN).await?;
+        self.commit().await
+    }
+}
+
+/// Fails in a transaction that is aborted, and costs nothing otherwise.
+const STILL_OPEN: &str = "SELECT";
 
 /// One connection, outside any pool (its task ends when the client drops).
 pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client> {

@@ -16,6 +16,7 @@
 
 use super::dead_letters::{self, DeadLetter};
 use super::encode::{self, ColumnArray};
+use super::{CommitChecked, discard};
 use crate::config::BatchConfig;
 use deadpool_postgres::Pool;
 use sluice_sdk::UpsertPlan;
@@ -126,7 +127,8 @@ impl std::fmt::Display for WriteError {
 pub enum Failure {
     /// Connection loss, `08` connection exceptions, `53` insufficient
     /// resources, `57P01`–`57P03` shutdown, `57014` cancelled, `55P03`
-    /// lock not available, pool timeouts: the same batch is retried.
+    /// lock not available, `25P02` a transaction aborted by an error that
+    /// came after its statement, pool timeouts: the same batch is retried.
     Transient,
     /// `40001` serialization failure and `40P01` deadlock: retried when
     /// `retry_on_deadlock` is on.
@@ -150,6 +152,10 @@ impl Failure {
             "55" if code == "55P03" => Failure::Transient,
             "40" if code == "40001" || code == "40P01" => Failure::Conflict,
             "40" => Failure::Transient,
+            // in_failed_sql_transaction: an error the driver never read
+            // aborted the transaction (`CommitChecked`); the write as such
+            // may succeed on a new connection.
+            "25" if code == "25P02" => Failure::Transient,
             "42" | "3D" | "3F" | "0A" | "25" | "28" | "2B" => Failure::Destination,
             _ => Failure::Data,
         }
@@ -159,6 +165,11 @@ impl Failure {
 /// `message (SQLSTATE code)`, or the error as it shows itself.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::IN_FAILED_SQL_TRANSACTION => format!(
+            "the transaction was aborted by an error that followed its last statement, such as a statement \
+             timeout or a cancel, and was not committed ({}; SQLSTATE 25P02)",
+            db.message()
+        ),
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => e.to_string(),
     }
@@ -348,7 +359,7 @@ fn events_of(jobs: &[Job]) -> Vec<Unit> {
 }
 
 /// Writes the jobs in one transaction, retrying transient failures with
-/// backoff until every job's deadline has passed. When the data is refused,
+/// backoff until the earliest of the jobs' deadlines. When the data is refused,
 /// [`isolate`] finds the refused events: the rest are written, and each
 /// refused event is reported with the database's reason.
 async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, rests: Arc<CopyRests>) {
@@ -361,7 +372,10 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, rests: Arc<C
             dead_lettered: false,
         })
         .collect();
-    let deadline = jobs.iter().map(|j| j.deadline).max().expect("a flush has jobs");
+    // Retries end at the earliest deadline of the flush's requests: a
+    // request is never held past its own (the others are answered with it,
+    // and retried or spooled by their clients and the service).
+    let deadline = jobs.iter().map(|j| j.deadline).min().expect("a flush has jobs");
     let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock, rests: &rests };
     let mut refusals = Vec::new();
     let outcome = batch.write_isolating(&mut refusals).await;
@@ -501,11 +515,18 @@ async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal
     }
     let keep = async {
         let mut client = pool.get().await.map_err(|e| e.to_string())?;
-        let tx = client.transaction().await.map_err(|e| describe(&e))?;
-        for (origin, letters) in &by_origin {
-            dead_letters::keep(&*tx, &origin.schema, &origin.tenant, letters).await.map_err(|e| describe(&e))?;
+        let kept = async {
+            let tx = client.transaction().await?;
+            for (origin, letters) in &by_origin {
+                dead_letters::keep(&*tx, &origin.schema, &origin.tenant, letters).await?;
+            }
+            tx.commit_checked().await
         }
-        tx.commit().await.map_err(|e| describe(&e))
+        .await;
+        if kept.is_err() {
+            discard(client);
+        }
+        kept.map_err(|e| describe(&e))
     };
     match keep.await {
         Ok(()) => true,
@@ -548,12 +569,24 @@ impl From<tokio_postgres::Error> for Attempt {
 /// of each row written.
 async fn write_units(pool: &Pool, jobs: &[Job], rests: &CopyRests) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut client = connect(pool).await?;
+    let written = write_units_on(&mut client, jobs, rests).await;
+    if written.is_err() {
+        discard(client);
+    }
+    written
+}
+
+async fn write_units_on(
+    client: &mut deadpool_postgres::Object,
+    jobs: &[Job],
+    rests: &CopyRests,
+) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut copy = Some(rests);
     loop {
         let tx = client.transaction().await?;
         match write_rows(&tx, jobs, None, copy).await {
             Ok(written) => {
-                tx.commit().await?;
+                tx.commit_checked().await?;
                 return Ok(written);
             }
             // Again, by upsert alone: it tells duplicates from new rows.
@@ -588,6 +621,18 @@ async fn isolate(
     units: &[Unit],
 ) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
     let mut client = connect(pool).await?;
+    let isolated = isolate_on(&mut client, jobs, units).await;
+    if isolated.is_err() {
+        discard(client);
+    }
+    isolated
+}
+
+async fn isolate_on(
+    client: &mut deadpool_postgres::Object,
+    jobs: &[Job],
+    units: &[Unit],
+) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
     let mut tx = client.transaction().await?;
     tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
     let (mut written, mut refusals) = (Vec::new(), Vec::new());
@@ -611,7 +656,7 @@ async fn isolate(
             Err(RowsError::CopyFailed) => unreachable!("isolate writes without COPY"),
         }
     }
-    tx.commit().await?;
+    tx.commit_checked().await?;
     Ok((written, refusals))
 }
 
