@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod faults;
 pub mod http;
 pub mod ingest;
 pub mod listener;

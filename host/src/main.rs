@@ -92,6 +92,7 @@ Examples:
 
 fn main() -> Result<ExitCode> {
     sluice::memory::tune_allocator();
+    sluice::faults::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => Ok(cli::exit(serve(config, listen))),

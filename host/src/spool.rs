@@ -115,6 +115,9 @@ impl Spool {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let path = self.dir.join(format!("{:020}-{}.req", request.received_at.max(0), n));
         let kept = (|| -> std::io::Result<()> {
+            if crate::faults::fires("spool-keep") {
+                return Err(std::io::Error::other("failpoint spool-keep"));
+            }
             let temporary = path.with_extension("tmp");
             let mut file = std::fs::File::create(&temporary)?;
             file.write_all(&bytes)?;
@@ -219,6 +222,10 @@ impl Spool {
             Ok(tally) => {
                 if !tally.rejected.is_empty() {
                     tracing::warn!(tenant = %tenant.id(), rejected = tally.rejected.len(), "a spooled request had events refused");
+                }
+                // As a crash between the commit and the delete: written again later.
+                if crate::faults::fires("spool-before-delete") {
+                    return Replayed::Blocked;
                 }
                 self.remove(&path);
                 Replayed::Written

@@ -520,3 +520,41 @@ async fn a_transaction_of_200k_changes_arrives_whole_and_in_order() {
     drop(sluice);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Faults injected between a change group's effects and its checkpoint,
+/// and between its commit and the confirmation to the source: the stream
+/// reconnects each time and every change is applied exactly once.
+async fn failpoint_under_concurrent_writers(failpoint: &str) {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    create_workload_tables(&client).await;
+    let toml = cdc_toml(&db, &["accounts", "tellers", "history"], "batch_changes = 16\nmemory_changes = 20");
+    let failpoints = format!("{failpoint}=3%return");
+    let sluice = Sluice::start_with_env(&toml, &[("SLUICE_DATABASE_URL", &db.url), ("FAILPOINTS", &failpoints)]);
+    wait_for_slot(&client, &db, &sluice).await;
+    count_audit_attempts(&client).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_workload(&db.url, 4, Duration::from_millis(2), stop.clone());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for writer in writers {
+        committed += writer.await.unwrap();
+    }
+    assert_exactly_once(&client, &sluice, 500).await;
+    let transactions = count(&client, "SELECT count(DISTINCT commit_lsn) FROM cdc_audit").await;
+    assert_eq!(transactions, committed as i64, "every committed transaction audited");
+    let fired = sluice.log().matches(&format!("failpoint {failpoint}")).count();
+    eprintln!("{failpoint}: fired {fired} times, {committed} transactions");
+    assert!(fired > 0, "the failpoint never fired; log:\n{}", sluice.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_between_effects_and_checkpoint_repeats_nothing() {
+    failpoint_under_concurrent_writers("cdc-before-checkpoint").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_between_commit_and_confirm_repeats_nothing() {
+    failpoint_under_concurrent_writers("cdc-before-confirm").await;
+}

@@ -312,6 +312,9 @@ async fn the_service_rides_out_database_outages() {
         Some(&data_dir),
     );
     until_status(&sluice.url("/readyz"), 503, Duration::from_secs(5)).await;
+    let ready = http().get(sluice.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.headers().contains_key("retry-after"), "every 503 says when to retry");
     let started = Instant::now();
     // Past its deadline the request is spooled: accepted, on disk.
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!([event("a", "1")])).await;

@@ -92,17 +92,92 @@ async fn client(url: String, id: usize, path: Path) -> Told {
 async fn stored(db: &TestDb) -> HashMap<String, i64> {
     let client = db.client().await;
     client.batch_execute("SET statement_timeout = 0").await.unwrap();
+    let exists: bool = client.query_one("SELECT to_regclass('events') IS NOT NULL", &[]).await.unwrap().get(0);
+    if !exists {
+        return HashMap::new();
+    }
     let rows = client.query("SELECT payload->>'k', count(*) FROM events GROUP BY 1", &[]).await.unwrap();
     rows.iter().map(|row| (row.get(0), row.get(1))).collect()
 }
 
+/// Runs the clients against `url` and checks at once that nothing answered
+/// 200 is missing, doubled or unsent. Returns what they were told.
+async fn send(sluice: &Sluice, db: &TestDb, path: Path, what: &str) -> Told {
+    let warmed = stored(db).await.contains_key("warmup");
+    let url = sluice.url("/v1/events");
+    let clients = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path)));
+    let mut told = Told::default();
+    for c in clients {
+        let c = c.await.unwrap();
+        told.acknowledged.extend(c.acknowledged);
+        told.spooled.extend(c.spooled);
+        told.sent.extend(c.sent);
+        for (status, n) in c.statuses {
+            *told.statuses.entry(status).or_default() += n;
+        }
+    }
+    if warmed {
+        told.acknowledged.insert("warmup".into());
+    }
+    told.sent.insert("warmup".into());
+    let now = stored(db).await;
+    let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
+    let doubled = now.values().filter(|&&n| n > 1).count();
+    let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
+    eprintln!(
+        "{what}, {path:?}: answers {:?}; acknowledged {}, spooled {}, missing {missing}, doubled {doubled}, \
+         never sent {unsent}",
+        told.statuses,
+        told.acknowledged.len(),
+        told.spooled.len()
+    );
+    assert_eq!((missing, doubled, unsent), (0, 0, 0), "the service's log:\n{}", sluice.log());
+    told
+}
+
+/// Waits until every spooled event is in the table, and checks again that
+/// nothing is missing, doubled or unsent.
+async fn spool_arrives(sluice: &Sluice, db: &TestDb, told: &Told) {
+    let started = Instant::now();
+    loop {
+        let now = stored(db).await;
+        let waiting = told.spooled.iter().filter(|k| !now.contains_key(*k)).count();
+        if waiting == 0 {
+            let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
+            let doubled = now.values().filter(|&&n| n > 1).count();
+            let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
+            assert_eq!((missing, doubled, unsent), (0, 0, 0));
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{waiting} spooled events never arrived; the service's log:\n{}",
+            sluice.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts the warm-up event (creating the table) until it is answered 200.
+async fn warm_up(sluice: &Sluice) {
+    let started = Instant::now();
+    loop {
+        let answer = http().post(sluice.url("/v1/events")).json(&json!([event("warmup")])).send().await.unwrap();
+        if answer.status() == 200 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no warm-up: {answer:?}; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const CONFIG: &str = "[limits]\nrequest_timeout_ms = 1000\n[spool]\nretry_interval_ms = 200\n";
+
 async fn acknowledged_events_are_committed(timeout_ms: u32, path: Path, spool: bool) {
     let db = TestDb::new().await;
-    let config = format!("[limits]\nrequest_timeout_ms = 1000\n[spool]\nenabled = {spool}\nretry_interval_ms = 200\n");
+    let config = CONFIG.replace("[spool]\n", &format!("[spool]\nenabled = {spool}\n"));
     let sluice = Sluice::start(Some(&db), &config);
-    let url = sluice.url("/v1/events");
-    let warmup = http().post(&url).json(&json!([event("warmup")])).send().await.unwrap();
-    assert_eq!(warmup.status(), 200);
+    warm_up(&sluice).await;
 
     // Every new session of the database gets the timeout; the service's
     // sessions are ended so its next ones do.
@@ -115,34 +190,8 @@ async fn acknowledged_events_are_committed(timeout_ms: u32, path: Path, spool: b
         )
         .await
         .unwrap();
-
-    let clients = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path)));
-    let mut told = Told::default();
-    for c in clients {
-        let c = c.await.unwrap();
-        told.acknowledged.extend(c.acknowledged);
-        told.spooled.extend(c.spooled);
-        told.sent.extend(c.sent);
-        for (status, n) in c.statuses {
-            *told.statuses.entry(status).or_default() += n;
-        }
-    }
-    told.acknowledged.insert("warmup".into());
-    told.sent.insert("warmup".into());
-
-    // Nothing answered 200 is missing, right now.
-    let now = stored(&db).await;
-    let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
-    let doubled = now.values().filter(|&&n| n > 1).count();
-    let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
-    eprintln!(
-        "statement_timeout {timeout_ms} ms, {path:?}, spool {spool}: answers {:?}; acknowledged {}, spooled {}, \
-         missing {missing}, doubled {doubled}, never sent {unsent}",
-        told.statuses,
-        told.acknowledged.len(),
-        told.spooled.len()
-    );
-    assert_eq!((missing, doubled, unsent), (0, 0, 0), "the service's log:\n{}", sluice.log());
+    let what = format!("statement_timeout {timeout_ms} ms, spool {spool}");
+    let mut told = send(&sluice, &db, path, &what).await;
 
     // Without the setting the service heals on its own: its sessions that
     // failed were closed, the new ones have no timeout.
@@ -152,7 +201,7 @@ async fn acknowledged_events_are_committed(timeout_ms: u32, path: Path, spool: b
     while in_a_row < 20 {
         assert!(started.elapsed() < Duration::from_secs(30), "the service did not heal; its log:\n{}", sluice.log());
         let key = format!("after-{}", started.elapsed().as_nanos());
-        let answer = http().post(&url).json(&json!([event(&key)])).send().await.unwrap();
+        let answer = http().post(sluice.url("/v1/events")).json(&json!([event(&key)])).send().await.unwrap();
         if answer.status() == 200 {
             in_a_row += 1;
             told.acknowledged.insert(key.clone());
@@ -162,26 +211,66 @@ async fn acknowledged_events_are_committed(timeout_ms: u32, path: Path, spool: b
         }
         told.sent.insert(key);
     }
+    spool_arrives(&sluice, &db, &told).await;
+}
 
-    // Every spooled request arrives, once.
-    let started = Instant::now();
-    loop {
-        let now = stored(&db).await;
-        let waiting = told.spooled.iter().filter(|k| !now.contains_key(*k)).count();
-        if waiting == 0 {
-            let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
-            let doubled = now.values().filter(|&&n| n > 1).count();
-            let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
-            assert_eq!((missing, doubled, unsent), (0, 0, 0));
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{waiting} spooled events never arrived; the service's log:\n{}",
-            sluice.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// The service with `failpoints` set (docs/operations.md lists them), under
+/// the clients; then every spooled event must arrive.
+async fn acknowledged_events_survive(failpoints: &str, path: Path) {
+    let db = TestDb::new().await;
+    let env = [("SLUICE_DATABASE_URL", db.url.as_str()), ("FAILPOINTS", failpoints)];
+    let sluice = Sluice::start_with_env(CONFIG, &env);
+    // (Where the first writes fail, the clients meet that, not a warm-up.)
+    if !failpoints.contains('*') {
+        warm_up(&sluice).await;
     }
+    let told = send(&sluice, &db, path, failpoints).await;
+    spool_arrives(&sluice, &db, &told).await;
+    for failpoint in failpoints.split(';').map(|f| f.split('=').next().unwrap()) {
+        let fired = sluice.log().matches(&format!("failpoint {failpoint} fired")).count();
+        assert!(fired > 0, "{failpoint} never fired; log:\n{}", sluice.log());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_before_a_statement() {
+    acknowledged_events_survive("write-before-statement=10%return", Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_after_a_statement() {
+    acknowledged_events_survive("write-after-statement=10%return", Path::Upsert).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_abandoned_after_its_data() {
+    acknowledged_events_survive("write-copy-before-end=10%return", Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_before_commit() {
+    acknowledged_events_survive("write-before-commit=10%return", Path::Copy).await;
+}
+
+/// Committed, but the answer lost: the client is told 503 (or 202), sends
+/// again, and the keys keep the rows single.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_after_commit() {
+    acknowledged_events_survive("write-after-commit=10%return", Path::Copy).await;
+}
+
+/// Writes fail for a while (the first 150 commits), so requests go to the
+/// spool, whose writes fail half the time (those are answered 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_write_that_fails() {
+    acknowledged_events_survive("write-before-commit=150*return;spool-keep=50%return", Path::Copy).await;
+}
+
+/// A replayed request whose file is not deleted (as a crash between commit
+/// and delete) is replayed again and written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_file_kept_after_its_commit() {
+    acknowledged_events_survive("write-before-commit=150*return;spool-before-delete=50%return", Path::Copy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,4 +301,111 @@ async fn statement_timeout_2ms_upsert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeout_5ms_upsert() {
     acknowledged_events_are_committed(5, Path::Upsert, false).await;
+}
+
+/// What the server does to the service's sessions while the clients send.
+#[derive(Clone, Copy, Debug)]
+enum ServerFault {
+    /// `pg_cancel_backend` on its sessions, at random moments.
+    Cancel,
+    /// `pg_terminate_backend` on its sessions, at random moments.
+    Terminate,
+    /// `lock_timeout` of 1 ms while another session holds the table's lock
+    /// now and then.
+    LockTimeout,
+    /// `idle_in_transaction_session_timeout` of 1 ms: a session that waits
+    /// between statements of a transaction is ended by the server.
+    IdleInTransaction,
+}
+
+async fn server_fault(fault: ServerFault, path: Path) {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), CONFIG);
+    warm_up(&sluice).await;
+    let admin = db.client().await;
+    let setting = match fault {
+        ServerFault::LockTimeout => Some("lock_timeout = '1ms'"),
+        ServerFault::IdleInTransaction => Some("idle_in_transaction_session_timeout = '1ms'"),
+        _ => None,
+    };
+    if let Some(setting) = setting {
+        admin.batch_execute(&format!("ALTER DATABASE {} SET {setting}", db.name)).await.unwrap();
+    }
+    let service_sessions = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'sluice'";
+    admin.execute(&format!("SELECT pg_terminate_backend(pid) FROM ({service_sessions}) s"), &[&db.name]).await.unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saboteur = {
+        let (stop, url, name) = (stop.clone(), db.url.clone(), db.name.clone());
+        tokio::spawn(async move {
+            let admin = crate::support::connect(&url).await;
+            admin.batch_execute("SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0").await.unwrap();
+            let mut struck = 0u64;
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                tokio::time::sleep(Duration::from_micros(2_000 + state % 20_000)).await;
+                let sql = match fault {
+                    ServerFault::Cancel => format!("SELECT count(pg_cancel_backend(pid)) FROM ({service_sessions}) s"),
+                    ServerFault::Terminate => {
+                        format!("SELECT count(pg_terminate_backend(pid)) FROM ({service_sessions} LIMIT 1) s")
+                    }
+                    ServerFault::LockTimeout => {
+                        admin.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE").await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        admin.batch_execute("COMMIT").await.unwrap();
+                        struck += 1;
+                        continue;
+                    }
+                    ServerFault::IdleInTransaction => break,
+                };
+                struck += admin.query_one(&sql, &[&name]).await.unwrap().get::<_, i64>(0) as u64;
+            }
+            struck
+        })
+    };
+    let told = send(&sluice, &db, path, &format!("{fault:?}")).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let struck = saboteur.await.unwrap();
+    eprintln!("{fault:?}: {struck} strikes");
+    if let Some(setting) = setting {
+        let name = setting.split(' ').next().unwrap();
+        admin.batch_execute(&format!("ALTER DATABASE {} RESET {name}", db.name)).await.unwrap();
+    }
+    if !matches!(fault, ServerFault::IdleInTransaction) {
+        assert!(struck > 0, "the fault was never injected");
+    }
+    spool_arrives(&sluice, &db, &told).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_cancelled_under_load_copy() {
+    server_fault(ServerFault::Cancel, Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_cancelled_under_load_upsert() {
+    server_fault(ServerFault::Cancel, Path::Upsert).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_terminated_under_load_copy() {
+    server_fault(ServerFault::Terminate, Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_terminated_under_load_upsert() {
+    server_fault(ServerFault::Terminate, Path::Upsert).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeouts_under_load() {
+    server_fault(ServerFault::LockTimeout, Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_transaction_timeouts_under_load() {
+    server_fault(ServerFault::IdleInTransaction, Path::Upsert).await;
 }

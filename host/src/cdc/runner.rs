@@ -791,6 +791,9 @@ impl Runner {
             if transactions == 0 {
                 tx.rollback().await?;
             } else {
+                if crate::faults::fires("cdc-before-checkpoint") {
+                    bail!("failpoint cdc-before-checkpoint");
+                }
                 tx.execute(
                     &format!("UPDATE {checkpoints} SET lsn = $2::text::pg_lsn, updated_at = now() WHERE source = $1"),
                     &[&self.name, &last.to_string()],
@@ -803,6 +806,9 @@ impl Runner {
             self.stats.transactions.fetch_add(transactions, Ordering::Relaxed);
             self.stats.changes.fetch_add(changes, Ordering::Relaxed);
             tracing::debug!(source = %self.name, lsn = %last, transactions, changes, "applied transactions");
+            if crate::faults::fires("cdc-before-confirm") {
+                bail!("failpoint cdc-before-confirm");
+            }
             committed.send_replace(last);
         }
         Ok(())

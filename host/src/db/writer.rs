@@ -18,6 +18,7 @@ use super::dead_letters::{self, DeadLetter};
 use super::encode::{self, ColumnArray};
 use super::{CommitChecked, discard};
 use crate::config::BatchConfig;
+use crate::faults;
 use deadpool_postgres::Pool;
 use sluice_sdk::UpsertPlan;
 use sluice_sdk::sql::Upsert;
@@ -420,7 +421,7 @@ impl Batch<'_> {
     ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
         // The whole batch first: its events are listed only when the
         // database refuses it, off the common path.
-        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs, self.rests)).await {
+        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs, self.rests, self.deadline)).await {
             Ok(rows) => return Ok(rows),
             Err(Err(e)) => return Err(e),
             Err(Ok(refusal)) => refusal,
@@ -430,7 +431,7 @@ impl Batch<'_> {
             refusals.push((unit, refusal));
             return Ok(Vec::new());
         }
-        match self.retrying(Some(&units), || isolate(self.pool, self.jobs, &units)).await {
+        match self.retrying(Some(&units), || isolate(self.pool, self.jobs, &units, self.deadline)).await {
             Ok((written, refused)) => {
                 refusals.extend(refused);
                 Ok(written)
@@ -463,12 +464,13 @@ impl Batch<'_> {
             let (failure, message) = match &error {
                 Attempt::Pool(e) => (Failure::Transient, e.to_string()),
                 Attempt::Database(e) => (Failure::of(e), describe(e)),
+                Attempt::Stalled => (Failure::Transient, STALLED.to_owned()),
             };
             match failure {
                 Failure::Data => {
                     return Err(Ok(match &error {
                         Attempt::Database(e) => Refusal::of(e),
-                        Attempt::Pool(_) => Refusal { sqlstate: String::new(), message },
+                        Attempt::Pool(_) | Attempt::Stalled => Refusal { sqlstate: String::new(), message },
                     }));
                 }
                 Failure::Destination => return Err(Err(WriteError::Unusable(message))),
@@ -557,7 +559,11 @@ fn rand_u32() -> u32 {
 enum Attempt {
     Pool(deadpool_postgres::PoolError),
     Database(tokio_postgres::Error),
+    /// Still unanswered at the deadline: its connection was closed.
+    Stalled,
 }
+
+const STALLED: &str = "the database did not answer before the request's deadline; the connection was closed";
 
 impl From<tokio_postgres::Error> for Attempt {
     fn from(e: tokio_postgres::Error) -> Attempt {
@@ -567,9 +573,16 @@ impl From<tokio_postgres::Error> for Attempt {
 
 /// One transaction writing every row of the jobs; returns (job, plan, row)
 /// of each row written.
-async fn write_units(pool: &Pool, jobs: &[Job], rests: &CopyRests) -> Result<Vec<(usize, usize, usize)>, Attempt> {
+async fn write_units(
+    pool: &Pool,
+    jobs: &[Job],
+    rests: &CopyRests,
+    deadline: Instant,
+) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut client = connect(pool).await?;
-    let written = write_units_on(&mut client, jobs, rests).await;
+    let written = tokio::time::timeout_at(deadline, write_units_on(&mut client, jobs, rests))
+        .await
+        .unwrap_or(Err(Attempt::Stalled));
     if written.is_err() {
         discard(client);
     }
@@ -586,7 +599,10 @@ async fn write_units_on(
         let tx = client.transaction().await?;
         match write_rows(&tx, jobs, None, copy).await {
             Ok(written) => {
+                faults::lose_connection(&*tx, "write-before-commit").await?;
                 tx.commit_checked().await?;
+                // Committed, but the answer lost: the outcome is unknown to the client.
+                faults::lose_connection(&***client, "write-after-commit").await?;
                 return Ok(written);
             }
             // Again, by upsert alone: it tells duplicates from new rows.
@@ -619,9 +635,11 @@ async fn isolate(
     pool: &Pool,
     jobs: &[Job],
     units: &[Unit],
+    deadline: Instant,
 ) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
     let mut client = connect(pool).await?;
-    let isolated = isolate_on(&mut client, jobs, units).await;
+    let isolated =
+        tokio::time::timeout_at(deadline, isolate_on(&mut client, jobs, units)).await.unwrap_or(Err(Attempt::Stalled));
     if isolated.is_err() {
         discard(client);
     }
@@ -668,10 +686,16 @@ pub async fn copy_in(
     data: bytes::Bytes,
 ) -> Result<u64, tokio_postgres::Error> {
     use futures_util::SinkExt;
-    let sink = tx.copy_in(copy_sql).await?;
-    futures_util::pin_mut!(sink);
+    // Boxed, so that dropping it ends the COPY.
+    let mut sink = Box::pin(tx.copy_in(copy_sql).await?);
     sink.send(data).await?;
-    sink.finish().await
+    if faults::fires("write-copy-before-end") {
+        // The data sent, the COPY is abandoned (CopyFail): the transaction is aborted.
+        drop(sink);
+        tx.batch_execute("SELECT").await?;
+        return Ok(0);
+    }
+    sink.as_mut().finish().await
 }
 
 /// Whether the upsert may write what a `COPY` failed to: the `COPY` met a
@@ -745,7 +769,10 @@ async fn write_rows(
             && rests.allows(copy_sql)
             && let Ok(data) = encode::copy_data(origin.iter().map(values))
         {
-            match copy_in(tx, copy_sql, data.freeze()).await {
+            faults::lose_connection(&**tx, "write-before-statement").await?;
+            let copied = copy_in(tx, copy_sql, data.freeze()).await;
+            faults::lose_connection(&**tx, "write-after-statement").await?;
+            match copied {
                 Ok(_) => {
                     crate::metrics::metrics().table_write("copy");
                     written.extend(origin);
@@ -773,7 +800,10 @@ async fn write_rows(
         }
         let statement = tx.prepare_cached(&upsert.sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        for row in tx.query(&statement, &params).await? {
+        faults::lose_connection(&**tx, "write-before-statement").await?;
+        let rows = tx.query(&statement, &params).await?;
+        faults::lose_connection(&**tx, "write-after-statement").await?;
+        for row in rows {
             let position: i64 = row.get(0);
             written.push(origin[(position - 1) as usize]);
         }
