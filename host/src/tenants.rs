@@ -454,7 +454,8 @@ impl Registry {
             }
             _ => {
                 let normalizer = self.normalizer(&spec).await?;
-                let migrated = match self.migrate(&destination, &database.schema, &normalizer, &spec.write_modes).await {
+                let migrated = match self.migrate(&destination, &database.schema, &normalizer, &spec.write_modes).await
+                {
                     Ok(()) => true,
                     Err(e) if db::is_unreachable(&e) => {
                         tracing::warn!(

@@ -166,7 +166,11 @@ mod tests {
 
     #[test]
     fn exact_names_win_over_prefixes() {
-        let modes = modes(&[("log_*", WriteMode::Append), ("log_events_*", WriteMode::Overwrite), ("log_x", WriteMode::OverwriteDeleteStale)]);
+        let modes = modes(&[
+            ("log_*", WriteMode::Append),
+            ("log_events_*", WriteMode::Overwrite),
+            ("log_x", WriteMode::OverwriteDeleteStale),
+        ]);
         assert_eq!(modes.of("log_events_1"), Some(WriteMode::Overwrite));
         assert_eq!(modes.of("log_other"), Some(WriteMode::Append));
         assert_eq!(modes.of("log_x"), Some(WriteMode::OverwriteDeleteStale));
