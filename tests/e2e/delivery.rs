@@ -31,16 +31,19 @@ async fn rows_the_database_refuses_are_isolated_and_reported() {
 
     let kinds = ["ok", "bad", "ok", "ok", "ok", "bad", "ok", "ok", "ok", "ok", "ok", "bad"];
     let body: Vec<Value> = kinds.iter().enumerate().map(|(i, k)| event(k, &format!("k{i}"))).collect();
-    let (status, _, answer) = tokio::time::timeout(Duration::from_secs(20), send(&sluice.url("/v1/events"), &json!(body)))
-        .await
-        .unwrap_or_else(|_| panic!("no answer in 20 s; the service's log:\n{}", sluice.log()));
+    let (status, _, answer) =
+        tokio::time::timeout(Duration::from_secs(20), send(&sluice.url("/v1/events"), &json!(body)))
+            .await
+            .unwrap_or_else(|_| panic!("no answer in 20 s; the service's log:\n{}", sluice.log()));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["inserted"], 9, "{answer}");
-    let rejected: Vec<u64> = answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    let rejected: Vec<u64> =
+        answer["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
     assert_eq!(rejected, [1, 5, 11], "{answer}");
     let reason = answer["rejected"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("no_bad") && reason.contains("23514"), "{reason}");
-    let stored: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
+    let stored: i64 =
+        client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
     assert_eq!(stored, 9);
 
     // Requests flushed together are isolated from each other as well.
@@ -125,8 +128,7 @@ async fn one_bad_event_in_a_thousand_is_dead_lettered_and_the_rest_commit() {
     let (status, _, _) = send(&sluice.url("/v1/events"), &json!([event("warmup", "w")])).await;
     assert_eq!(status, 200);
     client.batch_execute("ALTER TABLE events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
-    let body: Vec<Value> =
-        (0..1000).map(|i| event(if i == 617 { "bad" } else { "ok" }, &format!("t{i}"))).collect();
+    let body: Vec<Value> = (0..1000).map(|i| event(if i == 617 { "bad" } else { "ok" }, &format!("t{i}"))).collect();
     let (status, _, answer) = send(&sluice.url("/v1/events"), &json!(body)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["inserted"], 999, "{answer}");
@@ -136,10 +138,8 @@ async fn one_bad_event_in_a_thousand_is_dead_lettered_and_the_rest_commit() {
     assert!(rejected[0]["reason"].as_str().unwrap().contains("23514"), "{answer}");
     let ok: i64 = client.query_one("SELECT count(*) FROM events WHERE event_type = 'ok'", &[]).await.unwrap().get(0);
     assert_eq!(ok, 999);
-    let letters = client
-        .query("SELECT target_table, sqlstate, row->>'event_type' FROM sluice_dead_letters", &[])
-        .await
-        .unwrap();
+    let letters =
+        client.query("SELECT target_table, sqlstate, row->>'event_type' FROM sluice_dead_letters", &[]).await.unwrap();
     let letters: Vec<(String, String, String)> = letters.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(letters, [("events".to_owned(), "23514".to_owned(), "bad".to_owned())]);
 }
@@ -345,13 +345,8 @@ async fn the_service_rides_out_database_outages() {
     assert_eq!((status, answer["duplicates"].as_u64()), (200, Some(1)), "written from the spool: {answer}");
 
     let client = db.client().await;
-    let keys: Vec<String> = client
-        .query("SELECT event_id::text FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keys: Vec<String> =
+        client.query("SELECT event_id::text FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(keys.len(), 3, "each acknowledged event once: {keys:?}");
     drop(client);
     cluster.stop().unwrap();
@@ -360,7 +355,11 @@ async fn the_service_rides_out_database_outages() {
 
 /// Sends batches of events with idempotency keys until `stop`, recording
 /// each batch that was acknowledged and each that was not.
-async fn client_loop(url: String, next: std::sync::Arc<std::sync::atomic::AtomicU32>, stop: Instant) -> (Vec<u32>, Vec<u32>) {
+async fn client_loop(
+    url: String,
+    next: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    stop: Instant,
+) -> (Vec<u32>, Vec<u32>) {
     let (mut acked, mut unsure) = (Vec::new(), Vec::new());
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     while Instant::now() < stop {
@@ -404,9 +403,8 @@ async fn acknowledged_events_survive_sigkill() {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
         let run_for = Duration::from_millis(150 + (seed.wrapping_mul(round + 7) % 500));
         let stop = Instant::now() + run_for + Duration::from_millis(100);
-        let clients: Vec<_> = (0..4)
-            .map(|_| tokio::spawn(client_loop(sluice.url("/v1/events"), next.clone(), stop)))
-            .collect();
+        let clients: Vec<_> =
+            (0..4).map(|_| tokio::spawn(client_loop(sluice.url("/v1/events"), next.clone(), stop))).collect();
         if round < 10 {
             tokio::time::sleep(run_for).await;
             sluice.child.kill().unwrap();
@@ -431,13 +429,8 @@ async fn acknowledged_events_survive_sigkill() {
     let client = db.client().await;
     // Every batch sent — acknowledged, or unsure and retried — is there in
     // full, and no event twice (a duplicate key would show as more rows).
-    let keys: Vec<String> = client
-        .query("SELECT payload->>'k' FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keys: Vec<String> =
+        client.query("SELECT payload->>'k' FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let distinct: std::collections::HashSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "an event was stored twice");
     for batch in acked.iter().chain(&unsure) {

@@ -59,7 +59,10 @@ async fn overwrite_replaces_and_append_keeps() {
     let answer = send(&logs, &json!({"id": id, "message": "second"}), &[]).await;
     assert_eq!(answer["duplicates"], 1, "{answer}");
     let table: String = client
-        .query_one("SELECT tablename::text FROM pg_tables WHERE schemaname = 'acme' AND tablename LIKE 'log_events_%'", &[])
+        .query_one(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'acme' AND tablename LIKE 'log_events_%'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
