@@ -325,7 +325,7 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
     (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
     (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
     (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
 ))]
 pub(crate) async fn get_query(
     State(app): State<Arc<App>>,
@@ -370,7 +370,8 @@ pub struct QueryAnswer {
     columns: Vec<QueryColumn>,
     /// Rows in `result`.
     rows: u64,
-    /// Whether rows past `[query] max_rows` were left out.
+    /// Whether rows past `[query] max_rows`, or past `[query] max_bytes` of
+    /// rows, were left out.
     truncated: bool,
 }
 
@@ -394,7 +395,7 @@ pub struct QueryColumn {
     (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
     (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
     (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
 ))]
 pub(crate) async fn post_query(
     State(app): State<Arc<App>>,
