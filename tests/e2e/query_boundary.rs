@@ -129,6 +129,10 @@ async fn queries_log_in_as_a_role_that_can_only_read_their_schema() {
                $$ SELECT query_to_xml('SELECT rolname, rolpassword FROM pg_authid', true, true, '') $$; \
              CREATE FUNCTION acme.other() RETURNS xml LANGUAGE sql AS \
                $$ SELECT query_to_xml('SELECT * FROM globex.secrets', true, true, '') $$; \
+             CREATE FUNCTION acme.slot() RETURNS text LANGUAGE sql AS \
+               $$ SELECT slot_name::text FROM pg_create_logical_replication_slot('acme_stolen', 'pgoutput') $$; \
+             CREATE FUNCTION acme.activity() RETURNS text LANGUAGE sql AS \
+               $$ SELECT string_agg(query, ' | ') FROM pg_stat_activity WHERE usename <> current_user $$; \
              CREATE FUNCTION acme.unrole() RETURNS text LANGUAGE sql AS $$ SELECT set_config('role', 'none', true) $$; \
              CREATE FUNCTION acme.grab() RETURNS bigint LANGUAGE sql AS \
                $$ SELECT count(*) FROM (SELECT pg_advisory_lock(hashtext('sluice:migrate'))) x $$",
@@ -149,6 +153,21 @@ async fn queries_log_in_as_a_role_that_can_only_read_their_schema() {
         denied(&result);
         assert!(!result.2.contains("4111-GLOBEX") && !result.2.contains("root:"), "{sql}: {}", result.2);
     }
+    // No replication slot for the tenant's role.
+    let (status, body, _) = query(&sluice, Some(ACME_TOKEN), "SELECT slot()", json!([])).await;
+    assert_eq!(status, 400, "{body}");
+    let slots: i64 = client
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'acme_stolen'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+    // Other sessions' SQL stays hidden: this test's own superuser session
+    // last ran a marker.
+    client.batch_execute("SELECT 'marker-7731'").await.unwrap();
+    let (status, body, text) = query(&sluice, Some(ACME_TOKEN), "SELECT activity() AS a", json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!text.contains("marker-7731") && text.contains("insufficient privilege"), "{text}");
     // set_config('role', 'none') gives back only the login itself.
     let (status, body, _) =
         query(&sluice, Some(ACME_TOKEN), "SELECT unrole() AS r, current_user AS who", json!([])).await;
