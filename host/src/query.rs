@@ -262,7 +262,13 @@ impl Queries {
                 Access::Off { setting, why: why.clone(), at: Instant::now() }
             }
         };
-        self.tenants.lock().unwrap().insert(tenant.id().to_owned(), access);
+        let snapshot = registry.snapshot();
+        let mut tenants = self.tenants.lock().unwrap();
+        // Deleted tenants' pools (and their idle connections) go.
+        tenants.retain(|id, _| snapshot.tenants.contains_key(id));
+        tenants.insert(tenant.id().to_owned(), access);
+        drop(tenants);
+        self.making.lock().unwrap().retain(|id, _| id == tenant.id() || snapshot.tenants.contains_key(id));
         made
     }
 
