@@ -315,3 +315,48 @@ pub fn agree(sql: &str, spans: &[Span], tokens: &[TokenWithSpan]) -> Result<(), 
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of each opaque span, with its kind.
+    fn spans(sql: &str) -> Vec<(Kind, &str)> {
+        scan(sql).unwrap().iter().map(|s| (s.kind, &sql[s.start..s.end])).collect()
+    }
+
+    #[test]
+    fn spans_are_found_by_postgresqls_rules() {
+        use Kind::*;
+        assert_eq!(
+            spans("SELECT 'a''b', E'c\\'d', e'\\\\'"),
+            [(String, "'a''b'"), (String, "E'c\\'d'"), (String, "e'\\\\'")]
+        );
+        assert_eq!(spans("SELECT '\\' , x"), [(String, "'\\'")]);
+        assert_eq!(spans("SELECT $$a'b$$, $t$ $$ $t$, $1"), [(String, "$$a'b$$"), (String, "$t$ $$ $t$")]);
+        // `$` continues a name: no dollar quote starts inside one.
+        assert_eq!(spans("SELECT a$$b, x$y$"), []);
+        assert_eq!(spans("SELECT \"a\"\"b\" FROM t"), [(QuotedIdentifier, "\"a\"\"b\"")]);
+        assert_eq!(
+            spans("SELECT 1 /* a /* b */ c */ -- d\r\n"),
+            [(BlockComment, "/* a /* b */ c */"), (LineComment, "-- d")]
+        );
+        // A comment inside an operator ends it; `1e'x'` is 1 and an E'' string.
+        assert_eq!(
+            spans("SELECT 1 +--c\n1, 1e'x', b'01', X'ff', N'n'"),
+            [(LineComment, "--c"), (String, "e'x'"), (String, "b'01'"), (String, "X'ff'"), (String, "N'n'")]
+        );
+        // Names that end in e, b, x, n, u are names: no string prefix.
+        assert_eq!(spans("SELECT type'x', nu&'y'"), [(String, "'x'"), (String, "'y'")]);
+    }
+
+    #[test]
+    fn unicode_escapes_and_open_tokens_are_refused() {
+        for sql in ["SELECT U&\"a\"", "SELECT u&'a'", "SELECT 'a' UESCAPE '!'", "SELECT x FROM t WHERE uescape = 1"] {
+            assert!(scan(sql).unwrap_err().contains("Unicode escapes"), "{sql}");
+        }
+        for sql in ["SELECT 'a", "SELECT E'a\\'", "SELECT \"a", "SELECT $q$ a", "SELECT /* /* */"] {
+            assert!(scan(sql).unwrap_err().contains("is not closed"), "{sql}");
+        }
+    }
+}
