@@ -133,13 +133,34 @@ async fn queries_log_in_as_a_role_that_can_only_read_their_schema() {
                $$ SELECT slot_name::text FROM pg_create_logical_replication_slot('acme_stolen', 'pgoutput') $$; \
              CREATE FUNCTION acme.activity() RETURNS text LANGUAGE sql AS \
                $$ SELECT string_agg(query, ' | ') FROM pg_stat_activity WHERE usename <> current_user $$; \
+             CREATE FUNCTION acme.big_object() RETURNS text LANGUAGE sql AS \
+               $$ SELECT convert_from(lo_get(4242), 'UTF8') $$; \
              CREATE FUNCTION acme.unrole() RETURNS text LANGUAGE sql AS $$ SELECT set_config('role', 'none', true) $$; \
              CREATE FUNCTION acme.grab() RETURNS bigint LANGUAGE sql AS \
                $$ SELECT count(*) FROM (SELECT pg_advisory_lock(hashtext('sluice:migrate'))) x $$",
         )
         .await
         .unwrap();
+    // A large object of someone else's, and (where the extension is
+    // installed) dblink.
+    client.batch_execute("SELECT lo_from_bytea(4242, 'secret-large-object')").await.unwrap();
+    let dblink = client.batch_execute("CREATE EXTENSION IF NOT EXISTS dblink").await.is_ok();
+    if dblink {
+        client
+            .batch_execute(&format!(
+                "CREATE FUNCTION acme.dbl() RETURNS text LANGUAGE sql AS \
+                 $$ SELECT string_agg(p, ',') FROM dblink('dbname={} host=127.0.0.1', \
+                    'SELECT rolpassword FROM pg_authid') AS t(p text) $$",
+                db.name
+            ))
+            .await
+            .unwrap();
+        let (status, body, text) = query(&sluice, Some(ACME_TOKEN), "SELECT dbl()", json!([])).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(!text.contains("SCRAM-SHA-256$"), "{text}");
+    }
     for sql in [
+        "SELECT big_object()",
         "SELECT peek()",
         "SELECT peek_events()",
         "SELECT passwd()",
@@ -151,7 +172,11 @@ async fn queries_log_in_as_a_role_that_can_only_read_their_schema() {
     ] {
         let result = query(&sluice, Some(ACME_TOKEN), sql, json!([])).await;
         denied(&result);
-        assert!(!result.2.contains("4111-GLOBEX") && !result.2.contains("root:"), "{sql}: {}", result.2);
+        let text = &result.2;
+        assert!(
+            !text.contains("4111-GLOBEX") && !text.contains("root:") && !text.contains("secret-large"),
+            "{sql}: {text}"
+        );
     }
     // No replication slot for the tenant's role.
     let (status, body, _) = query(&sluice, Some(ACME_TOKEN), "SELECT slot()", json!([])).await;

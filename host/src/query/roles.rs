@@ -99,7 +99,8 @@ pub async fn login(
 
 /// Refuses a login that could do more than read: a superuser, one that
 /// creates roles or databases, replicates, bypasses row security, or is a
-/// member of a predefined role that reads files, settings or all data.
+/// member of a predefined role that reads files, settings or all data
+/// (a member at all, even without inheriting: it could `SET ROLE`).
 async fn check_login(settings: &PgSettings, tenant: &str) -> Result<(), Unavailable> {
     let user = settings.get_user().unwrap_or_default().to_owned();
     let client = db::connect(settings).await.map_err(|e| {
@@ -107,7 +108,7 @@ async fn check_login(settings: &PgSettings, tenant: &str) -> Result<(), Unavaila
     })?;
     let query = "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls, \
                         ARRAY(SELECT p.rolname::text FROM pg_roles p WHERE p.rolname = ANY($1) \
-                              AND pg_has_role(r.oid, p.oid, 'USAGE')) \
+                              AND pg_has_role(r.oid, p.oid, 'MEMBER')) \
                  FROM pg_roles r WHERE r.rolname = current_user";
     let roles: Vec<&str> = PRIVILEGED_ROLES.to_vec();
     let row = client
