@@ -411,3 +411,65 @@ async fn without_createrole_queries_are_off_unless_a_reader_login_is_configured(
     assert!(error.contains("may do more than read (CREATEDB)"), "{error}");
     assert!(!error.contains("powerful-password"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_state_outlives_a_query() {
+    let db = TestDb::new().await;
+    // One connection, so each query meets the one before's session.
+    let sluice = Sluice::start(Some(&db), &config("pool_size = 1\nmax_bytes = 4096\nstatement_timeout_ms = 1000"));
+    let client = db.client().await;
+    let pid = || async {
+        let (status, body, _) = query(&sluice, Some(ACME_TOKEN), "SELECT pg_backend_pid() AS pid", json!([])).await;
+        assert_eq!(status, 200, "{body}");
+        body["result"][0]["pid"].as_i64().unwrap()
+    };
+    let alive = |pid: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&(pid as i32)])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    let first = pid().await;
+    assert_eq!(pid().await, first, "a clean connection is used again");
+
+    // A session lock taken (through a function the checks let run) is
+    // released by DISCARD ALL before the answer; the connection stays.
+    client
+        .batch_execute(
+            "CREATE FUNCTION acme.grab() RETURNS bigint LANGUAGE sql AS \
+             $$ SELECT count(*) FROM (SELECT pg_advisory_lock(77)) x $$",
+        )
+        .await
+        .unwrap();
+    let (status, body, _) = query(&sluice, Some(ACME_TOKEN), "SELECT grab()", json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(client.query_one(ADVISORY_LOCKS, &[]).await.unwrap().get::<_, i64>(0), 0);
+    assert_eq!(pid().await, first);
+
+    // A query that fails, one that times out, and one cut at the byte cap:
+    // each closes its connection.
+    let mut last = first;
+    for (sql, expected) in [
+        ("SELECT 1/0", 400),
+        ("SELECT pg_sleep(5)", 408),
+        ("SELECT repeat('x', 1000) FROM generate_series(1, 100000)", 200),
+    ] {
+        let (status, body, _) = query(&sluice, Some(ACME_TOKEN), sql, json!([])).await;
+        assert_eq!(status, expected, "{sql}: {body}");
+        let next = pid().await;
+        assert_ne!(next, last, "{sql}: the connection was used again");
+        for _ in 0..50 {
+            if !alive(last).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!alive(last).await, "{sql}: its session still runs");
+        last = next;
+    }
+}
