@@ -473,3 +473,56 @@ async fn no_session_state_outlives_a_query() {
         last = next;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_as_admin_makes_the_roles_a_writer_without_createrole_uses() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let writer = format!("{}_qwriter", db.name);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("query-migrate-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sluice.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\n[components]\ncache_dir = {:?}\n{}",
+            dir.join("data"),
+            crate::support::cache_dir(),
+            config("")
+        ),
+    )
+    .unwrap();
+    // migrate, as the admin (superuser): the tables, and the reader roles.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["migrate", "--config"])
+        .arg(&file)
+        .args(["--database-url", &db.url])
+        .env_remove("SLUICE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("query role sluice_q_acme_") && stdout.contains("of tenant globex"), "{stdout}");
+
+    // The writer of docs/operations.md, with SELECT on the roles' passwords.
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {writer} LOGIN PASSWORD 'writer-pw'; \
+             GRANT USAGE ON SCHEMA acme, globex, public TO {writer}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA acme, globex, public TO {writer}; \
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA acme, globex, public TO {writer}; \
+             GRANT USAGE ON SCHEMA _sluice TO {writer}; GRANT SELECT ON _sluice.query_roles TO {writer}"
+        ))
+        .await
+        .unwrap();
+    let url = url_as(&db.url, &writer, "writer-pw");
+    let sluice = Sluice::start_with_env(&config(""), &[("SLUICE_DATABASE_URL", url.as_str())]);
+    ingest(&sluice, ACME_KEY, EXAMPLE).await;
+    let (status, body, _) =
+        query(&sluice, Some(ACME_TOKEN), "SELECT current_user AS who, count(*) AS n FROM events", json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["result"][0]["who"].as_str().unwrap().starts_with("sluice_q_acme_"), "{body}");
+    assert_eq!(body["result"][0]["n"], 1);
+    drop(sluice);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -132,8 +132,19 @@ async fn check_login(settings: &PgSettings, tenant: &str) -> Result<(), Unavaila
     Ok(())
 }
 
+/// Makes (or brings up to date) the reader role of `tenant` as `sluice
+/// migrate` does, with an admin's connection, and returns its name.
+pub async fn make(
+    service: &PgSettings,
+    tenant: &str,
+    schema: &str,
+    config: &QueryConfig,
+) -> Result<String, Unavailable> {
+    make_role(service, tenant, schema, config).await.map(|(role, _)| role)
+}
+
 /// Makes (or brings up to date) the role of `tenant`, and returns its name
-/// and password.
+/// and password; where Sluice's login may not make roles, one made before.
 async fn make_role(
     service: &PgSettings,
     tenant: &str,
@@ -157,15 +168,30 @@ async fn make_role(
         .await
         .map_err(|e| Unavailable(format!("the database of tenant {tenant} could not be asked: {e}")))?;
     let (dbname, user, may): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+    let role = role_name(&dbname, tenant);
     if !may {
+        // A role made before by a login that could (`sluice migrate` as an
+        // admin) is used as it is, if this login may read its password.
+        let made = client
+            .query_opt(
+                &format!(
+                    "SELECT q.password FROM {}.query_roles q JOIN pg_roles r ON r.rolname = q.role WHERE q.role = $1",
+                    quote_ident(INTERNAL_SCHEMA)
+                ),
+                &[&role],
+            )
+            .await;
+        if let Ok(Some(row)) = made {
+            return Ok((role, row.get(0)));
+        }
         return Err(Unavailable(format!(
             "queries are off for tenant {tenant}: they run as a login that can only read the tenant's schema, \
              which Sluice makes itself, but its database user {user:?} may not create roles (it has neither \
-             CREATEROLE nor SUPERUSER). The operator can grant it CREATEROLE, or create a reader login and \
-             name it in [query] reader_user and reader_password (see docs/query.md)"
+             CREATEROLE nor SUPERUSER). The operator can grant it CREATEROLE, run `sluice migrate` as an admin \
+             (it makes the roles) and grant {user:?} SELECT on {INTERNAL_SCHEMA}.query_roles, or create a reader \
+             login and name it in [query] reader_user and reader_password (see docs/query.md)"
         )));
     }
-    let role = role_name(&dbname, tenant);
     let made = provision(&mut client, &role, &user, schema, config).await;
     made.map(|password| (role.clone(), password)).map_err(|e| {
         Unavailable(format!("queries are off for tenant {tenant}: making its reader role {role} failed: {e:#}"))
