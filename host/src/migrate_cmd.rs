@@ -3,8 +3,9 @@
 //! anything (see docs/operations.md, "Least privilege").
 //!
 //! It creates the schema and tables of the service's component and of every
-//! tenant (configured or in the registry), and each schema's dead-letter
-//! table. `serve` then finds them in place and runs no DDL.
+//! tenant (configured or in the registry), each schema's dead-letter
+//! table, and the query API's reader role of every tenant that may query.
+//! `serve` then finds them in place and runs no DDL.
 
 use crate::config::{Config, DatabaseConfig};
 use crate::db;
