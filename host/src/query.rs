@@ -1402,6 +1402,8 @@ mod tests {
             "SELECT 1.5e3, .5, 1e-2, $1, $2::int, a.b, \"x\"\"y\" FROM t -- end",
             "SELECT 'a'\n'b', E'\\n', x'1f', 1::text || 'é', 'ü' AS \"ñ\"",
             "SELECT * FROM events WHERE payload->>'a' = $1 AND payload @> '{}'::jsonb /* c */",
+            "SELECT 'a\nb', /* x\n y */ 1 -- z\n, $$c\nd$$, \"e\nf\" FROM events\n\n WHERE 'é\nü' <> E'\\n'",
+            "SELECT 1\r\n, 'a'\t-- tab\r\n FROM events",
         ] {
             ok(sql);
         }

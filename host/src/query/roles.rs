@@ -172,17 +172,8 @@ async fn make_role(
     if !may {
         // A role made before by a login that could (`sluice migrate` as an
         // admin) is used as it is, if this login may read its password.
-        let made = client
-            .query_opt(
-                &format!(
-                    "SELECT q.password FROM {}.query_roles q JOIN pg_roles r ON r.rolname = q.role WHERE q.role = $1",
-                    quote_ident(INTERNAL_SCHEMA)
-                ),
-                &[&role],
-            )
-            .await;
-        if let Ok(Some(row)) = made {
-            return Ok((role, row.get(0)));
+        if let Some(password) = made_before(&client, &role).await {
+            return Ok((role, password));
         }
         return Err(Unavailable(format!(
             "queries are off for tenant {tenant}: they run as a login that can only read the tenant's schema, \
@@ -192,10 +183,30 @@ async fn make_role(
              login and name it in [query] reader_user and reader_password (see docs/query.md)"
         )));
     }
-    let made = provision(&mut client, &role, &user, schema, config).await;
-    made.map(|password| (role.clone(), password)).map_err(|e| {
-        Unavailable(format!("queries are off for tenant {tenant}: making its reader role {role} failed: {e:#}"))
-    })
+    match provision(&mut client, &role, &user, schema, config).await {
+        Ok(password) => Ok((role, password)),
+        Err(e) => {
+            // Made by another login (with PostgreSQL 16, only the role's
+            // maker may alter it): used as it is, if it can be.
+            if let Some(password) = made_before(&client, &role).await {
+                tracing::warn!(%role, "query role kept as it is: bringing it up to date failed: {e:#}");
+                return Ok((role, password));
+            }
+            Err(Unavailable(format!(
+                "queries are off for tenant {tenant}: making its reader role {role} failed: {e:#}"
+            )))
+        }
+    }
+}
+
+/// The password of `role` as kept by whoever made it, if the role exists
+/// and this login may read it.
+async fn made_before(client: &tokio_postgres::Client, role: &str) -> Option<String> {
+    let sql = format!(
+        "SELECT q.password FROM {}.query_roles q JOIN pg_roles r ON r.rolname = q.role WHERE q.role = $1",
+        quote_ident(INTERNAL_SCHEMA)
+    );
+    client.query_opt(&sql, &[&role]).await.ok().flatten().map(|row| row.get(0))
 }
 
 /// In one transaction (hosts take turns): the role, its password, its
