@@ -3,8 +3,9 @@
 //! anything (see docs/operations.md, "Least privilege").
 //!
 //! It creates the schema and tables of the service's component and of every
-//! tenant (configured or in the registry), and each schema's dead-letter
-//! table. `serve` then finds them in place and runs no DDL.
+//! tenant (configured or in the registry), each schema's dead-letter
+//! table, and the query API's reader role of every tenant that may query.
+//! `serve` then finds them in place and runs no DDL.
 
 use crate::config::{Config, DatabaseConfig};
 use crate::db;
@@ -81,6 +82,31 @@ pub async fn migrate(config: Config, database_url: Option<String>) -> Result<()>
                 create_dead_letters(&client, &tenant.schema)
                     .await
                     .with_context(|| format!("tenant {}", tenant.id()))?;
+            }
+        }
+        // The query API's reader roles, made here by the admin connection
+        // so a `serve` whose login may not create roles can use them.
+        if config.query.reader_user.is_none() {
+            let snapshot = registry.snapshot();
+            let mut readers: Vec<(String, String, DatabaseConfig)> = snapshot
+                .tenants
+                .values()
+                .filter(|tenant| tenant.spec.apis.contains(&crate::tenants::Api::Query))
+                .map(|tenant| (tenant.id().to_owned(), tenant.schema.clone(), registry.database_of(&tenant.spec)))
+                .collect();
+            if readers.is_empty() && snapshot.tenants.is_empty() {
+                readers.push(("default".into(), database.schema.clone(), database.clone()));
+            }
+            for (id, schema, tenant_database) in readers {
+                // Not fatal: an admin that may not create roles still
+                // migrates, and the query API says why it is off.
+                match crate::query::roles::make(&tenant_database.pg_config()?, &id, &schema, &config.query).await {
+                    Ok(role) => println!("query role {role} of tenant {id}"),
+                    Err(e) => {
+                        tracing::warn!(tenant = %id, "no query role: {}", e.0);
+                        eprintln!("tenant {id}: no query role: {}", e.0);
+                    }
+                }
             }
         }
         let tenants = registry.snapshot().tenants.len();

@@ -3,17 +3,26 @@
 //! `{"sql": "…", "params": […]}`, authorized by a tenant's private access
 //! token (never an ingest key).
 //!
-//! A query runs in a `READ ONLY` transaction on a small pool of its own per
-//! database (so queries never take the ingest writer's connections), with
-//! `statement_timeout`, a row cap, and `search_path` set to the tenant's
-//! schema alone. Before it reaches PostgreSQL it is parsed and checked: one
-//! query only (SELECT, WITH, VALUES, TABLE), no data-modifying WITH, no
-//! relation outside the tenant's schema, no function that reads files, other
-//! databases or settings. PostgreSQL renders every row as JSON
-//! (`to_json`), and that text goes to the client as it is. See docs/query.md.
+//! The boundary is PostgreSQL's privileges: a tenant's queries run on a
+//! small pool of its own, whose connections log in as a role that can only
+//! read that tenant's schema (see `roles`), never as the login Sluice
+//! writes with. A query runs in a `READ ONLY` transaction with
+//! `statement_timeout`, caps on the answer's rows and bytes, and
+//! `search_path` set to the tenant's schema alone, and its connection ends
+//! with `DISCARD ALL` (or is closed), so no session state outlives it.
+//! Before it reaches PostgreSQL it is read by PostgreSQL's lexical rules,
+//! parsed and checked, on a thread with a large stack and within bounds of
+//! length and tokens: one query only (SELECT, WITH, VALUES, TABLE), no
+//! data-modifying WITH, no relation outside the tenant's schema, no
+//! function that reads files, other databases or settings, or takes
+//! advisory locks. PostgreSQL renders every row as JSON (`to_json`), and
+//! that text goes to the client as it is. See docs/query.md.
+
+mod lexer;
+pub mod roles;
 
 use crate::config::DatabaseConfig;
-use crate::db;
+use crate::db::{self, PgSettings};
 use crate::http::{App, api_key, error};
 use crate::ingest::Tenant;
 use crate::tenants::{Api, Registry};
@@ -25,9 +34,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool};
+use futures_util::StreamExt;
+use roles::Unavailable;
 use serde::Deserialize;
 use serde_json::json;
-use sluice_sdk::sql::{check_ident, quote_ident, quote_literal};
+use sluice_sdk::sql::{quote_ident, quote_literal};
 use sqlparser::ast::{
     Expr, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
@@ -50,20 +61,59 @@ pub struct QueryConfig {
     pub statement_timeout_ms: u64,
     /// Most rows one answer carries; more set `truncated`.
     pub max_rows: usize,
-    /// Connections per database for queries, apart from the ingest pool.
+    /// Most bytes of rows one answer carries; more set `truncated`.
+    pub max_bytes: usize,
+    /// Connections per tenant for queries, apart from the ingest pool: one
+    /// tenant's queries never wait for another's.
     pub pool_size: usize,
-    /// A role to `SET LOCAL ROLE` to for every query (it should be able to
-    /// read the tenant schemas and nothing else); `{tenant}` in it is
-    /// replaced by the tenant's id, for a role per tenant. Without one,
-    /// queries run as the user Sluice connects as.
-    pub role: Option<String>,
+    /// Longest SQL text accepted, in bytes.
+    pub max_sql_bytes: usize,
+    /// Most tokens (words, numbers, operators, strings) in one SQL text:
+    /// it bounds how deep the syntax tree the checks walk can be.
+    pub max_sql_tokens: usize,
+    /// `work_mem` of the roles Sluice makes, in kB.
+    pub work_mem_kb: u64,
+    /// `temp_file_limit` of the roles Sluice makes, in kB (set where
+    /// Sluice's login is a superuser; elsewhere the server's holds).
+    pub temp_file_limit_kb: u64,
+    /// A login of the operator's for queries, in place of the roles Sluice
+    /// makes; `{tenant}` is replaced by the tenant's id. It must only be
+    /// able to read the tenant's schema (Sluice refuses a privileged one).
+    pub reader_user: Option<String>,
+    /// Its password; `{tenant}` is replaced too.
+    pub reader_password: Option<String>,
 }
 
 impl Default for QueryConfig {
     fn default() -> QueryConfig {
-        QueryConfig { statement_timeout_ms: 5_000, max_rows: 10_000, pool_size: 4, role: None }
+        QueryConfig {
+            statement_timeout_ms: 5_000,
+            max_rows: 10_000,
+            max_bytes: 16 << 20,
+            pool_size: 4,
+            max_sql_bytes: 256 << 10,
+            max_sql_tokens: 20_000,
+            work_mem_kb: 4 << 10,
+            temp_file_limit_kb: 1 << 20,
+            reader_user: None,
+            reader_password: None,
+        }
     }
 }
+
+/// Bounds of `max_sql_tokens`: the checks' stack is sized for the deepest
+/// syntax tree this many tokens make.
+const MAX_SQL_TOKENS: usize = 100_000;
+/// The stack of the thread that parses, checks and drops a query's syntax
+/// tree: deep enough for a left-deep tree of `MAX_SQL_TOKENS / 2` levels
+/// (`1+1+…`, `… UNION ALL …`), which recurses in the checks' walk and in
+/// the tree's drop. Only the pages touched are ever committed.
+const CHECK_STACK_BYTES: usize = 1 << 30;
+/// Checks running at once (each on its own thread).
+const CHECKS_AT_ONCE: usize = 4;
+/// How long a tenant whose queries are off stays off before Sluice tries
+/// to make its role again.
+const OFF_FOR: Duration = Duration::from_secs(10);
 
 impl QueryConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -73,34 +123,60 @@ impl QueryConfig {
         if self.max_rows == 0 || self.max_rows > 10_000_000 {
             anyhow::bail!("query.max_rows must be between 1 and 10000000");
         }
+        if self.max_bytes < 1024 || self.max_bytes > 1 << 30 {
+            anyhow::bail!("query.max_bytes must be between 1024 and 1073741824");
+        }
         if self.pool_size == 0 {
             anyhow::bail!("query.pool_size must be at least 1");
         }
-        if let Some(role) = &self.role {
-            check_ident(role).map_err(|e| anyhow::anyhow!("query.role: {e}"))?;
+        if self.max_sql_bytes == 0 || self.max_sql_bytes > 2 << 20 {
+            anyhow::bail!("query.max_sql_bytes must be between 1 and 2097152");
+        }
+        if self.max_sql_tokens == 0 || self.max_sql_tokens > MAX_SQL_TOKENS {
+            anyhow::bail!("query.max_sql_tokens must be between 1 and {MAX_SQL_TOKENS}");
+        }
+        if self.work_mem_kb < 64 || self.temp_file_limit_kb == 0 {
+            anyhow::bail!("query.work_mem_kb must be at least 64 and query.temp_file_limit_kb at least 1");
+        }
+        if let Some(user) = &self.reader_user
+            && user.trim().is_empty()
+        {
+            anyhow::bail!("query.reader_user is empty");
+        }
+        if self.reader_password.is_some() && self.reader_user.is_none() {
+            anyhow::bail!("query.reader_password is set without query.reader_user");
         }
         Ok(())
     }
 }
 
-/// The query API's state: its settings, and per database (by connection
-/// settings, made on first use) its pool and what it learnt of statements.
+/// The query API's state: its settings, and per tenant (made on first use)
+/// its login, its pool and what it learnt of statements.
 pub struct Queries {
     config: QueryConfig,
-    databases: Mutex<HashMap<String, Arc<Database>>>,
-    /// Each tenant's database, with the `database` setting it came from.
-    tenants: Mutex<HashMap<String, TenantDatabase>>,
+    tenants: Mutex<HashMap<String, Access>>,
+    /// Taken while a tenant's login is made, so a burst of first queries
+    /// makes it once.
+    making: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Checks running at once.
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
-type TenantDatabase = (Option<DatabaseConfig>, Arc<Database>);
+/// A tenant's queries, by the `database` setting they were made for.
+enum Access {
+    Ready { setting: Option<DatabaseConfig>, database: Arc<Database> },
+    Off { setting: Option<DatabaseConfig>, why: Unavailable, at: Instant },
+}
 
-/// A database queries run on.
+/// A tenant's query connections.
 struct Database {
     pool: Pool,
+    /// What they log in with (for cancelling a query).
+    login: PgSettings,
     /// Statements that passed the checks, with what `PREPARE` said of
-    /// them, by schema and SQL text: a repeated query is neither parsed
-    /// by Sluice nor prepared again, and runs in one round trip.
-    prepared: Mutex<HashMap<(String, String), Arc<Prepared>>>,
+    /// them, by SQL text: a repeated query is neither parsed by Sluice nor
+    /// prepared again, and runs in one round trip.
+    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
 }
 
 /// A checked statement and its shape.
@@ -117,62 +193,111 @@ struct Prepared {
 /// How long what `PREPARE` said of a statement is trusted: a table changed
 /// since (a column added, say) shows in answers within this long.
 const PREPARED_FOR: Duration = Duration::from_secs(10);
-/// Statements remembered per database.
+/// Statements remembered per tenant.
 const PREPARED_MAX: usize = 1024;
 
 impl Queries {
     pub fn new(config: QueryConfig) -> Queries {
-        Queries { config, databases: Mutex::default(), tenants: Mutex::default() }
+        Queries {
+            config,
+            tenants: Mutex::default(),
+            making: Mutex::default(),
+            checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
+        }
     }
 
     pub fn config(&self) -> &QueryConfig {
         &self.config
     }
 
-    /// The database `tenant`'s queries run on.
-    fn database(&self, registry: &Registry, tenant: &Tenant) -> anyhow::Result<Arc<Database>> {
-        if let Some((setting, database)) = self.tenants.lock().unwrap().get(tenant.id())
-            && *setting == tenant.spec.database
-        {
-            return Ok(database.clone());
+    /// What is known of `tenant`'s queries, if it still holds.
+    fn known(&self, tenant: &Tenant) -> Option<Result<Arc<Database>, Unavailable>> {
+        match self.tenants.lock().unwrap().get(tenant.id())? {
+            Access::Ready { setting, database } if *setting == tenant.spec.database => Some(Ok(database.clone())),
+            Access::Off { setting, why, at } if *setting == tenant.spec.database && at.elapsed() < OFF_FOR => {
+                Some(Err(why.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Forgets `tenant`'s login (it failed to connect: its role may have
+    /// been dropped or its password changed), to make it again.
+    fn forget(&self, tenant: &Tenant) {
+        self.tenants.lock().unwrap().remove(tenant.id());
+    }
+
+    /// The connections `tenant`'s queries run on, made on first use.
+    async fn database(&self, registry: &Registry, tenant: &Tenant) -> Result<Arc<Database>, Unavailable> {
+        if let Some(known) = self.known(tenant) {
+            return known;
+        }
+        let making = self.making.lock().unwrap().entry(tenant.id().to_owned()).or_default().clone();
+        let _making = making.lock().await;
+        if let Some(known) = self.known(tenant) {
+            return known;
         }
         let settings = registry.database_of(&tenant.spec);
-        let mut pg = settings.pg_config()?;
-        // Debug of tokio_postgres::Config redacts the password; the key must
-        // still tell two passwords apart.
-        let key = format!("{pg:?}/{:?}", pg.get_password());
-        let database = {
-            let mut databases = self.databases.lock().unwrap();
-            match databases.get(&key) {
-                Some(database) => database.clone(),
-                None => {
-                    // Tell query sessions from ingest ones in
-                    // pg_stat_activity, unless the operator named them.
-                    if pg.get_application_name() == Some("sluice") {
-                        pg.application_name("sluice query");
-                    }
-                    let wait = Duration::from_millis(settings.connect_timeout_ms);
-                    let pool = db::pool(pg, self.config.pool_size, wait)?;
-                    let database = Arc::new(Database { pool, prepared: Mutex::default() });
-                    databases.insert(key, database.clone());
-                    database
-                }
+        let wait = Duration::from_millis(settings.connect_timeout_ms);
+        let made = async {
+            let service = settings
+                .pg_config()
+                .map_err(|e| Unavailable(format!("the tenant's database settings are unusable: {e:#}")))?;
+            // Bounded: an unreachable database must not hold the tenant's
+            // queries (or this lock) for long.
+            let login =
+                tokio::time::timeout(wait * 4, roles::login(&service, tenant.id(), &tenant.schema, &self.config))
+                    .await
+                    .map_err(|_| Unavailable("the tenant's database did not answer in time".into()))??;
+            let pool = db::pool(login.clone(), self.config.pool_size, wait)
+                .map_err(|e| Unavailable(format!("the tenant's query pool could not be made: {e:#}")))?;
+            Ok::<_, Unavailable>(Arc::new(Database { pool, login, prepared: Mutex::default() }))
+        }
+        .await;
+        let setting = tenant.spec.database.clone();
+        let access = match &made {
+            Ok(database) => Access::Ready { setting, database: database.clone() },
+            Err(why) => {
+                tracing::warn!(tenant = %tenant.id(), "query API off: {}", why.0);
+                Access::Off { setting, why: why.clone(), at: Instant::now() }
             }
         };
-        self.tenants.lock().unwrap().insert(tenant.id().to_owned(), (tenant.spec.database.clone(), database.clone()));
-        Ok(database)
+        let snapshot = registry.snapshot();
+        let mut tenants = self.tenants.lock().unwrap();
+        // Deleted tenants' pools (and their idle connections) go.
+        tenants.retain(|id, _| snapshot.tenants.contains_key(id));
+        tenants.insert(tenant.id().to_owned(), access);
+        drop(tenants);
+        self.making.lock().unwrap().retain(|id, _| id == tenant.id() || snapshot.tenants.contains_key(id));
+        made
+    }
+
+    /// [`check`] on a thread of its own with a large stack, so no SQL can
+    /// overflow a runtime thread's stack; its syntax tree is dropped there too.
+    async fn check(&self, sql: &str, schema: &str) -> Result<String, String> {
+        let _permit = self.checks.clone().acquire_owned().await.map_err(|_| "the service is stopping".to_owned())?;
+        let (sql, schema) = (sql.to_owned(), schema.to_owned());
+        let limits = Limits { max_bytes: self.config.max_sql_bytes, max_tokens: self.config.max_sql_tokens };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sluice-query-check".into())
+            .stack_size(CHECK_STACK_BYTES)
+            .spawn(move || {
+                let _ = answer.send(check_within(&sql, &schema, limits).map(str::to_owned));
+            })
+            .map_err(|e| format!("the query could not be checked: {e}"))?;
+        answered.await.unwrap_or_else(|_| Err("the query could not be checked".into()))
     }
 }
 
 impl Database {
-    fn prepared(&self, schema: &str, sql: &str) -> Option<Arc<Prepared>> {
+    fn prepared(&self, sql: &str) -> Option<Arc<Prepared>> {
         let prepared = self.prepared.lock().unwrap();
-        // (A tuple of Strings cannot be looked up by (&str, &str).)
-        let found = prepared.get(&(schema.to_owned(), sql.to_owned()))?;
+        let found = prepared.get(sql)?;
         (found.at.elapsed() < PREPARED_FOR).then(|| found.clone())
     }
 
-    fn remember(&self, schema: &str, sql: &str, prepared: Arc<Prepared>) {
+    fn remember(&self, sql: &str, prepared: Arc<Prepared>) {
         let mut all = self.prepared.lock().unwrap();
         if all.len() >= PREPARED_MAX {
             all.retain(|_, p| p.at.elapsed() < PREPARED_FOR);
@@ -180,11 +305,11 @@ impl Database {
                 all.clear();
             }
         }
-        all.insert((schema.to_owned(), sql.to_owned()), prepared);
+        all.insert(sql.to_owned(), prepared);
     }
 
-    fn forget(&self, schema: &str, sql: &str) {
-        self.prepared.lock().unwrap().remove(&(schema.to_owned(), sql.to_owned()));
+    fn forget(&self, sql: &str) {
+        self.prepared.lock().unwrap().remove(sql);
     }
 }
 
@@ -206,7 +331,7 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
     (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
     (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
     (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
 ))]
 pub(crate) async fn get_query(
     State(app): State<Arc<App>>,
@@ -251,7 +376,8 @@ pub struct QueryAnswer {
     columns: Vec<QueryColumn>,
     /// Rows in `result`.
     rows: u64,
-    /// Whether rows past `[query] max_rows` were left out.
+    /// Whether rows past `[query] max_rows`, or past `[query] max_bytes` of
+    /// rows, were left out.
     truncated: bool,
 }
 
@@ -275,7 +401,7 @@ pub struct QueryColumn {
     (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
     (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
     (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection; retry after `Retry-After` seconds.", body = crate::openapi::ErrorBody),
+    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
 ))]
 pub(crate) async fn post_query(
     State(app): State<Arc<App>>,
@@ -339,14 +465,11 @@ fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Ten
 
 /// Checks and runs one query for `tenant`.
 async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Value>) -> Response {
-    let database = match app.queries.database(&app.registry, tenant) {
+    let database = match app.queries.database(&app.registry, tenant).await {
         Ok(database) => database,
-        Err(e) => {
-            tracing::warn!(tenant = %tenant.id(), "query pool: {e:#}");
-            return error(StatusCode::SERVICE_UNAVAILABLE, format!("the tenant's database is unusable: {e:#}"));
-        }
+        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why.0),
     };
-    let prepared = database.prepared(&tenant.schema, &sql);
+    let prepared = database.prepared(&sql);
     let inner = match &prepared {
         Some(prepared) => {
             if let Err(failure) = count_params(&prepared.types, &params) {
@@ -354,8 +477,8 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
             }
             prepared.inner.clone()
         }
-        None => match check(&sql, &tenant.schema) {
-            Ok(inner) => inner.to_owned(),
+        None => match app.queries.check(&sql, &tenant.schema).await {
+            Ok(inner) => inner,
             Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
         },
     };
@@ -365,7 +488,6 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
         inner,
         params: params.iter().map(TextParam::from_json).collect(),
         schema: tenant.schema.clone(),
-        role: config.role.as_ref().map(|role| role.replace("{tenant}", tenant.id())),
         config: config.clone(),
         prepared,
         database: database.clone(),
@@ -378,7 +500,11 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
         let client = match database.pool.get().await {
             Ok(client) => client,
             Err(e) => {
-                let _ = answer.send(Err(Failure::Unavailable(e.to_string())));
+                // A login refused (its role dropped, its password changed)
+                // is made again on the next query.
+                let refused = matches!(&e, deadpool_postgres::PoolError::Backend(pg)
+                    if pg.code().is_some_and(|c| matches!(c.code(), "28P01" | "28000")));
+                let _ = answer.send(Err(Failure::Unavailable { message: e.to_string(), refused }));
                 return;
             }
         };
@@ -387,15 +513,22 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
         }
         let (result, clean) = job.execute(&client).await;
         let _ = answer.send(result);
-        // A connection whose transaction could not be ended is closed
-        // rather than reused.
+        // Only a connection whose query succeeded and whose session was
+        // reset (ROLLBACK, DISCARD ALL) goes back to the pool; any other is
+        // closed, so nothing a query left (a lock, a setting, a statement
+        // still running) reaches the next one.
         if !clean {
             drop(Object::take(client));
         }
     });
     match answered.await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response(),
-        Ok(Err(failure)) => failure.response(&app.queries.config, tenant),
+        Ok(Err(failure)) => {
+            if let Failure::Unavailable { refused: true, .. } = &failure {
+                app.queries.forget(tenant);
+            }
+            failure.response(&app.queries.config, tenant)
+        }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query task failed"),
     }
 }
@@ -421,8 +554,6 @@ struct Job {
     inner: String,
     params: Vec<TextParam>,
     schema: String,
-    /// `[query] role` for this tenant.
-    role: Option<String>,
     config: QueryConfig,
     /// What `PREPARE` said of this statement before, if it was asked lately.
     prepared: Option<Arc<Prepared>>,
@@ -430,25 +561,31 @@ struct Job {
 }
 
 enum Failure {
-    /// No connection (pool timeout, database down).
-    Unavailable(String),
+    /// No connection (pool timeout, database down); `refused` when the
+    /// database refused the login.
+    Unavailable { message: String, refused: bool },
     /// Wrong number of parameters.
     Params(String),
-    /// The transaction's settings failed (e.g. `[query] role` does not
-    /// exist, or the tenant's schema is missing): the operator's to fix.
+    /// The transaction's settings failed: the operator's to fix.
     Setup(tokio_postgres::Error),
     /// PostgreSQL refused or failed the statement; `prepared` when it was
     /// the client's own text that failed (so `position` points into it).
     Database { error: tokio_postgres::Error, prepared: bool },
 }
 
+/// Ends every query's session: the transaction, then whatever session
+/// state the query could have left (advisory locks, prepared statements,
+/// temporary tables, settings, LISTEN). Its own message, since DISCARD ALL
+/// may not run inside a transaction block.
+const RESET: &str = "DISCARD ALL";
+
 impl Job {
     /// Runs the query in a read-only transaction and ends it. Returns the
-    /// answer's JSON text, and whether the connection is clean (its
-    /// transaction rolled back).
+    /// answer's JSON text, and whether the connection is clean (the query
+    /// succeeded, ran to its end, and the session was reset).
     ///
-    /// The transaction's settings, the query and the ROLLBACK go out
-    /// together, pipelined on the connection: tokio-postgres sends a
+    /// The transaction's settings, the query, the ROLLBACK and the reset go
+    /// out together, pipelined on the connection: tokio-postgres sends a
     /// request when its future is first polled, `join!` polls in order, and
     /// PostgreSQL runs what it receives in order. A statement seen lately
     /// (its shape remembered) thus takes one round trip; a new one takes
@@ -457,8 +594,8 @@ impl Job {
     async fn execute(self, client: &Object) -> (Result<String, Failure>, bool) {
         let config = &self.config;
         // SET LOCAL for each, in one statement (set_config(…, true)): a
-        // third of the cost of seven SET LOCALs.
-        let mut setup = format!(
+        // third of the cost of six SET LOCALs.
+        let setup = format!(
             "BEGIN READ ONLY; SELECT set_config('statement_timeout', '{}', true), \
              set_config('search_path', {}, true), set_config('TimeZone', 'UTC', true), \
              set_config('bytea_output', 'hex', true), set_config('standard_conforming_strings', 'on', true), \
@@ -466,35 +603,38 @@ impl Job {
             config.statement_timeout_ms,
             quote_literal(&quote_ident(&self.schema))
         );
-        if let Some(role) = &self.role {
-            // SET LOCAL ROLE.
-            setup.push_str(&format!(", set_config('role', {}, true)", quote_literal(role)));
-        }
         // PostgreSQL renders each row as JSON, with the parameters typed as
-        // the statement's own (sent as text, parsed by their input functions).
-        let wrapped =
-            format!("SELECT to_json(q)::text FROM (\n{}\n) q LIMIT {}", self.inner, config.max_rows as u64 + 1);
+        // the statement's own (sent as text, parsed by their input
+        // functions). A row longer than the byte cap is sent as NULL, so no
+        // single row makes Sluice hold more than the cap.
+        let wrapped = format!(
+            "SELECT CASE WHEN octet_length(j) <= {} THEN j END FROM (SELECT to_json(q)::text AS j FROM (\n{}\n) q \
+             LIMIT {}) r",
+            config.max_bytes,
+            self.inner,
+            config.max_rows as u64 + 1
+        );
         let database = |error, prepared| Failure::Database { error, prepared };
 
         let prepared = match &self.prepared {
             Some(prepared) => {
                 let params = self.params(&prepared.types);
-                let (setup, rows, rollback) = tokio::join!(
+                let (setup, answer, rollback, reset) = tokio::join!(
                     client.batch_execute(&setup),
-                    client.query_typed(&wrapped, &params),
+                    self.rows(client, &wrapped, &params, prepared),
                     client.batch_execute("ROLLBACK"),
+                    client.batch_execute(RESET),
                 );
-                let clean = rollback.is_ok();
-                let result = match (setup, rows) {
+                let result = match (setup, answer) {
                     (Err(e), _) => Err(Failure::Setup(e)),
                     (Ok(()), Err(e)) => {
                         // The table may have changed: look again next time.
-                        self.database.forget(&self.schema, &self.sql);
-                        Err(database(e, false))
+                        self.database.forget(&self.sql);
+                        Err(e)
                     }
-                    (Ok(()), Ok(rows)) => self.answer(prepared, &rows),
+                    (Ok(()), Ok((body, cut))) => Ok((body, cut)),
                 };
-                return (result, clean);
+                return finish(client, result, rollback, reset);
             }
             None => {
                 // The client's statement itself: its columns and parameter
@@ -515,54 +655,112 @@ impl Job {
                             types: statement.params().to_vec(),
                             at: Instant::now(),
                         });
-                        self.database.remember(&self.schema, &self.sql, prepared.clone());
+                        self.database.remember(&self.sql, prepared.clone());
                         count_params(&prepared.types, &self.params).map(|()| prepared)
                     }
                 };
                 match failed {
                     Ok(prepared) => prepared,
-                    Err(failure) => return (Err(failure), client.batch_execute("ROLLBACK").await.is_ok()),
+                    // The connection is closed: its transaction ends with it.
+                    Err(failure) => return (Err(failure), false),
                 }
             }
         };
         let params = self.params(&prepared.types);
-        let (rows, rollback) = tokio::join!(client.query_typed(&wrapped, &params), client.batch_execute("ROLLBACK"));
-        let result = match rows {
-            Ok(rows) => self.answer(&prepared, &rows),
-            Err(e) => Err(database(e, false)),
-        };
-        (result, rollback.is_ok())
+        let (answer, rollback, reset) = tokio::join!(
+            self.rows(client, &wrapped, &params, &prepared),
+            client.batch_execute("ROLLBACK"),
+            client.batch_execute(RESET),
+        );
+        finish(client, answer, rollback, reset)
     }
 
     fn params<'a>(&'a self, types: &[Type]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
         self.params.iter().zip(types).map(|(p, ty)| (p as &(dyn ToSql + Sync), ty.clone())).collect()
     }
 
-    /// The answer: the rows' JSON as PostgreSQL wrote it, and the rest.
-    fn answer(&self, prepared: &Prepared, rows: &[tokio_postgres::Row]) -> Result<String, Failure> {
-        let max = self.config.max_rows;
-        let truncated = rows.len() > max;
-        let shown = rows.len().min(max);
-        let mut body = String::with_capacity(64 + prepared.columns.len() + shown * 64);
+    /// Runs the wrapped query and reads its rows as they come, up to the
+    /// row and byte caps: the answer's JSON text, and whether the query
+    /// was cut short (the byte cap reached with rows still coming; it is
+    /// then cancelled, and the connection must be closed).
+    ///
+    /// Reading inside the pipeline matters: the connection hands rows over
+    /// one message at a time, so the ROLLBACK behind the query is answered
+    /// only once they are read, and no more than the cap is ever held.
+    async fn rows(
+        &self,
+        client: &Object,
+        wrapped: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+        prepared: &Prepared,
+    ) -> Result<(String, bool), Failure> {
+        let database = |error| Failure::Database { error, prepared: false };
+        let stream =
+            client.query_typed_raw(wrapped, params.iter().map(|(p, t)| (*p, t.clone()))).await.map_err(database)?;
+        let mut stream = std::pin::pin!(stream);
+        let (max_rows, max_bytes) = (self.config.max_rows, self.config.max_bytes);
+        let mut body = String::with_capacity(64 + prepared.columns.len());
         body.push_str("{\"result\":[");
-        for (i, row) in rows.iter().take(shown).enumerate() {
-            if i > 0 {
-                body.push(',');
+        let (mut shown, mut truncated, mut cut) = (0usize, false, false);
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(database)?;
+            if shown == max_rows {
+                // The one row past the cap (LIMIT max_rows + 1): the last.
+                truncated = true;
+                continue;
             }
-            let json = row.try_get::<_, &str>(0).map_err(|error| Failure::Database { error, prepared: false })?;
-            body.push_str(json);
+            let json = row.try_get::<_, Option<&str>>(0).map_err(database)?;
+            match json {
+                Some(json) if body.len() + json.len() < max_bytes => {
+                    if shown > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(json);
+                    shown += 1;
+                }
+                // This row would pass the byte cap (or alone it did, and
+                // PostgreSQL sent NULL for it).
+                _ => {
+                    truncated = true;
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        if cut {
+            // Stop the rest being computed and sent; the rows still coming
+            // are dropped as they arrive.
+            if let Err(e) = db::cancel(&self.database.login, client.cancel_token()).await {
+                tracing::info!("query: cancelling a query cut at the byte cap: {e:#}");
+            }
         }
         body.push_str("],\"columns\":");
         body.push_str(&prepared.columns);
         body.push_str(&format!(",\"rows\":{shown},\"truncated\":{truncated}}}"));
-        Ok(body)
+        Ok((body, cut))
+    }
+}
+
+/// The answer, and whether the connection may be used again.
+fn finish(
+    client: &Object,
+    answer: Result<(String, bool), Failure>,
+    rollback: Result<(), tokio_postgres::Error>,
+    reset: Result<(), tokio_postgres::Error>,
+) -> (Result<String, Failure>, bool) {
+    // DISCARD ALL dropped the statements tokio-postgres keeps for looking
+    // up types; forget them too.
+    client.clear_type_cache();
+    match answer {
+        Ok((body, cut)) => (Ok(body), !cut && rollback.is_ok() && reset.is_ok()),
+        Err(failure) => (Err(failure), false),
     }
 }
 
 impl Failure {
     fn response(self, config: &QueryConfig, tenant: &Tenant) -> Response {
         match self {
-            Failure::Unavailable(e) => {
+            Failure::Unavailable { message: e, .. } => {
                 tracing::warn!(tenant = %tenant.id(), "query: no connection: {e}");
                 let mut response =
                     error(StatusCode::SERVICE_UNAVAILABLE, format!("no database connection for the query: {e}"));
@@ -672,16 +870,57 @@ impl ToSql for TextParam {
 // ---------------------------------------------------------------------------
 // The checks.
 
+/// How much SQL the checks read.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_bytes: usize,
+    max_tokens: usize,
+}
+
+/// How deep sqlparser may recurse (nested parentheses, subqueries): its
+/// own default, said here because the checks rely on it.
+const RECURSION_LIMIT: usize = 50;
+
+/// [`check_within`] with the default limits.
+#[cfg(test)]
+pub fn check<'a>(sql: &'a str, schema: &str) -> Result<&'a str, String> {
+    let config = QueryConfig::default();
+    check_within(sql, schema, Limits { max_bytes: config.max_sql_bytes, max_tokens: config.max_sql_tokens })
+}
+
 /// Checks that `sql` is one read-only query that stays in `schema`, and
 /// returns its text without trailing semicolons (to be wrapped). The error
 /// says what is wrong.
-pub fn check<'a>(sql: &'a str, schema: &str) -> Result<&'a str, String> {
+///
+/// Parsing is bounded (the length, the tokens, sqlparser's recursion
+/// limit), but a flat chain (`1+1+…`, `… UNION ALL …`) still makes a
+/// syntax tree as deep as it is long, which walking and dropping recurse
+/// through: call this on a thread with a large stack (`Queries::check`).
+fn check_within<'a>(sql: &'a str, schema: &str, limits: Limits) -> Result<&'a str, String> {
     let dialect = PostgreSqlDialect {};
     if sql.trim().is_empty() {
         return Err("the SQL is empty".into());
     }
+    if sql.len() > limits.max_bytes {
+        return Err(format!(
+            "the SQL is too long: {} bytes, and queries may have at most {} ([query] max_sql_bytes)",
+            sql.len(),
+            limits.max_bytes
+        ));
+    }
+    // PostgreSQL's reading first: what it cannot be sure of is refused
+    // before sqlparser's reading is trusted.
+    let spans = lexer::scan(sql)?;
     let tokens =
         Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| format!("the SQL does not parse: {e}"))?;
+    let count = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF)).count();
+    if count > limits.max_tokens {
+        return Err(format!(
+            "the SQL is too long: {count} tokens, and queries may have at most {} ([query] max_sql_tokens)",
+            limits.max_tokens
+        ));
+    }
+    lexer::agree(sql, &spans, &tokens)?;
     // The parser knows `TABLE name` only inside set operations; PostgreSQL
     // takes it for `SELECT * FROM name`, and so do the checks.
     let rewritten;
@@ -694,10 +933,14 @@ pub fn check<'a>(sql: &'a str, schema: &str) -> Result<&'a str, String> {
         }
         _ => sql,
     };
-    let statements = Parser::parse_sql(&dialect, parsed).map_err(|e| {
-        let e = e.to_string();
-        format!("the SQL does not parse: {}", e.strip_prefix("sql parser error: ").unwrap_or(&e))
-    })?;
+    let statements = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(parsed)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| {
+            let e = e.to_string();
+            format!("the SQL does not parse: {}", e.strip_prefix("sql parser error: ").unwrap_or(&e))
+        })?;
     let statement = match statements.as_slice() {
         [] => return Err("the SQL has no statement".into()),
         [one] => one,
@@ -923,6 +1166,9 @@ fn forbidden_function(name: &str) -> Option<&'static str> {
         _ if name.contains("_to_xml") || name == "ts_stat" || name == "ts_rewrite" => {
             "it runs SQL given as text, which these checks cannot see"
         }
+        _ if name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_") => {
+            "it takes an advisory lock, which could outlive the query and hold up others"
+        }
         "pg_terminate_backend" | "pg_cancel_backend" => "it stops other sessions",
         "pg_reload_conf" | "pg_rotate_logfile" => "it administers the server",
         _ if name.starts_with("pg_") && !ALLOWED_PG_FUNCTIONS.contains(&name) => {
@@ -1077,7 +1323,7 @@ mod tests {
             ("SELECT query_to_xml('select * from pg_authid', true, true, '')", "runs SQL given as text"),
             ("SELECT table_to_xml('globex.events', true, true, '')", "runs SQL given as text"),
             ("SELECT * FROM ts_stat('select 1')", "runs SQL given as text"),
-            ("SELECT pg_advisory_lock(1)", "pg_ functions"),
+            ("SELECT pg_advisory_lock(1)", "advisory lock"),
             ("SELECT * FROM pg_stat_get_activity(NULL)", "pg_ functions"),
             ("SELECT upper(PG_READ_FILE('x'))", "server's files"),
             ("SELECT other_schema.f()", "outside this tenant's schema"),
@@ -1097,6 +1343,109 @@ mod tests {
         refused("SELECT /* a /* nested */ comment */ 1 FROM pg_authid", "system catalog");
         ok("SELECT E'\\' FROM pg_authid'");
         ok("SELECT 'it''s' -- FROM pg_authid");
+    }
+
+    /// SQL read by PostgreSQL's lexical rules: what sqlparser would read
+    /// otherwise, or what needs decoding, is refused, never let through.
+    #[test]
+    fn unicode_escapes_are_refused() {
+        for sql in [
+            r#"SELECT U&"pg\005fread\005ffile"('/etc/passwd') AS v"#,
+            r#"SELECT u&"query\005fto\005fxml"('select 1', true, true, '')"#,
+            r#"SELECT * FROM U&"pg\005fauthid""#,
+            r#"SELECT U&'\0070g_authid'"#,
+            r#"SELECT U&"d!0061t!+000061" UESCAPE '!' FROM events"#,
+            r#"SELECT 1 FROM events WHERE u&'x' = 'x'"#,
+            "SELECT 'a' uescape '!'",
+        ] {
+            refused(sql, "Unicode escapes");
+        }
+        // Not an escape: `u` and `&` apart, or a column named u.
+        ok("SELECT u & 1 FROM (SELECT 3 AS u) t");
+        ok("SELECT \"U&\" FROM (SELECT 1 AS \"U&\") t");
+        ok("SELECT 'U&\"pg_read_file\"'");
+    }
+
+    #[test]
+    fn strings_are_read_as_postgresql_reads_them() {
+        // E'' strings: a backslash escapes the quote, so the catalog read
+        // is inside the string, or outside it, as PostgreSQL sees it.
+        ok("SELECT E'\\' FROM pg_authid'");
+        refused("SELECT E'\\\\', (SELECT 1 FROM pg_authid) --'", "system catalog");
+        ok("SELECT e'it\\'s', E'\\x41', E'a''b'");
+        refused("SELECT E'\\'' , pg_read_file('/etc/passwd') --'", "server's files");
+        // Dollar quoting, with and without tags; `$` inside names.
+        ok("SELECT $$pg_read_file('x')$$, $body$ FROM pg_authid $body$");
+        ok("SELECT $a$ $b$ pg_authid $b$ $a$");
+        refused("SELECT $a$ x $a$, (SELECT 1 FROM pg_authid)", "system catalog");
+        refused("SELECT x$$, (SELECT 1 FROM pg_authid), $$ FROM events $$", "system catalog");
+        refused("SELECT a$b$ , pg_read_file('x') , $b$ FROM events $b$", "server's files");
+        // Standard strings: no backslash escapes; doubled quotes.
+        refused("SELECT '\\', pg_read_file('x') --'", "server's files");
+        ok("SELECT 'a''b', 'pg_read_file(''x'')'");
+        // Bit, hex and national strings.
+        ok("SELECT B'101', X'ff', N'pg_authid'");
+        // Comments: nested block comments; a line comment ends at \r too.
+        refused("SELECT 1 /* a /* b */ FROM pg_authid */ , (SELECT 1 FROM pg_authid)", "system catalog");
+        ok("SELECT 1 /* a /* b */ FROM pg_authid */");
+        refused("SELECT 1 -- hidden?\r, (SELECT 1 FROM pg_authid)\n", "");
+        refused("SELECT 1 +-- x\n(SELECT 1 FROM pg_authid)", "system catalog");
+        // Left open.
+        refused("SELECT 'abc", "not closed");
+        refused("SELECT $x$ abc", "");
+        refused("SELECT /* abc", "");
+    }
+
+    #[test]
+    fn the_lexer_agrees_with_sqlparser_on_plain_sql() {
+        for sql in [
+            "SELECT 1.5e3, .5, 1e-2, $1, $2::int, a.b, \"x\"\"y\" FROM t -- end",
+            "SELECT 'a'\n'b', E'\\n', x'1f', 1::text || 'é', 'ü' AS \"ñ\"",
+            "SELECT * FROM events WHERE payload->>'a' = $1 AND payload @> '{}'::jsonb /* c */",
+            "SELECT 'a\nb', /* x\n y */ 1 -- z\n, $$c\nd$$, \"e\nf\" FROM events\n\n WHERE 'é\nü' <> E'\\n'",
+            "SELECT 1\r\n, 'a'\t-- tab\r\n FROM events",
+        ] {
+            ok(sql);
+        }
+    }
+
+    #[test]
+    fn advisory_locks_are_refused() {
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_catalog.pg_advisory_xact_lock(hashtext('sluice:migrate'))",
+            "SELECT pg_try_advisory_lock_shared(1, 2)",
+            "SELECT PG_ADVISORY_LOCK(1)",
+        ] {
+            refused(sql, "advisory lock");
+        }
+    }
+
+    #[test]
+    fn the_parser_is_bounded() {
+        let limits = Limits { max_bytes: 1000, max_tokens: 50 };
+        let long = format!("SELECT '{}'", "x".repeat(1000));
+        assert!(check_within(&long, "acme", limits).unwrap_err().contains("max_sql_bytes"));
+        let many = format!("SELECT 1{}", "+1".repeat(30));
+        assert!(check_within(&many, "acme", limits).unwrap_err().contains("max_sql_tokens"));
+        // Nesting is bounded by sqlparser's recursion limit.
+        let nested = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+        refused(&nested, "recursion limit");
+    }
+
+    /// The deepest syntax tree the largest token cap allows is walked and
+    /// dropped on the checks' thread without overflowing its stack.
+    #[tokio::test]
+    async fn the_deepest_tree_fits_the_checks_stack() {
+        let queries =
+            Queries::new(QueryConfig { max_sql_bytes: 2 << 20, max_sql_tokens: MAX_SQL_TOKENS, ..Default::default() });
+        let terms = MAX_SQL_TOKENS / 2 - 1;
+        let sum = format!("SELECT 1{}", "+1".repeat(terms - 1));
+        assert!(queries.check(&sum, "acme").await.is_ok());
+        let unions = format!("SELECT 1{}", " UNION ALL SELECT 1".repeat(MAX_SQL_TOKENS / 5 - 1));
+        assert!(queries.check(&unions, "acme").await.is_ok());
+        let nots = format!("SELECT {}true", "NOT ".repeat(MAX_SQL_TOKENS - 2));
+        let _ = queries.check(&nots, "acme").await;
     }
 
     #[test]
@@ -1124,6 +1473,9 @@ mod tests {
         assert!(QueryConfig { pool_size: 0, ..Default::default() }.validate().is_err());
         assert!(QueryConfig { statement_timeout_ms: 0, ..Default::default() }.validate().is_err());
         assert!(QueryConfig { max_rows: 0, ..Default::default() }.validate().is_err());
-        assert!(QueryConfig { role: Some(String::new()), ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { max_bytes: 10, ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { max_sql_tokens: MAX_SQL_TOKENS + 1, ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { reader_user: Some(" ".into()), ..Default::default() }.validate().is_err());
+        assert!(QueryConfig { reader_password: Some("pw".into()), ..Default::default() }.validate().is_err());
     }
 }

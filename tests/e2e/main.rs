@@ -15,6 +15,7 @@ mod logs;
 mod metrics;
 mod migrations;
 mod query;
+mod query_boundary;
 mod spin;
 mod status_page;
 mod tenants;

@@ -206,6 +206,18 @@ pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Cancels what the connection of `token` is running, through a
+/// connection of its own made with `settings` (TLS as configured).
+pub async fn cancel(settings: &PgSettings, token: tokio_postgres::CancelToken) -> Result<()> {
+    // The token knows the connection's sslmode; a connector is only used
+    // where that asks for TLS.
+    match tls::connector(&settings.tls)? {
+        Some(tls) => token.cancel_query(tls).await?,
+        None => token.cancel_query(tokio_postgres::NoTls).await?,
+    }
+    Ok(())
+}
+
 /// Whether `e` says the database could not be reached (or is starting or
 /// stopping), rather than that it refused what was asked.
 pub fn is_unreachable(e: &anyhow::Error) -> bool {
