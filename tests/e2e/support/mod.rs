@@ -142,7 +142,10 @@ impl Sluice {
         } else {
             format!("{extra_toml}\n{cache}")
         };
-        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{extra}");
+        // Most tests ingest as the keyless default tenant; a test that
+        // says otherwise keeps its own setting.
+        let keyless = if extra.contains("keyless_loopback") { "" } else { "keyless_loopback = true\n" };
+        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{keyless}{extra}");
         std::fs::write(config.path(), toml).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
