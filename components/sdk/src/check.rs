@@ -118,42 +118,43 @@ fn jsonb(json: &str) -> Result<(), String> {
 /// Checks the escapes of the string starting after its quote at `i`;
 /// returns the index after its closing quote.
 fn string(bytes: &[u8], mut i: usize) -> Result<usize, String> {
-    // A high surrogate waiting for its low half.
-    let mut high = false;
+    let lone = |at: usize| {
+        let escape = String::from_utf8_lossy(&bytes[at..at + 6]).into_owned();
+        format!("contains {escape}, a lone UTF-16 surrogate, which PostgreSQL cannot store")
+    };
+    // Where a high surrogate waiting for its low half is.
+    let mut high: Option<usize> = None;
     while i < bytes.len() {
-        match bytes[i] {
-            b'"' if !high => return Ok(i + 1),
-            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
-                let code = bytes
-                    .get(i + 2..i + 6)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u16::from_str_radix(h, 16).ok());
-                let Some(code) = code else { return Ok(bytes.len()) };
-                let escape = || String::from_utf8_lossy(&bytes[i..i + 6]).into_owned();
-                match code {
-                    0 => return Err("contains a \\u0000 escape, which PostgreSQL cannot store".into()),
-                    0xD800..=0xDBFF if !high => high = true,
-                    0xDC00..=0xDFFF if high => high = false,
-                    0xD800..=0xDFFF => {
-                        return Err(format!(
-                            "contains {}, a lone UTF-16 surrogate, which PostgreSQL cannot store",
-                            escape()
-                        ));
-                    }
-                    _ if high => break,
-                    _ => {}
-                }
-                i += 6;
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'u') {
+            let code = bytes
+                .get(i + 2..i + 6)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            let Some(code) = code else { return Ok(bytes.len()) };
+            match (code, high) {
+                (0, _) => return Err("contains a \\u0000 escape, which PostgreSQL cannot store".into()),
+                (0xDC00..=0xDFFF, Some(_)) => high = None,
+                (_, Some(at)) => return Err(lone(at)),
+                (0xD800..=0xDBFF, None) => high = Some(i),
+                (0xDC00..=0xDFFF, None) => return Err(lone(i)),
+                _ => {}
             }
-            _ if high => break,
+            i += 6;
+            continue;
+        }
+        if let Some(at) = high {
+            return Err(lone(at));
+        }
+        match bytes[i] {
+            b'"' => return Ok(i + 1),
             b'\\' => i += 2,
             _ => i += 1,
         }
     }
-    if high {
-        return Err("contains a lone UTF-16 surrogate escape (\\ud800-\\udbff), which PostgreSQL cannot store".into());
+    match high {
+        Some(at) => Err(lone(at)),
+        None => Ok(i),
     }
-    Ok(i)
 }
 
 fn shorten(text: &str) -> String {
@@ -183,7 +184,7 @@ mod tests {
     fn jsonb_refusals_name_what() {
         assert_eq!(jsonb(r#"{"n":1,"s":"a\"b\\","m":[-2.5e10,{"x":"\ud83d\ude00"}]}"#), Ok(()));
         assert!(jsonb(r#"{"n":1e200000}"#).unwrap_err().contains("1e200000"));
-        assert!(jsonb(r#"{"s":"\ud800"}"#).unwrap_err().contains("surrogate"));
+        assert!(jsonb(r#"{"s":"\ud800"}"#).unwrap_err().contains("\\ud800, a lone UTF-16 surrogate"));
         assert!(jsonb(r#"{"s":"\udc00x"}"#).unwrap_err().contains("surrogate"));
         assert!(jsonb(r#"{"s":"\ud800\u0041"}"#).unwrap_err().contains("surrogate"));
         assert!(jsonb(r#"{"s":"a\u0000"}"#).unwrap_err().contains("\\u0000"));
