@@ -76,7 +76,10 @@ pub(crate) async fn status(State(app): State<Arc<App>>, headers: HeaderMap, Quer
 }
 
 /// Whether this request may see tenant ids: it sent the admin token, or
-/// the configuration opens them to all.
+/// the configuration opens them to all, or there are none to hide (only the
+/// keyless default tenant serves).
 fn show_tenants(app: &App, headers: &HeaderMap) -> bool {
-    app.metrics_config.show_tenants || crate::admin::has_admin_token(app, headers)
+    app.metrics_config.show_tenants
+        || app.registry.snapshot().tenants.is_empty()
+        || crate::admin::has_admin_token(app, headers)
 }
