@@ -180,6 +180,9 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
+                    if e.is_timeout() {
+                        crate::metrics::metrics().connection_cut("header_timeout");
+                    }
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
                 return;
@@ -190,6 +193,7 @@ async fn connection(
             }
             () = tokio::time::sleep_until(idle_at), if !closing => {
                 if activity.is_idle(idle) {
+                    crate::metrics::metrics().connection_cut("idle");
                     tracing::debug!(%peer, "closing an idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -211,6 +215,7 @@ fn refuse_connection(stream: TcpStream, limit: usize) {
         body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
+    crate::metrics::metrics().connection_cut("per_address");
     tracing::debug!("refused a connection past max_connections_per_address ({limit})");
 }
 
@@ -435,6 +440,7 @@ impl HttpBody for PacedBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => {
+                    crate::metrics::metrics().connection_cut("body_too_slow");
                     let elapsed = this.start.elapsed().as_secs_f64();
                     let message = if elapsed >= this.pace.total.as_secs_f64() {
                         format!("the body did not arrive within {} ms", this.pace.total.as_millis())

@@ -59,6 +59,8 @@ pub struct Metrics {
     component_failures: Family<Labels, Counter>,
     cdc: Mutex<Vec<(String, Arc<CdcStats>)>>,
     history: Mutex<History>,
+    /// Connections the service cut or refused, by reason (see `listener.rs`).
+    connections_cut: Family<Labels, Counter>,
 }
 
 fn instantiate_histogram() -> Histogram {
@@ -83,6 +85,7 @@ impl Metrics {
             component_failures: Family::default(),
             cdc: Mutex::default(),
             history: Mutex::default(),
+            connections_cut: Family::default(),
         }
     }
 
@@ -95,6 +98,12 @@ impl Metrics {
                 self.rows.get_or_create(&labels).inc_by(n);
             }
         }
+    }
+
+    /// A connection was cut or refused: `header_timeout`, `idle`,
+    /// `body_too_slow` or `per_address`.
+    pub fn connection_cut(&self, reason: &'static str) {
+        self.connections_cut.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     /// A writer flush ended (committed or not) after `elapsed`.
@@ -191,6 +200,14 @@ impl Metrics {
              copy_met_a_key (a key already there) or copy_failed (a table COPY cannot fill: row security, columns \
              not of the declared types); the flush was then written again by upsert, and the table rests from COPY for 10 s",
             self.table_writes.clone(),
+        );
+        registry.register(
+            "connections_cut",
+            "HTTP connections the service closed or refused to hold a client off, by reason: header_timeout \
+             (headers slower than [http] header_read_timeout_ms), idle (idle_timeout_ms), body_too_slow (a body \
+             past body_read_timeout_ms or under min_body_bytes_per_second; answered 408), per_address \
+             (max_connections_per_address; answered 503)",
+            self.connections_cut.clone(),
         );
         registry.register(
             "writer_queued_rows",

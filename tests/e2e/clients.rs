@@ -16,6 +16,13 @@ use tokio::net::{TcpSocket, TcpStream};
 const ADMIN: &str = "admin-token-0123456789";
 const VICTIM_KEY: &str = "victim-key-0123456789abcdef";
 
+/// `sluice_connections_cut_total{reason}` now.
+async fn cut(sluice: &Sluice, reason: &str) -> u64 {
+    let text = http().get(sluice.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let series = format!("sluice_connections_cut_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// The service's address, for raw sockets.
 fn address(sluice: &Sluice) -> SocketAddr {
     sluice.base.trim_start_matches("http://").parse().unwrap()
@@ -138,6 +145,7 @@ async fn slow_headers_do_not_hold_the_service() {
     stop.store(true, Ordering::Relaxed);
     let closed = attack.await.unwrap();
     assert!(closed >= 1000, "the service closed only {closed} slow connections");
+    assert!(cut(&sluice, "header_timeout").await >= 1000);
     assert!(health < Duration::from_secs(4), "/healthz took {health:?}");
     assert!(ingest < Duration::from_secs(4), "the victim's POST took {ingest:?}");
     assert!(sluice.log().contains("listening"), "{}", sluice.log());
@@ -167,6 +175,7 @@ async fn idle_keep_alives_do_not_hold_the_service() {
     stop.store(true, Ordering::Relaxed);
     let closed = attack.await.unwrap();
     assert!(closed >= 1000, "the service closed only {closed} idle connections");
+    assert!(cut(&sluice, "idle").await >= 1000);
     assert!(health < Duration::from_secs(4), "/healthz took {health:?}");
     assert!(ingest < Duration::from_secs(4), "the victim's POST took {ingest:?}");
 }
@@ -194,6 +203,7 @@ async fn one_address_cannot_take_every_connection() {
         }
     }
     assert_eq!((held.len(), refused), (50, 150));
+    assert_eq!(cut(&sluice, "per_address").await, 150);
     // Another address is served at once, and so is the victim.
     let at = Instant::now();
     let response = fresh_client().get(sluice.url("/healthz")).send().await.unwrap();
@@ -248,6 +258,7 @@ async fn a_trickled_body_is_cut() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("did not arrive within 1500 ms"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(cut(&sluice, "body_too_slow").await, 1);
 }
 
 /// Resident memory of process `pid`, from /proc.
