@@ -143,7 +143,7 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Bu
     match decoded {
         Ok(body) => Ok(body),
         Err(Failure::TooLarge) => Err(too_large()),
-        Err(Failure::Refused(response)) => Err(response),
+        Err(Failure::Refused(response)) => Err(*response),
         Err(Failure::Corrupt(e)) => {
             Err(error(StatusCode::BAD_REQUEST, format!("the {encoding} body does not decompress: {e}")))
         }
@@ -152,7 +152,7 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Bu
 
 enum Failure {
     TooLarge,
-    Refused(Response),
+    Refused(Box<Response>),
     Corrupt(std::io::Error),
 }
 
@@ -179,7 +179,7 @@ fn decompress(mut reader: impl Read, limit: usize, window: usize, budget: &mut B
             // Double what is held (as a Vec would), charged first.
             let grown = (out.capacity().max(CHUNK) * 2).min(most).max(out.len() + n);
             let filled = grown.min(window) - out.capacity().min(window);
-            budget.charge(grown - out.capacity() + filled).map_err(Failure::Refused)?;
+            budget.charge(grown - out.capacity() + filled).map_err(|refusal| Failure::Refused(Box::new(refusal)))?;
             out.reserve_exact(grown - out.len());
         }
         out.extend_from_slice(&chunk[..n]);
