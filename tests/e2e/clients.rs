@@ -69,6 +69,7 @@ async fn served_during(sluice: &Sluice, attack: Duration) -> (Duration, Duration
         n += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!("during the attack ({n} rounds): /healthz at most {health:?}, the victim's POST at most {ingest:?}");
     (health, ingest)
 }
 
