@@ -673,6 +673,18 @@ pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_documented_example_parses_with_the_http_limits() {
+        let doc = include_str!("../../docs/configuration.md");
+        let example = doc.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
+        let config = Config::parse(example, &|_| Some("a-value-of-sixteen-chars-or-more".into())).unwrap();
+        assert_eq!(config.http.header_read_timeout_ms, 10_000);
+        assert_eq!(config.http.max_connections_per_address, 256);
+        assert!(!config.keyless_loopback && !config.metrics.show_tenants);
+        let e = Config::parse("[http]\nidle_timeout_ms = 0", &env).unwrap_err().to_string();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
+    }
+
     fn env(name: &str) -> Option<String> {
         match name {
             "PGPASS" => Some("s3cret".into()),
