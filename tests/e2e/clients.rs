@@ -386,6 +386,15 @@ async fn values_postgres_refuses_are_rejected_per_event() {
     let client = db.client().await;
     let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(count, 2);
+    // The same through the Logflare normalizer, which copies metadata as sent.
+    let batch =
+        r#"{"batch":[{"message":"ok"},{"message":"big","metadata":{"n":-1E131072}},{"message":"s","m":"\udfff"}]}"#;
+    let (status, answer) = post(&sluice.url("/api/logs?source_name=app"), "application/json", batch).await;
+    assert_eq!((status, answer["inserted"].as_u64()), (200, Some(1)), "{answer}");
+    let reasons: Vec<&str> =
+        answer["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert!(reasons[0].contains("-1E131072 is out of PostgreSQL's numeric range"), "{reasons:?}");
+    assert!(reasons[1].contains("\\udfff, a lone UTF-16 surrogate"), "{reasons:?}");
     // Refused before the writer: nothing was isolated into dead letters.
     let letters: i64 =
         client.query_one("SELECT count(*) FROM sluice_dead_letters", &[]).await.map(|r| r.get(0)).unwrap_or(0);
