@@ -53,7 +53,9 @@ pub struct HttpConfig {
     /// was ready for them (for a new connection, after it was accepted).
     pub header_read_timeout_ms: u64,
     /// A keep-alive connection with no request in flight is closed after
-    /// this long without a byte either way.
+    /// this long without a byte either way. (hyper's header read timer also
+    /// runs while a connection waits for its next request, so the shorter
+    /// of the two applies.)
     pub idle_timeout_ms: u64,
     /// The most a request body may take to arrive.
     pub body_read_timeout_ms: u64,
@@ -69,7 +71,7 @@ impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
             header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
+            idle_timeout_ms: 10_000,
             body_read_timeout_ms: 60_000,
             min_body_bytes_per_second: 1024,
             max_connections_per_address: 256,
