@@ -401,6 +401,34 @@ async fn values_postgres_refuses_are_rejected_per_event() {
     assert_eq!(letters, 0, "the writer saw a refused value");
 }
 
+/// A component that builds its plans by hand (not with the SDK's
+/// `Outcome::one_table`) gets the same per-event refusal from the host's
+/// row checks: the writer never sees the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_refuses_what_a_hand_built_plan_cannot_store() {
+    let db = TestDb::new().await;
+    let wasm = crate::support::cache_dir().with_file_name("misbehave-unstorable.wasm");
+    std::fs::write(&wasm, sluice_artifacts::MISBEHAVE).unwrap();
+    let sluice = Sluice::start(Some(&db), &format!("[components]\nbuiltin = {wasm:?}\n"));
+    let response = http()
+        .post(sluice.url("/v1/events"))
+        .header("content-type", "application/json")
+        .header("x-misbehave", "unstorable")
+        .body(EXAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!((answer["events"].as_u64(), answer["inserted"].as_u64()), (Some(2), Some(1)), "{answer}");
+    let reason = answer["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("payload: the number 1e200000 is out of"), "{reason}");
+    let client = db.client().await;
+    let letters: i64 =
+        client.query_one("SELECT count(*) FROM sluice_dead_letters", &[]).await.map(|r| r.get(0)).unwrap_or(0);
+    assert_eq!(letters, 0, "the writer saw the value");
+}
+
 /// `idempotencyKey: ""` is refused with its reason, not taken for a
 /// duplicate of the last such event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
