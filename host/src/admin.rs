@@ -51,10 +51,40 @@ pub(crate) async fn authorize(State(app): State<Arc<App>>, request: Request, nex
     next.run(request).await
 }
 
+/// Whether `headers` carry the admin token (`Authorization: Bearer …`);
+/// never when there is none.
+pub(crate) fn has_admin_token(app: &App, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = &app.admin_token else { return false };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.0.as_bytes())
+}
+
 /// A JSON object as `T` (serde would also take a struct from an array).
 fn from_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice::<serde_json::Map<String, Value>>(body)
         .and_then(|o| serde_json::from_value(Value::Object(o)))
+}
+
+/// 400 unless `component` is `builtin:standard` or a stored component's
+/// digest (`sha256:` and 64 lower-case hex digits): it names a file in the
+/// components folder, so nothing else (a path) may reach the registry.
+#[allow(clippy::result_large_err, reason = "the error is the response sent")]
+fn check_component(component: &str) -> Result<(), Response> {
+    if component == crate::tenants::BUILTIN || crate::tenants::component_digest(component).is_some() {
+        return Ok(());
+    }
+    Err(error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "component must be {} or sha256: and the 64 lower-case hex digits of an uploaded component, not {:?}",
+            crate::tenants::BUILTIN,
+            component.chars().take(80).collect::<String>()
+        ),
+    ))
 }
 
 fn registry_error(e: RegistryError) -> Response {
@@ -236,7 +266,7 @@ pub(crate) async fn show(State(app): State<Arc<App>>, Path(id): Path<String>) ->
 #[utoipa::path(post, path = "/admin/tenants", tag = "admin", security(("admin_token" = [])),
     request_body = crate::tenants::TenantSpec, responses(
     (status = 201, description = "Created; `keys` in full, shown this once.", body = Created),
-    (status = 400, description = "The body is not a tenant.", body = ErrorBody),
+    (status = 400, description = "The body is not a tenant, or its component is not builtin:standard or sha256:<64 hex digits>.", body = ErrorBody),
     (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
     (status = 409, description = "A tenant with this id exists.", body = ErrorBody),
     (status = 422, description = "The tenant is invalid (its id, keys, component or database).", body = ErrorBody),
@@ -246,6 +276,9 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Response
         Ok(spec) => spec,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a tenant: {e}")),
     };
+    if let Err(refusal) = check_component(&spec.component) {
+        return refusal;
+    }
     match app.registry.create(spec).await {
         Ok((tenant, keys)) => {
             (StatusCode::CREATED, Json(Created { tenant: tenant_status(&tenant), keys })).into_response()
@@ -283,7 +316,7 @@ mod serde_with_null {
 #[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "admin", security(("admin_token" = [])), params(("id" = String, Path, description = "The tenant id.")),
     request_body = Change, responses(
     (status = 200, description = "The changed tenant.", body = TenantStatus),
-    (status = 400, description = "The body is not a tenant change.", body = ErrorBody),
+    (status = 400, description = "The body is not a tenant change, or its component is not builtin:standard or sha256:<64 hex digits>.", body = ErrorBody),
     (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
     (status = 404, description = "No such tenant.", body = ErrorBody),
     (status = 422, description = "The change is invalid; the tenant is as it was.", body = ErrorBody),
@@ -293,6 +326,9 @@ pub(crate) async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, 
         Ok(change) => change,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not a tenant change: {e}")),
     };
+    if let Some(Err(refusal)) = change.component.as_deref().map(check_component) {
+        return refusal;
+    }
     let result = app
         .registry
         .update(&id, |spec| {

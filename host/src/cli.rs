@@ -758,7 +758,8 @@ fn short_component(tenant: &Value) -> String {
 fn render_list(answer: &Value) -> String {
     let tenants = answer.get("tenants").and_then(Value::as_array).cloned().unwrap_or_default();
     if tenants.is_empty() {
-        return "no tenants (the service takes requests without a key, from loopback only)\n".into();
+        return "no tenants (requests without a key are taken, from loopback only, only with keyless_loopback)\n"
+            .into();
     }
     let rows = tenants
         .iter()

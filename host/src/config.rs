@@ -31,14 +31,22 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub batch: BatchConfig,
     pub limits: Limits,
+    /// How long clients may take, and connections per address (see
+    /// `listener.rs`).
+    pub http: crate::listener::HttpConfig,
     pub components: ComponentsConfig,
     /// The bearer token of the admin API (`/admin/…`). Without one the
     /// admin API is off.
     pub admin_token: Option<Secret>,
     /// Tenants to seed the registry with (see docs/tenants.md).
     pub tenants: Vec<crate::tenants::TenantSpec>,
+    /// Single-user mode: while no tenant has been registered since the
+    /// start, a default tenant takes requests without a key, from loopback
+    /// addresses only. Off unless set; deleting the last tenant never turns
+    /// it on.
+    pub keyless_loopback: bool,
     /// The component settings of the default tenant (the one that takes
-    /// keyless loopback requests while no tenant is configured).
+    /// keyless loopback requests, with `keyless_loopback`).
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// The SQL query API (`/api/query`, see docs/query.md).
     pub query: crate::query::QueryConfig,
@@ -60,9 +68,11 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             batch: BatchConfig::default(),
             limits: Limits::default(),
+            http: Default::default(),
             components: ComponentsConfig::default(),
             admin_token: None,
             tenants: Vec::new(),
+            keyless_loopback: false,
             settings: Default::default(),
             query: Default::default(),
             cdc: Vec::new(),
@@ -589,6 +599,7 @@ impl Config {
         if self.limits.memory_spike_bytes.is_some_and(|spike| spike >= self.limits.max_memory_bytes) {
             bail!("limits.memory_spike_bytes must be less than limits.max_memory_bytes");
         }
+        self.http.validate()?;
         self.query.validate()?;
         for source in &self.cdc {
             source.validate()?;
@@ -661,6 +672,18 @@ pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_example_parses_with_the_http_limits() {
+        let doc = include_str!("../../docs/configuration.md");
+        let example = doc.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).unwrap();
+        let config = Config::parse(example, &|_| Some("a-value-of-sixteen-chars-or-more".into())).unwrap();
+        assert_eq!(config.http.header_read_timeout_ms, 10_000);
+        assert_eq!(config.http.max_connections_per_address, 256);
+        assert!(!config.keyless_loopback && !config.metrics.show_tenants);
+        let e = Config::parse("[http]\nidle_timeout_ms = 0", &env).unwrap_err().to_string();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

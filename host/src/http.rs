@@ -12,10 +12,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use deadpool_postgres::Pool;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use sluice_sdk::{Request, RequestError};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,9 +23,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct App {
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
-    /// With no tenants registered, requests without a key go to this one,
-    /// from loopback only.
+    /// With `keyless_loopback` set and no tenant registered since the
+    /// start, requests without a key go to this one, from loopback only.
     pub default_tenant: Arc<Tenant>,
+    /// `keyless_loopback` of the configuration.
+    pub keyless_loopback: bool,
     /// The service database, for readiness.
     pub pool: Pool,
     pub admin_token: Option<Secret>,
@@ -40,6 +41,24 @@ pub struct App {
     pub metrics_config: crate::metrics::MetricsConfig,
     /// Refuses requests while resident memory is past its soft limit.
     pub memory: Arc<crate::memory::MemoryLimiter>,
+}
+
+impl App {
+    /// The default tenant, for a request without a tenant while none is
+    /// registered: only with `keyless_loopback` set, from loopback, and
+    /// only until a tenant is first registered (deleting the last one
+    /// never opens the service to keyless requests); else why not.
+    pub fn keyless(&self, peer: SocketAddr) -> Result<Arc<Tenant>, &'static str> {
+        if !self.keyless_loopback {
+            Err("no tenants are configured and keyless_loopback is off: add a tenant and send its key")
+        } else if self.registry.had_tenants() {
+            Err("no tenants are left; keyless requests stay off once a tenant was registered: add a tenant")
+        } else if !peer.ip().is_loopback() {
+            Err("no tenants are configured, so requests are accepted from loopback only")
+        } else {
+            Ok(self.default_tenant.clone())
+        }
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -351,11 +370,7 @@ fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: Socket
     if snapshot.tenants.is_empty() {
         return match path_tenant {
             Some(id) => Err(error(StatusCode::NOT_FOUND, format!("no tenant {id}"))),
-            None if peer.ip().is_loopback() => Ok(app.default_tenant.clone()),
-            None => Err(error(
-                StatusCode::UNAUTHORIZED,
-                "no tenants are configured, so requests are accepted from loopback only",
-            )),
+            None => app.keyless(peer).map_err(|reason| error(StatusCode::UNAUTHORIZED, reason)),
         };
     }
     let Some(key) = key else {
@@ -427,7 +442,9 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
         );
         return refuse(StatusCode::TOO_MANY_REQUESTS, reason, body, limits.max_body_bytes).await;
     }
-    let body = match read_body(&headers, body, limits.max_body_bytes).await {
+    // What decompression produces is charged as it grows.
+    let mut budget = crate::body::Budget::new(app, tenant);
+    let body = match crate::body::read(&headers, body, limits.max_body_bytes, &mut budget).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -528,52 +545,6 @@ fn component_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Reads the body, decompressing gzip or zstd, never holding more than
-/// `limit` bytes of it either way.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
-    let too_large =
-        || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"));
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if !matches!(encoding.as_str(), "" | "identity" | "gzip" | "x-gzip" | "zstd") {
-        return Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content-encoding {encoding:?} is not supported; send gzip, zstd or no encoding"),
-        ));
-    }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    // Read into one buffer of the declared size: a large body is then
-    // neither gathered from its frames nor copied again.
-    let mut raw = Vec::with_capacity(declared.unwrap_or(0));
-    let mut body = Limited::new(body, limit);
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    raw.extend_from_slice(data);
-                }
-            }
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
-        }
-    }
-    let decoded = match encoding.as_str() {
-        "gzip" | "x-gzip" => decompress(flate2::read::MultiGzDecoder::new(&raw[..]), limit),
-        "zstd" => zstd::stream::read::Decoder::new(&raw[..]).and_then(|d| decompress(d, limit)),
-        _ => return Ok(raw),
-    };
-    match decoded {
-        Ok(Some(body)) => Ok(body),
-        Ok(None) => Err(too_large()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("the {encoding} body does not decompress: {e}"))),
-    }
-}
-
 /// Turns a request away for now: `status` with `Retry-After: 1` and the
 /// reason, once its body is drained.
 async fn refuse(status: StatusCode, reason: String, body: Body, limit: usize) -> Response {
@@ -598,11 +569,4 @@ async fn drain(body: Body, limit: usize) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
-}
-
-/// Decompresses at most `limit` bytes; `None` when there are more.
-fn decompress(reader: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut out = Vec::new();
-    reader.take(limit as u64 + 1).read_to_end(&mut out)?;
-    Ok((out.len() <= limit).then_some(out))
 }

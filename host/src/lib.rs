@@ -2,6 +2,7 @@
 //! upserts out to PostgreSQL.
 
 pub mod admin;
+pub mod body;
 pub mod cdc;
 pub mod cli;
 pub mod config;

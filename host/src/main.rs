@@ -33,7 +33,7 @@ enum Command {
     /// PostgreSQL under the data folder.
     #[command(after_help = "\
 Examples:
-  sluice serve                                  # embedded PostgreSQL, data in .sluice/
+  sluice serve --keyless-loopback               # embedded PostgreSQL, data in .sluice/, no keys from loopback
   sluice serve --config sluice.toml --listen 0.0.0.0:8080
   SLUICE_DATABASE_URL=postgres://user:pass@host/db sluice serve
 
@@ -46,6 +46,10 @@ Stops cleanly on SIGINT or SIGTERM, answering the requests in flight first. See 
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Take requests without a key from loopback while no tenant is
+        /// configured (the config file's keyless_loopback = true).
+        #[arg(long)]
+        keyless_loopback: bool,
     },
     /// Work with normalizer components offline.
     #[command(after_help = "Example:\n  sluice component check my_normalizer.wasm --sql --schema acme")]
@@ -95,7 +99,7 @@ fn main() -> Result<ExitCode> {
     sluice::faults::setup();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen } => Ok(cli::exit(serve(config, listen))),
+        Command::Serve { config, listen, keyless_loopback } => Ok(cli::exit(serve(config, listen, keyless_loopback))),
         Command::Component { command } => {
             init_logging("warn");
             Ok(cli::exit(cli::component(command)))
@@ -135,7 +139,7 @@ fn main() -> Result<ExitCode> {
 
 /// `sluice serve`. A failure to start (a bad config file, an address in use,
 /// an unreachable database) is reported as every command's is: `error: …`.
-fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()> {
+fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, keyless_loopback: bool) -> Result<()> {
     let mut config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
@@ -144,6 +148,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()> {
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    config.keyless_loopback |= keyless_loopback;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sluice::server::serve(config))
 }
 

@@ -59,6 +59,8 @@ pub struct Metrics {
     component_failures: Family<Labels, Counter>,
     cdc: Mutex<Vec<(String, Arc<CdcStats>)>>,
     history: Mutex<History>,
+    /// Connections the service cut or refused, by reason (see `listener.rs`).
+    connections_cut: Family<Labels, Counter>,
 }
 
 fn instantiate_histogram() -> Histogram {
@@ -83,6 +85,7 @@ impl Metrics {
             component_failures: Family::default(),
             cdc: Mutex::default(),
             history: Mutex::default(),
+            connections_cut: Family::default(),
         }
     }
 
@@ -95,6 +98,12 @@ impl Metrics {
                 self.rows.get_or_create(&labels).inc_by(n);
             }
         }
+    }
+
+    /// A connection was cut or refused: `header_timeout`, `idle`,
+    /// `body_too_slow` or `per_address`.
+    pub fn connection_cut(&self, reason: &'static str) {
+        self.connections_cut.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     /// A writer flush ended (committed or not) after `elapsed`.
@@ -149,24 +158,30 @@ impl Metrics {
         self.cdc.lock().unwrap().clone()
     }
 
-    /// Every metric, in the OpenMetrics text format.
-    pub fn render(&self, app: &App) -> String {
+    /// Every metric, in the OpenMetrics text format. Without
+    /// `show_tenants`, only the service-wide series: none labelled with a
+    /// tenant id (nor a component, which is named after a tenant).
+    pub fn render(&self, app: &App, show_tenants: bool) -> String {
         let mut registry = Registry::with_prefix("sluice");
-        self.register_recorded(&mut registry);
-        register_tenants(&mut registry, &tenants(app));
-        self.register_state(&mut registry, app);
+        self.register_recorded(&mut registry, show_tenants);
+        if show_tenants {
+            register_tenants(&mut registry, &tenants(app));
+        }
+        self.register_state(&mut registry, app, show_tenants);
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");
         text
     }
 
-    fn register_recorded(&self, registry: &mut Registry) {
-        registry.register(
-            "rows",
-            "Rows written, by tenant, table (a template's name for tables made from it) and outcome: \
-             inserted, duplicate (already there), dead_lettered (refused by the database, kept)",
-            self.rows.clone(),
-        );
+    fn register_recorded(&self, registry: &mut Registry, show_tenants: bool) {
+        if show_tenants {
+            registry.register(
+                "rows",
+                "Rows written, by tenant, table (a template's name for tables made from it) and outcome: \
+                 inserted, duplicate (already there), dead_lettered (refused by the database, kept)",
+                self.rows.clone(),
+            );
+        }
         registry.register("batch_rows", "Rows per writer flush (one transaction)", self.batch_rows.clone());
         registry.register_with_unit(
             "flush_duration",
@@ -187,10 +202,21 @@ impl Metrics {
             self.table_writes.clone(),
         );
         registry.register(
+            "connections_cut",
+            "HTTP connections the service closed or refused to hold a client off, by reason: header_timeout \
+             (headers slower than [http] header_read_timeout_ms), idle (idle_timeout_ms), body_too_slow (a body \
+             past body_read_timeout_ms or under min_body_bytes_per_second; answered 408), per_address \
+             (max_connections_per_address; answered 503)",
+            self.connections_cut.clone(),
+        );
+        registry.register(
             "writer_queued_rows",
             "Rows handed to the writers and waiting for a flush, all tenants",
             self.writer_queued_rows.clone(),
         );
+        if !show_tenants {
+            return;
+        }
         registry.register(
             "requests_in_flight",
             "Ingest requests being processed, by tenant",
@@ -212,7 +238,7 @@ impl Metrics {
     }
 
     /// What is read from the host's state at scrape time.
-    fn register_state(&self, registry: &mut Registry, app: &App) {
+    fn register_state(&self, registry: &mut Registry, app: &App, show_tenants: bool) {
         let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
             let g: Gauge = Gauge::default();
             g.set(value);
@@ -244,7 +270,7 @@ impl Metrics {
             pools.get_or_create(&of("max")).set(status.max_size as i64);
         };
         pool("service".into(), app.pool.status());
-        for (id, tenant) in app.registry.snapshot().tenants.iter() {
+        for (id, tenant) in app.registry.snapshot().tenants.iter().filter(|_| show_tenants) {
             // Only tenants with a connection of their own have a pool of their own.
             if tenant.spec.database.as_ref().is_some_and(|d| d.is_configured()) {
                 pool(format!("tenant:{id}"), tenant.destination.pool.status());
@@ -318,11 +344,14 @@ impl Metrics {
     /// What `/status.json` answers: now, and the last minutes second by
     /// second (only the seconds after `since`, when given, so a page that
     /// polls fetches each second once).
-    pub fn status(&self, app: &App, since: Option<f64>) -> serde_json::Value {
+    /// Without `show_tenants`, `tenants` is empty and the history's rates
+    /// are summed under `all`.
+    pub fn status(&self, app: &App, since: Option<f64>, show_tenants: bool) -> serde_json::Value {
         let history = self.history.lock().unwrap();
         let latest = history.points.back();
         let tenants: Vec<serde_json::Value> = tenants(app)
             .iter()
+            .filter(|_| show_tenants)
             .map(|t| {
                 let total = Totals::of(t);
                 let rate = |m: Option<&BTreeMap<String, f64>>| m.and_then(|m| m.get(t.id())).copied().unwrap_or(0.0);
@@ -360,7 +389,13 @@ impl Metrics {
             "tenants": tenants,
             "cdc": cdc,
             "spool": { "bytes": app.spool.bytes(), "files": app.spool.len() },
-            "history": history.points.iter().filter(|p| since.is_none_or(|since| p.t > since)).collect::<Vec<_>>(),
+            "tenants_shown": show_tenants,
+            "history": history
+                .points
+                .iter()
+                .filter(|p| since.is_none_or(|since| p.t > since))
+                .map(|p| if show_tenants { serde_json::json!(p) } else { serde_json::json!(p.summed()) })
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -467,6 +502,14 @@ struct History {
     last: Option<(f64, BTreeMap<String, Totals>)>,
 }
 
+impl Point {
+    /// The point with its rates summed over tenants, under `all`.
+    fn summed(&self) -> Point {
+        let all = |m: &BTreeMap<String, f64>| BTreeMap::from([("all".to_owned(), round1(m.values().sum()))]);
+        Point { t: self.t, events: all(&self.events), errors: all(&self.errors) }
+    }
+}
+
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
@@ -490,9 +533,14 @@ pub fn start_sampling(app: &Arc<App>) {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Require the admin token (`Authorization: Bearer …`) for `/metrics`
-    /// and `/status.json`. Off by default, as Prometheus exporters are:
-    /// they show tenant ids and counts, never keys or data.
+    /// and `/status.json`. Off by default, as Prometheus exporters are;
+    /// then whoever sends the admin token sees every series, and others
+    /// see no tenant ids unless `show_tenants` is set.
     pub require_admin_token: bool,
+    /// List tenant ids (and their series) to whoever asks, token or not.
+    /// Off by default: without the admin token, `/metrics` has only the
+    /// service-wide series and `/status.json` no tenants.
+    pub show_tenants: bool,
 }
 
 /// `[log]`: the format and level of the service's logs (stderr).

@@ -288,20 +288,27 @@ pub enum IngestResponses {
     /// No such tenant, or the component serves no such route.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// The body is larger than `max_body_bytes`.
+    /// The body did not arrive within `[http] body_read_timeout_ms`, or
+    /// arrived slower than `min_body_bytes_per_second`.
+    #[response(status = 408)]
+    TooSlow(ErrorBody),
+    /// The body, or what it decompresses to, is larger than `max_body_bytes`.
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// An unsupported content type or content encoding.
     #[response(status = 415)]
     Unsupported(ErrorBody),
-    /// The tenant has too many bytes in flight; retry after `Retry-After` seconds.
+    /// The tenant has too many bytes in flight (decompressed bytes count as
+    /// they are produced); retry after `Retry-After` seconds.
     #[response(status = 429)]
     Busy(ErrorBody),
     /// The component failed (a trap, a broken answer).
     #[response(status = 500)]
     Failed(ErrorBody),
     /// Nothing was committed (the database is unavailable, the request timed
-    /// out, the service is overloaded): retry after `Retry-After` seconds.
+    /// out, the service is overloaded: too many bytes in flight or too near
+    /// its memory limit, decompressed bytes counted as they are produced):
+    /// retry after `Retry-After` seconds.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

@@ -431,13 +431,7 @@ pub(crate) async fn post_query(
 fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
     let snapshot = app.registry.snapshot();
     let tenant = if snapshot.tenants.is_empty() {
-        if !peer.ip().is_loopback() {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "no tenants are configured, so queries are accepted from loopback only",
-            ));
-        }
-        app.default_tenant.clone()
+        app.keyless(peer).map_err(|reason| error(StatusCode::UNAUTHORIZED, reason))?
     } else {
         let Some(token) = api_key(headers).filter(|t| !t.is_empty()) else {
             return Err(error(

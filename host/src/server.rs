@@ -9,8 +9,6 @@ use crate::ingest::Tenant;
 use crate::runtime::{Normalizer, Runtime};
 use crate::tenants::{Registry, TenantSpec};
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The environment variable that names the database, over the config file.
@@ -58,9 +56,14 @@ pub async fn serve(config: Config) -> Result<()> {
         None,
     ));
     let tenants = registry.snapshot().tenants.len();
-    if tenants == 0 {
+    if tenants == 0 && config.keyless_loopback {
         tracing::info!(
             "no tenants are configured: the default tenant takes requests without a key, from loopback only"
+        );
+    } else if tenants == 0 {
+        tracing::warn!(
+            "no tenants are configured and keyless_loopback is off: every ingest request is refused until a tenant \
+             is added"
         );
     } else {
         tracing::info!(tenants, "tenants loaded");
@@ -70,6 +73,7 @@ pub async fn serve(config: Config) -> Result<()> {
         runtime: registry.runtime.clone(),
         registry: registry.clone(),
         default_tenant,
+        keyless_loopback: config.keyless_loopback,
         pool: destination.pool.clone(),
         admin_token: config.admin_token.clone(),
         in_flight_bytes: Default::default(),
@@ -93,11 +97,14 @@ pub async fn serve(config: Config) -> Result<()> {
     // Scripts and tests read this line to find the port.
     println!("sluice listening on http://{address}");
 
-    // tap_io only to get axum's ConnectInfo for a listener of our own.
-    let listener = crate::listener::LimitedListener::new(listener, config.limits.max_connections).tap_io(|_| {});
-    axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::listener::serve(
+        listener,
+        http::router(app),
+        config.http.clone(),
+        config.limits.max_connections,
+        shutdown_signal(),
+    )
+    .await?;
     // Every connection is closed, so every request has its answer; the
     // writer drains what is left and stops.
     tracing::info!("stopping: writing what is queued");

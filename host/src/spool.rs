@@ -63,12 +63,23 @@ pub struct Spool {
 impl Spool {
     /// The spool in `dir`, counting what an earlier run left there.
     pub fn open(dir: PathBuf, config: SpoolConfig) -> Result<Spool> {
-        std::fs::create_dir_all(&dir).with_context(|| format!("create the spool folder {}", dir.display()))?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // Spooled requests are tenants' bodies: the folder and its files are
+        // the service user's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("create the spool folder {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make the spool folder {} private", dir.display()))?;
         let mut used = 0;
         let mut last = 0;
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             used += entry.metadata()?.len();
+            // Files an older version left readable to others are made private.
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
             if let Some(n) = sequence(&entry.path()) {
                 last = last.max(n);
             }
@@ -115,11 +126,13 @@ impl Spool {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let path = self.dir.join(format!("{:020}-{}.req", request.received_at.max(0), n));
         let kept = (|| -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
             if crate::faults::fires("spool-keep") {
                 return Err(std::io::Error::other("failpoint spool-keep"));
             }
             let temporary = path.with_extension("tmp");
-            let mut file = std::fs::File::create(&temporary)?;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             std::fs::rename(&temporary, &path)?;

@@ -205,6 +205,13 @@ impl TenantSpec {
                 key_id(token)
             );
         }
+        if self.component.starts_with("sha256:") && component_digest(&self.component).is_none() {
+            bail!(
+                "tenant {}: component {:?} is not sha256: and 64 lower-case hex digits",
+                self.id,
+                self.component.chars().take(80).collect::<String>()
+            );
+        }
         if let Some(batch) = &self.batch
             && (batch.writers == 0 || batch.batch_size == 0 || batch.batch_size_bytes == 0)
         {
@@ -212,6 +219,13 @@ impl TenantSpec {
         }
         Ok(self)
     }
+}
+
+/// The digest of a stored component, `sha256:` and 64 lower-case hex
+/// digits; `None` for anything else (a path, upper case, a short digest).
+pub fn component_digest(component: &str) -> Option<&str> {
+    let digest = component.strip_prefix("sha256:")?;
+    (digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(digest)
 }
 
 /// A connection pool and its batching writer, shared by every tenant with
@@ -275,6 +289,9 @@ pub struct Registry {
     builtin: Arc<Normalizer>,
     /// Loaded components by digest, shared by tenants.
     loaded: Mutex<HashMap<String, Arc<Normalizer>>>,
+    /// Whether any tenant has been registered since the service started:
+    /// then keyless requests stay refused once the last one is deleted.
+    had_tenants: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -298,6 +315,7 @@ impl Registry {
             state_file: data_dir.join("tenants.json"),
             builtin,
             loaded: Mutex::default(),
+            had_tenants: Default::default(),
         }
     }
 
@@ -391,7 +409,9 @@ impl Registry {
         if spec.component == BUILTIN {
             return Ok(self.builtin.clone());
         }
-        let digest = spec.component.strip_prefix("sha256:").context("a component is builtin:standard or sha256:…")?;
+        // Only a digest names a file in the components folder: never a path.
+        let digest = component_digest(&spec.component)
+            .context("a component is builtin:standard or sha256: and 64 lower-case hex digits")?;
         if let Some(loaded) = self.loaded.lock().unwrap().get(digest) {
             return Ok(loaded.clone());
         }
@@ -493,8 +513,16 @@ impl Registry {
         };
         // It may hold a tenant's database password: written owner-only.
         crate::runtime::write_atomically(&self.state_file, &serde_json::to_vec_pretty(&specs)?)?;
+        if !next.tenants.is_empty() {
+            self.had_tenants.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.snapshot.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Whether a tenant has been registered at any time since the start.
+    pub fn had_tenants(&self) -> bool {
+        self.had_tenants.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of the current snapshot, with the tenants shared.

@@ -92,6 +92,14 @@ async fn an_unusable_destination_spools_or_answers_503() {
     assert_eq!(answer["spooled"], true);
     assert!(answer["message"].as_str().unwrap().contains("42P01"), "{answer}");
     assert_eq!(spooled(&data_dir), 1);
+    // Spooled bodies are tenants' data: the service user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir.join("spool")), 0o700, "the spool folder");
+    for file in std::fs::read_dir(data_dir.join("spool")).unwrap() {
+        let file = file.unwrap().path();
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
     // Put right, the spooled request is written by itself.
     client.batch_execute("ALTER TABLE events_gone RENAME TO events").await.unwrap();
     drained(&data_dir).await;

@@ -6,6 +6,7 @@ mod api_fuzz;
 mod cdc;
 mod cdc_crash;
 mod cli;
+mod clients;
 mod connections;
 mod delivery;
 mod events;

@@ -284,6 +284,11 @@ fn row(ids: &Ids, index: u32, received_at: i64, envelope: Envelope) -> Result<Ro
     let event_type = required("eventType", envelope.event_type)?;
     let occurred_at = timestamp("occurredAt", &required("occurredAt", envelope.occurred_at)?)?;
     let idempotency_key = text("idempotencyKey", envelope.idempotency_key)?;
+    // An empty key would make every such event of the tenant one id: the
+    // second would be taken for a duplicate of the first and never stored.
+    if idempotency_key.as_deref().is_some_and(|key| key.trim().is_empty()) {
+        return Err("idempotencyKey is empty: send a non-empty key, or leave the field out for a new id".into());
+    }
     let values = vec![
         Value::uuid(ids.id(idempotency_key.as_deref()).as_u128()),
         Value::Text(event_type.into_owned()),
@@ -326,7 +331,7 @@ fn by_type(rows: impl Iterator<Item = Result<Row, String>>) -> Outcome {
     // Event type → its plan; the table is worked out once per type.
     let mut plans: HashMap<String, usize> = HashMap::new();
     for row in rows {
-        match row {
+        match row.and_then(|row| row.refusal(&COLUMNS).map_or(Ok(row), Err)) {
             Err(reason) => outcome.rejections.push(Rejection { index: outcome.events, reason }),
             Ok(row) => {
                 let Value::Text(event_type) = &row.values[1] else { unreachable!("row() puts the type second") };

@@ -3,6 +3,7 @@
 //!
 //! It compiles natively and for `wasm32-wasip2`.
 
+pub mod check;
 pub mod sql;
 pub mod types;
 

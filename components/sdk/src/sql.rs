@@ -132,7 +132,8 @@ impl Table {
 
 impl Table {
     /// Checks one row of a plan for this table: as many values as the plan
-    /// lists columns, each null only where allowed and of its column's type.
+    /// lists columns, each null only where allowed, of its column's type,
+    /// and none that PostgreSQL would refuse ([`crate::check`]).
     /// The plan's columns must have been checked against the table
     /// ([`Upsert::new`]).
     pub fn check_row(&self, columns: &[String], values: &[Value]) -> Result<(), String> {
@@ -159,6 +160,12 @@ impl Table {
                     ));
                 }
                 _ => {}
+            }
+            // A value PostgreSQL would refuse costs its event, not the
+            // writer's batch: whatever built the row (the SDK's normalizers
+            // check already; a component of a tenant's own may not).
+            if let Some(reason) = crate::check::refusal(value) {
+                return Err(format!("{name}: {reason}"));
             }
         }
         Ok(())
@@ -529,6 +536,15 @@ mod tests {
         assert!(err(&["id", "bogus"], Conflict::DoNothing).contains("no column \"bogus\""));
         assert!(err(&["id", "id"], Conflict::DoNothing).contains("twice"));
         assert!(err(&["id", "amount"], Conflict::Update(vec!["id".into()])).contains("primary key"));
+    }
+
+    #[test]
+    fn a_row_with_a_value_postgres_refuses_is_refused_by_name() {
+        let t = events();
+        let columns = vec!["id".to_owned(), "amount".to_owned()];
+        assert_eq!(t.check_row(&columns, &[Value::uuid(1), Value::Numeric("1e131071".into())]), Ok(()));
+        let e = t.check_row(&columns, &[Value::uuid(1), Value::Numeric("1e200000".into())]).unwrap_err();
+        assert!(e.starts_with("amount: the number 1e200000 is out of"), "{e}");
     }
 
     #[test]

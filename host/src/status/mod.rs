@@ -6,11 +6,15 @@
 //! With `[metrics] require_admin_token = true`, `/metrics` and
 //! `/status.json` need the admin token; the page itself holds no data, so
 //! it is always served, and asks for the token when `/status.json` does.
+//!
+//! Tenant ids are shown only to a request with the admin token, or to all
+//! with `[metrics] show_tenants = true`; others get the service-wide
+//! series only.
 
 use crate::http::App;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,14 +40,15 @@ pub(crate) async fn page() -> Response {
 
 /// Prometheus metrics in the OpenMetrics text format (docs/observability.md).
 #[utoipa::path(get, path = "/metrics", tag = "service", summary = "Prometheus metrics.",
-    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed.",
+    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed. \
+        Tenant ids (and the series labelled with them) only with the admin token, or with `[metrics] show_tenants`.",
     security((), ("admin_token" = [])),
     responses(
     (status = 200, description = "Every series.", content_type = "application/openmetrics-text", body = String),
     (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
 ))]
-pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(&app);
+pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let text = app.metrics.render(&app, show_tenants(&app, &headers));
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
@@ -56,7 +61,8 @@ pub(crate) struct Since {
 
 /// Tenants, totals, change streams and the last minutes second by second.
 #[utoipa::path(get, path = "/status.json", tag = "service", summary = "What the status page shows, as JSON.",
-    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed.",
+    description = "Open unless `[metrics] require_admin_token` is set; then the admin token is needed. \
+        Tenant ids (and the series labelled with them) only with the admin token, or with `[metrics] show_tenants`.",
     params(("since" = Option<f64>, Query, description = "Only the seconds after this time (seconds since the Unix epoch).")),
     security((), ("admin_token" = [])),
     responses(
@@ -64,7 +70,16 @@ pub(crate) struct Since {
     (status = 400, description = "A query string that is not as documented.", body = crate::openapi::ErrorBody),
     (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
 ))]
-pub(crate) async fn status(State(app): State<Arc<App>>, Query(query): Query<Since>) -> Response {
-    let body = app.metrics.status(&app, query.since);
+pub(crate) async fn status(State(app): State<Arc<App>>, headers: HeaderMap, Query(query): Query<Since>) -> Response {
+    let body = app.metrics.status(&app, query.since, show_tenants(&app, &headers));
     (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// Whether this request may see tenant ids: it sent the admin token, or
+/// the configuration opens them to all, or there are none to hide (only the
+/// keyless default tenant serves).
+fn show_tenants(app: &App, headers: &HeaderMap) -> bool {
+    app.metrics_config.show_tenants
+        || app.registry.snapshot().tenants.is_empty()
+        || crate::admin::has_admin_token(app, headers)
 }

@@ -142,7 +142,18 @@ impl Sluice {
         } else {
             format!("{extra_toml}\n{cache}")
         };
-        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{extra}");
+        // Most tests ingest as the keyless default tenant; a test that
+        // says otherwise keeps its own setting.
+        let keyless = if extra.contains("keyless_loopback") { "" } else { "keyless_loopback = true\n" };
+        // And read tenants' series in /metrics without a token.
+        let extra = if extra.contains("show_tenants") {
+            extra
+        } else if extra.contains("[metrics]\n") {
+            extra.replace("[metrics]\n", "[metrics]\nshow_tenants = true\n")
+        } else {
+            format!("{extra}\n[metrics]\nshow_tenants = true\n")
+        };
+        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{keyless}{extra}");
         std::fs::write(config.path(), toml).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command

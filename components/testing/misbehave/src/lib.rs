@@ -1,7 +1,8 @@
 //! A normalizer that misbehaves when the request asks it to, and otherwise
 //! acts as the events normalizer. The `x-misbehave` header picks the fault:
 //! `trap` panics, `loop` never returns, `alloc` allocates without bound,
-//! `huge` returns a plan of 100 MB.
+//! `huge` returns a plan of 100 MB, `unstorable` a plan built by hand whose
+//! second event holds a number PostgreSQL cannot store.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -47,6 +48,28 @@ mod component {
                             columns: vec!["source".into()],
                             conflict: Conflict::DoNothing,
                             rows,
+                        }],
+                        rejections: vec![],
+                    })
+                }
+                "unstorable" => {
+                    let row = |event: u32, payload: &str| Row {
+                        event,
+                        values: vec![
+                            Value::uuid(u128::from(event) + 1 + (u128::from(request.received_at as u64) << 32)),
+                            Value::Text("unstorable".into()),
+                            Value::Timestamptz(request.received_at),
+                            Value::Jsonb(payload.into()),
+                        ],
+                    };
+                    Ok(Outcome {
+                        events: 2,
+                        plans: vec![UpsertPlan {
+                            template: None,
+                            table: sluice_events::TABLE.into(),
+                            columns: ["event_id", "event_type", "occurred_at", "payload"].map(String::from).to_vec(),
+                            conflict: Conflict::DoNothing,
+                            rows: vec![row(0, r#"{"n":1}"#), row(1, r#"{"n":1e200000}"#)],
                         }],
                         rejections: vec![],
                     })
