@@ -529,7 +529,7 @@ async fn failpoint_under_concurrent_writers(failpoint: &str) {
     let client = db.client().await;
     create_workload_tables(&client).await;
     let toml = cdc_toml(&db, &["accounts", "tellers", "history"], "batch_changes = 16\nmemory_changes = 20");
-    let failpoints = format!("{failpoint}=3%return");
+    let failpoints = format!("{failpoint}=20%3*return");
     let sluice = Sluice::start_with_env(&toml, &[("SLUICE_DATABASE_URL", &db.url), ("FAILPOINTS", &failpoints)]);
     wait_for_slot(&client, &db, &sluice).await;
     count_audit_attempts(&client).await;

@@ -105,7 +105,7 @@ async fn stored(db: &TestDb) -> HashMap<String, i64> {
 async fn send(sluice: &Sluice, db: &TestDb, path: Path, what: &str) -> Told {
     let warmed = stored(db).await.contains_key("warmup");
     let url = sluice.url("/v1/events");
-    let clients = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path)));
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path))).collect();
     let mut told = Told::default();
     for c in clients {
         let c = c.await.unwrap();
@@ -150,7 +150,7 @@ async fn spool_arrives(sluice: &Sluice, db: &TestDb, told: &Told) {
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(60),
             "{waiting} spooled events never arrived; the service's log:\n{}",
             sluice.log()
         );
@@ -408,4 +408,77 @@ async fn lock_timeouts_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_in_transaction_timeouts_under_load() {
     server_fault(ServerFault::IdleInTransaction, Path::Upsert).await;
+}
+
+/// Requests in the spool when the destination comes back are written while
+/// new requests keep arriving: the spool empties before the clients stop,
+/// although every replay waits for a flush like any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_drains_while_traffic_continues() {
+    let db = TestDb::new().await;
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("drain-{}", std::process::id()));
+    let sluice = Sluice::start_in(Some(&db), CONFIG, Some(&data_dir));
+    warm_up(&sluice).await;
+    let admin = db.client().await;
+    admin.batch_execute("ALTER TABLE events RENAME TO events_away").await.unwrap();
+    // The destination is gone: 300 requests go to the spool.
+    let url = sluice.url("/v1/events");
+    let senders: Vec<_> = (0..10)
+        .map(|c| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut spooled = Vec::new();
+                for r in 0..30 {
+                    let keys: Vec<String> = (0..10).map(|e| format!("spooled-c{c}-r{r}-e{e}")).collect();
+                    let body = Value::Array(keys.iter().map(|k| event(k)).collect());
+                    let answer = http().post(&url).json(&body).send().await.unwrap();
+                    assert_eq!(answer.status(), 202);
+                    spooled.extend(keys);
+                }
+                spooled
+            })
+        })
+        .collect();
+    let mut spooled = HashSet::new();
+    for sender in senders {
+        spooled.extend(sender.await.unwrap());
+    }
+    let files = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("spool"))
+            .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "req"))).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(files(&data_dir), 300);
+
+    // Back, under the clients' traffic.
+    admin.batch_execute("ALTER TABLE events_away RENAME TO events").await.unwrap();
+    let started = Instant::now();
+    let traffic = {
+        let sluice_url = url.clone();
+        tokio::spawn(async move {
+            let clients: Vec<_> =
+                (0..CLIENTS).map(|id| tokio::spawn(client(sluice_url.clone(), id, Path::Copy))).collect();
+            let mut acknowledged = HashSet::new();
+            for c in clients {
+                acknowledged.extend(c.await.unwrap().acknowledged);
+            }
+            acknowledged
+        })
+    };
+    let mut drained = None;
+    while drained.is_none() && started.elapsed() < SENDING {
+        if files(&data_dir) == 0 {
+            drained = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acknowledged = traffic.await.unwrap();
+    let drained = drained.unwrap_or_else(|| {
+        panic!("{} of 300 spooled requests left after {SENDING:?} of traffic; log:\n{}", files(&data_dir), sluice.log())
+    });
+    eprintln!("the spool of 300 requests drained in {drained:?} under {} acknowledged events", acknowledged.len());
+    let now = stored(&db).await;
+    let missing = spooled.iter().chain(&acknowledged).filter(|k| !now.contains_key(*k)).count();
+    assert_eq!(missing, 0);
+    assert!(now.values().all(|&n| n == 1));
 }
