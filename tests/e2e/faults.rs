@@ -482,3 +482,61 @@ async fn the_spool_drains_while_traffic_continues() {
     assert_eq!(missing, 0);
     assert!(now.values().all(|&n| n == 1));
 }
+
+/// The database server is stopped and started again twice while the
+/// clients send, at random moments: the service rides it out, nothing
+/// answered 200 is lost or doubled, and the spool empties once it is back.
+async fn server_restarts_under_load(path: Path) {
+    let (options, dir) = crate::support::own_cluster(&format!("restart-{path:?}"));
+    let mut cluster = sluice::embedded::Cluster::start(options.clone()).unwrap();
+    let db = TestDb { url: cluster.url(), name: "sluice".into() };
+    let sluice = Sluice::start_in(Some(&db), CONFIG, Some(&dir.join("sluice")));
+    warm_up(&sluice).await;
+    let restarts = tokio::task::spawn_blocking(move || {
+        let mut seed = std::process::id() as u64 | 1;
+        for _ in 0..2 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 1000));
+            cluster.stop().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            cluster = sluice::embedded::Cluster::start(options.clone()).unwrap();
+        }
+        cluster
+    });
+    let told = send_with_restarts(&sluice, path).await;
+    let mut cluster = restarts.await.unwrap();
+    spool_arrives(&sluice, &db, &told).await;
+    drop(sluice);
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As `send`, but the check waits for the server to be back.
+async fn send_with_restarts(sluice: &Sluice, path: Path) -> Told {
+    let url = sluice.url("/v1/events");
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path))).collect();
+    let mut told = Told { acknowledged: HashSet::from(["warmup".to_owned()]), ..Told::default() };
+    told.sent.insert("warmup".into());
+    for c in clients {
+        let c = c.await.unwrap();
+        told.acknowledged.extend(c.acknowledged);
+        told.spooled.extend(c.spooled);
+        told.sent.extend(c.sent);
+        for (status, n) in c.statuses {
+            *told.statuses.entry(status).or_default() += n;
+        }
+    }
+    eprintln!("restarts, {path:?}: answers {:?}", told.statuses);
+    assert!(told.statuses.keys().any(|&s| s != 200), "the restarts were never felt: {:?}", told.statuses);
+    told
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarts_under_load_copy() {
+    server_restarts_under_load(Path::Copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarts_under_load_upsert() {
+    server_restarts_under_load(Path::Upsert).await;
+}
