@@ -525,6 +525,13 @@ pub struct Limits {
     /// What may arrive between two checks of memory (default: a fifth of
     /// `max_memory_bytes`).
     pub memory_spike_bytes: Option<usize>,
+    /// Rows a tenant may keep in its dead-letter table; refused rows past
+    /// it are reported but not kept.
+    pub max_dead_letters: u64,
+    /// Tables Sluice may create for a tenant on first use (from a
+    /// component's templates: Logflare sources, tables per event type);
+    /// past it, events that need a new table are rejected.
+    pub max_tables: u64,
 }
 
 impl Default for Limits {
@@ -541,6 +548,8 @@ impl Default for Limits {
             max_instances: 64,
             max_memory_bytes: 0,
             memory_spike_bytes: None,
+            max_dead_letters: 100_000,
+            max_tables: 200,
         }
     }
 }
