@@ -690,6 +690,7 @@ mod tests {
         assert_eq!(config.http.header_read_timeout_ms, 10_000);
         assert_eq!(config.http.max_connections_per_address, 256);
         assert!(!config.keyless_loopback && !config.metrics.show_tenants);
+        assert_eq!((config.limits.max_dead_letters, config.limits.max_tables), (100_000, 200));
         let e = Config::parse("[http]\nidle_timeout_ms = 0", &env).unwrap_err().to_string();
         assert!(e.contains("idle_timeout_ms"), "{e}");
     }
