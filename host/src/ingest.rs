@@ -43,7 +43,15 @@ pub struct Tenant {
     /// Taken while creating an instance table, so concurrent first uses
     /// create it once.
     creating: tokio::sync::Mutex<()>,
+    /// When the tenant was last found at its quota of tables made on first
+    /// use, and why: for a while new tables are refused without asking the
+    /// database (and taking the migration lock) again.
+    tables_full: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a tenant found at its quota of tables is refused new ones
+/// without counting again.
+const TABLES_FULL_FOR: Duration = Duration::from_secs(5);
 
 type UpsertKey = (String, String, Vec<String>, Conflict);
 
@@ -189,6 +197,7 @@ impl Tenant {
             upserts: Mutex::default(),
             instances: Mutex::default(),
             creating: tokio::sync::Mutex::default(),
+            tables_full: Mutex::default(),
         }
     }
 
@@ -453,13 +462,28 @@ impl Tenant {
         if self.instances.lock().unwrap().contains_key(&key) {
             return Ok(Ok(()));
         }
+        let full = self.tables_full.lock().unwrap().clone().filter(|(at, _)| at.elapsed() < TABLES_FULL_FOR);
         let mut client = self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
+        if let Some((_, reason)) = full {
+            // A table that exists (made earlier, or by another host) is
+            // migrated as always; only a new one is refused.
+            let qualified = sluice_sdk::sql::qualified(&self.schema, name);
+            let exists = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                .await
+                .map_err(|e| IngestError::Write(WriteError::from(e)))?
+                .get::<_, bool>(0);
+            if !exists {
+                return Ok(Err(format!("table {name:?} was not created: {reason}")));
+            }
+        }
         let quota = crate::db::migrate::Quota { tenant: self.id(), max_tables: self.limits.max_tables };
         let created =
             crate::db::migrate::migrate_counted(&mut client, &self.schema, std::slice::from_ref(&table), Some(quota))
                 .await;
         if let Err(e) = created {
             if let Some(reached) = e.downcast_ref::<crate::db::migrate::QuotaReached>() {
+                *self.tables_full.lock().unwrap() = Some((Instant::now(), reached.to_string()));
                 return Ok(Err(format!("table {name:?} was not created: {reached}")));
             }
             return match e.downcast_ref::<tokio_postgres::Error>() {

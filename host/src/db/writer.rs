@@ -545,8 +545,14 @@ async fn flush(shared: Arc<Shared>, jobs: Vec<Job>, running: Arc<Running>) {
         let group = tenants.binary_search(&job.origin.tenant).expect("listed above");
         groups[group].push(job);
     }
+    // Concurrently, within half the pool: the refused tenant's isolation
+    // holds one connection while the others are written.
+    let concurrent = (shared.pool.status().max_size / 2).max(2);
     let shared = &shared;
-    futures_util::future::join_all(groups.into_iter().map(|group| write_isolating(shared, group, None, started))).await;
+    futures_util::StreamExt::for_each_concurrent(futures_util::stream::iter(groups), concurrent, |group| {
+        write_isolating(shared, group, None, started)
+    })
+    .await;
 }
 
 /// Writes the jobs of one tenant (whole, unless `refused` says the
