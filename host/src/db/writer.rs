@@ -409,15 +409,14 @@ impl Batcher {
                 if self.pending.is_empty() {
                     break;
                 }
-                let writing = running.iter().filter(|r| !r.isolated && !r.isolating.load(Ordering::Acquire)).count();
-                let lane_free = !running.iter().any(|r| r.isolated);
+                let (writer_free, lane_free) = self.free(&running);
                 let full =
                     self.pending_rows >= self.batch.batch_size || self.pending_bytes >= self.batch.batch_size_bytes;
                 let due = linger.is_zero() || closed || linger_ends.is_some_and(|t| t <= Instant::now());
                 if !(full || due) {
                     break;
                 }
-                let Some((isolated, jobs)) = self.take(writing < self.batch.writers, lane_free) else { break };
+                let Some((isolated, jobs)) = self.take(writer_free, lane_free) else { break };
                 linger_ends = (!self.pending.is_empty()).then(|| Instant::now() + linger);
                 if !jobs.is_empty() {
                     let state = Arc::new(Running { isolated, ..Default::default() });
@@ -428,7 +427,15 @@ impl Batcher {
             if closed && self.pending.is_empty() && flushing.is_empty() {
                 return;
             }
-            let can_flush = !self.pending.is_empty();
+            // Whether a pending job could go now (once its linger ends):
+            // else only a new job, a flush ending or starting to isolate
+            // can change that.
+            running.retain(|r| Arc::strong_count(r) > 1);
+            let (writer_free, lane_free) = self.free(&running);
+            let can_flush = self.pending.iter().any(|job| match self.shared.is_isolated(&job.origin.tenant) {
+                true => lane_free,
+                false => writer_free,
+            });
             tokio::select! {
                 job = queue.recv(), if !closed => match job {
                     Some(job) => self.push(job, &mut linger_ends, linger),
@@ -439,6 +446,14 @@ impl Batcher {
                 _ = tokio::time::sleep_until(linger_ends.unwrap_or_else(Instant::now)), if can_flush && linger_ends.is_some() => {}
             }
         }
+    }
+
+    /// Whether a writer is free for jobs of tenants not isolated (flushes
+    /// that are isolating do not count), and whether the isolated tenants'
+    /// lane is free.
+    fn free(&self, running: &[Arc<Running>]) -> (bool, bool) {
+        let writing = running.iter().filter(|r| !r.isolated && !r.isolating.load(Ordering::Acquire)).count();
+        (writing < self.batch.writers, !running.iter().any(|r| r.isolated))
     }
 
     fn push(&mut self, job: Job, linger_ends: &mut Option<Instant>, linger: Duration) {
@@ -641,6 +656,11 @@ impl Batch<'_> {
                 Err(Ok(refusal)) => refusal,
             },
         };
+        // The jobs are one tenant's: its next ones are flushed apart at once,
+        // before this isolation ends.
+        for job in self.jobs {
+            self.shared.isolate(&job.origin.tenant);
+        }
         let units = events_of(self.jobs);
         if let [unit] = units[..] {
             refusals.push((unit, refusal));
