@@ -69,17 +69,31 @@ async fn dead_letters_stop_at_the_tenants_bound() {
     assert_eq!(warnings, 1, "{}", sluice.log());
 }
 
-/// With `max_tables = 3`, a fourth Logflare source (a fourth table made on
-/// first use) is refused with a reason naming the limit; the first three
-/// keep taking rows; only the tables made on first use count.
+/// With `max_tables = 3` (the tenant's own limit), a fourth Logflare
+/// source (a fourth table made on first use) is refused with a reason
+/// naming the limit; the first three keep taking rows; only the tables made
+/// on first use count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_made_on_first_use_stop_at_the_quota() {
+    const KEY: &str = "acme-key-0123456789abcdef";
     let db = TestDb::new().await;
-    let sluice = Sluice::start(Some(&db), "[limits]\nmax_tables = 3\n");
+    let config = format!("[[tenants]]\nid = \"acme\"\nkeys = [\"{KEY}\"]\nlimits = {{ max_tables = 3 }}\n");
+    let sluice = Sluice::start(Some(&db), &config);
     let body = r#"{"batch":[{"message":"hello"}]}"#;
     let send = |source: &str| {
         let url = sluice.url(&format!("/api/logs?source_name={source}"));
-        async move { post(&url, "application/json", body).await }
+        async move {
+            let response = http()
+                .post(&url)
+                .header("x-api-key", KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
     };
     for source in ["s1", "s2", "s3"] {
         let (status, answer) = send(source).await;
@@ -88,6 +102,7 @@ async fn tables_made_on_first_use_stop_at_the_quota() {
     let (status, answer) = send("s4").await;
     assert_eq!(status, 400, "{answer}");
     let reason = answer["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("tenant acme has 3 tables made on first use"), "{reason}");
     assert!(reason.contains("[limits] max_tables = 3") && reason.contains("was not created"), "{reason}");
     let client = db.client().await;
     assert_eq!(source_tables(&client).await, 3);
