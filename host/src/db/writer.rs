@@ -545,12 +545,15 @@ async fn flush(shared: Arc<Shared>, jobs: Vec<Job>, running: Arc<Running>) {
         Err(Err(e)) => return answer(&shared, jobs, Err(e), Vec::new(), started, rows).await,
         Err(Ok(refusal)) => refusal,
     };
-    // From here on it is isolating: it no longer holds a writer.
-    running.isolating.store(true, Ordering::Release);
-    shared.isolating.notify_one();
     let mut tenants: Vec<String> = jobs.iter().map(|j| j.origin.tenant.clone()).collect();
     tenants.sort();
     tenants.dedup();
+    if let [tenant] = &tenants[..] {
+        shared.isolate(tenant);
+    }
+    // From here on it is isolating: it no longer holds a writer.
+    running.isolating.store(true, Ordering::Release);
+    shared.isolating.notify_one();
     if tenants.len() == 1 {
         return write_isolating(&shared, jobs, Some(refusal), started).await;
     }
