@@ -525,6 +525,13 @@ pub struct Limits {
     /// What may arrive between two checks of memory (default: a fifth of
     /// `max_memory_bytes`).
     pub memory_spike_bytes: Option<usize>,
+    /// Rows a tenant may keep in its dead-letter table; refused rows past
+    /// it are reported but not kept.
+    pub max_dead_letters: u64,
+    /// Tables Sluice may create for a tenant on first use (from a
+    /// component's templates: Logflare sources, tables per event type);
+    /// past it, events that need a new table are rejected.
+    pub max_tables: u64,
 }
 
 impl Default for Limits {
@@ -541,6 +548,8 @@ impl Default for Limits {
             max_instances: 64,
             max_memory_bytes: 0,
             memory_spike_bytes: None,
+            max_dead_letters: 100_000,
+            max_tables: 200,
         }
     }
 }
@@ -681,6 +690,7 @@ mod tests {
         assert_eq!(config.http.header_read_timeout_ms, 10_000);
         assert_eq!(config.http.max_connections_per_address, 256);
         assert!(!config.keyless_loopback && !config.metrics.show_tenants);
+        assert_eq!((config.limits.max_dead_letters, config.limits.max_tables), (100_000, 200));
         let e = Config::parse("[http]\nidle_timeout_ms = 0", &env).unwrap_err().to_string();
         assert!(e.contains("idle_timeout_ms"), "{e}");
     }

@@ -4,7 +4,7 @@
 
 use crate::config::Limits;
 use crate::db::CommitChecked;
-use crate::db::writer::{CheckedPlan, Origin, WriteError};
+use crate::db::writer::{CheckedPlan, Kept, Origin, WriteError};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
 use crate::tenants::{Destination, TenantSpec};
 use crate::write_modes::{SyncRun, WriteMode, delete_stale_sql};
@@ -43,7 +43,15 @@ pub struct Tenant {
     /// Taken while creating an instance table, so concurrent first uses
     /// create it once.
     creating: tokio::sync::Mutex<()>,
+    /// When the tenant was last found at its quota of tables made on first
+    /// use, and why: for a while new tables are refused without asking the
+    /// database (and taking the migration lock) again.
+    tables_full: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a tenant found at its quota of tables is refused new ones
+/// without counting again.
+const TABLES_FULL_FOR: Duration = Duration::from_secs(5);
 
 type UpsertKey = (String, String, Vec<String>, Conflict);
 
@@ -174,7 +182,7 @@ impl Tenant {
             _ => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls as usize)),
         };
         let settings = serde_json::Value::Object(spec.settings.clone()).to_string();
-        let origin = Arc::new(Origin { tenant: spec.id.clone(), schema: schema.clone() });
+        let origin = Arc::new(Origin::new(&spec.id, &schema, limits.max_dead_letters));
         Tenant {
             origin,
             spec,
@@ -189,6 +197,7 @@ impl Tenant {
             upserts: Mutex::default(),
             instances: Mutex::default(),
             creating: tokio::sync::Mutex::default(),
+            tables_full: Mutex::default(),
         }
     }
 
@@ -286,15 +295,26 @@ impl Tenant {
         let tables: Vec<String> =
             plans.iter().map(|p| p.plan.template.as_ref().unwrap_or(&p.plan.table).clone()).collect();
         let result = self.destination.writer.write(plans, deadline, &self.origin).await.map_err(IngestError::Write)?;
-        let kept = if result.dead_lettered { "; its rows are kept in sluice_dead_letters" } else { "" };
-        self.stats
-            .events_dead_lettered
-            .fetch_add(if result.dead_lettered { result.refused.len() as u64 } else { 0 }, Ordering::Relaxed);
-        for (event, reason) in result.refused {
+        let mut dead_lettered: BTreeMap<u32, bool> = BTreeMap::new();
+        for (event, reason, kept) in result.refused {
+            let kept = match kept {
+                Kept::Yes => "; its rows are kept in sluice_dead_letters".to_owned(),
+                Kept::Full => format!(
+                    "; its rows were not kept: the tenant's dead letters are at their bound \
+                     ([limits] max_dead_letters = {})",
+                    self.limits.max_dead_letters
+                ),
+                Kept::Failed => String::new(),
+            };
+            if !rejected.contains_key(&event) {
+                dead_lettered.insert(event, kept.starts_with("; its rows are kept"));
+            }
             rejected.entry(event).or_insert_with(|| format!("the database refused it: {reason}{kept}"));
         }
+        let events_kept = dead_lettered.values().filter(|k| **k).count() as u64;
+        self.stats.events_dead_lettered.fetch_add(events_kept, Ordering::Relaxed);
         let written = result.written;
-        self.count_rows(&tables, &row_events, &written, &rejected, result.dead_lettered);
+        self.count_rows(&tables, &row_events, &written, &rejected, &dead_lettered);
 
         // An event counts as inserted when any of its rows was written.
         let mut stored: BTreeMap<u32, bool> = BTreeMap::new();
@@ -330,18 +350,17 @@ impl Tenant {
         row_events: &[Vec<u32>],
         written: &[Vec<bool>],
         rejected: &BTreeMap<u32, String>,
-        dead_lettered: bool,
+        dead_lettered: &BTreeMap<u32, bool>,
     ) {
         for ((table, events), rows) in tables.iter().zip(row_events).zip(written) {
-            let (mut inserted, mut duplicate, mut refused) = (0, 0, 0);
+            let (mut inserted, mut duplicate, mut dead) = (0, 0, 0);
             for (event, was_written) in events.iter().zip(rows) {
                 match (rejected.contains_key(event), was_written) {
-                    (true, _) => refused += 1,
+                    (true, _) => dead += u64::from(dead_lettered.get(event).copied().unwrap_or(false)),
                     (false, true) => inserted += 1,
                     (false, false) => duplicate += 1,
                 }
             }
-            let dead = if dead_lettered { refused } else { 0 };
             crate::metrics::metrics().rows_written(self.id(), table, inserted, duplicate, dead);
         }
     }
@@ -443,8 +462,30 @@ impl Tenant {
         if self.instances.lock().unwrap().contains_key(&key) {
             return Ok(Ok(()));
         }
+        let full = self.tables_full.lock().unwrap().clone().filter(|(at, _)| at.elapsed() < TABLES_FULL_FOR);
         let mut client = self.destination.pool.get().await.map_err(|e| IngestError::Write(WriteError::from(e)))?;
-        if let Err(e) = crate::db::migrate::migrate(&mut client, &self.schema, std::slice::from_ref(&table)).await {
+        if let Some((_, reason)) = full {
+            // A table that exists (made earlier, or by another host) is
+            // migrated as always; only a new one is refused.
+            let qualified = sluice_sdk::sql::qualified(&self.schema, name);
+            let exists = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                .await
+                .map_err(|e| IngestError::Write(WriteError::from(e)))?
+                .get::<_, bool>(0);
+            if !exists {
+                return Ok(Err(format!("table {name:?} was not created: {reason}")));
+            }
+        }
+        let quota = crate::db::migrate::Quota { tenant: self.id(), max_tables: self.limits.max_tables };
+        let created =
+            crate::db::migrate::migrate_counted(&mut client, &self.schema, std::slice::from_ref(&table), Some(quota))
+                .await;
+        if let Err(e) = created {
+            if let Some(reached) = e.downcast_ref::<crate::db::migrate::QuotaReached>() {
+                *self.tables_full.lock().unwrap() = Some((Instant::now(), reached.to_string()));
+                return Ok(Err(format!("table {name:?} was not created: {reached}")));
+            }
             return match e.downcast_ref::<tokio_postgres::Error>() {
                 Some(pg) if pg.as_db_error().is_none() => Err(IngestError::Write(WriteError::from(
                     e.downcast::<tokio_postgres::Error>().expect("checked above"),

@@ -61,6 +61,8 @@ pub struct Metrics {
     history: Mutex<History>,
     /// Connections the service cut or refused, by reason (see `listener.rs`).
     connections_cut: Family<Labels, Counter>,
+    /// Refused rows not kept as dead letters (the tenant's were at their bound), by tenant.
+    dead_letters_not_kept: Family<Labels, Counter>,
 }
 
 fn instantiate_histogram() -> Histogram {
@@ -86,6 +88,7 @@ impl Metrics {
             cdc: Mutex::default(),
             history: Mutex::default(),
             connections_cut: Family::default(),
+            dead_letters_not_kept: Family::default(),
         }
     }
 
@@ -104,6 +107,11 @@ impl Metrics {
     /// `body_too_slow` or `per_address`.
     pub fn connection_cut(&self, reason: &'static str) {
         self.connections_cut.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    /// `rows` refused rows of `tenant` were not kept: its dead letters are at their bound.
+    pub fn dead_letters_not_kept(&self, tenant: &str, rows: u64) {
+        self.dead_letters_not_kept.get_or_create(&vec![("tenant", tenant.to_owned())]).inc_by(rows);
     }
 
     /// A writer flush ended (committed or not) after `elapsed`.
@@ -217,6 +225,12 @@ impl Metrics {
         if !show_tenants {
             return;
         }
+        registry.register(
+            "dead_letters_not_kept",
+            "Rows the database refused that were not kept as dead letters because the tenant's dead letters \
+             were at their bound ([limits] max_dead_letters), by tenant",
+            self.dead_letters_not_kept.clone(),
+        );
         registry.register(
             "requests_in_flight",
             "Ingest requests being processed, by tenant",

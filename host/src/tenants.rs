@@ -131,6 +131,12 @@ pub struct TenantLimits {
     /// Component calls this tenant may run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_calls: Option<u32>,
+    /// Rows this tenant may keep in its dead-letter table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dead_letters: Option<u64>,
+    /// Tables Sluice may create for this tenant on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tables: Option<u64>,
 }
 
 impl TenantLimits {
@@ -148,6 +154,8 @@ impl TenantLimits {
             max_connections: service.max_connections,
             max_memory_bytes: service.max_memory_bytes,
             memory_spike_bytes: service.memory_spike_bytes,
+            max_dead_letters: self.max_dead_letters.unwrap_or(service.max_dead_letters),
+            max_tables: self.max_tables.unwrap_or(service.max_tables),
         }
     }
 }

@@ -17,6 +17,7 @@ mod metrics;
 mod migrations;
 mod query;
 mod query_boundary;
+mod quotas;
 mod spin;
 mod status_page;
 mod tenants;

@@ -70,26 +70,49 @@ impl DeadLetter {
 }
 
 /// Keeps `letters` of `tenant` in `schema`'s dead-letter table, creating
-/// it when missing. A row refused again counts one more attempt.
+/// it when missing, while the tenant keeps fewer than `max` rows there. A
+/// row refused again counts one more attempt (and no new row).
+///
+/// `known` is how many rows the tenant is believed to keep (a cached
+/// count); without it they are counted, at most `max` of them, so the
+/// count costs no more than the bound. Returns, for each letter, whether
+/// it was kept, and how many rows the tenant keeps now.
 pub async fn keep(
     client: &impl GenericClient,
     schema: &str,
     tenant: &str,
     letters: &[DeadLetter],
-) -> Result<(), tokio_postgres::Error> {
+    max: u64,
+    known: Option<u64>,
+) -> Result<(Vec<bool>, u64), tokio_postgres::Error> {
     client.batch_execute(&create_sql(schema)).await?;
+    let table = qualified(schema, TABLE);
+    let mut count = match known {
+        Some(count) => count,
+        None => {
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {table} WHERE tenant = $1 LIMIT $2) kept");
+            client.query_one(&sql, &[&tenant, &limit]).await?.get::<_, i64>(0) as u64
+        }
+    };
     let sql = format!(
-        "INSERT INTO {} AS d (tenant, target_table, row, row_digest, conflict_key, update_columns, sqlstate, message) \
+        "INSERT INTO {table} AS d (tenant, target_table, row, row_digest, conflict_key, update_columns, sqlstate, message) \
          VALUES ($1, $2, $3::text::jsonb, md5($3::text::jsonb::text), $4, $5, $6, $7) \
          ON CONFLICT (tenant, target_table, row_digest) DO UPDATE SET last_seen = now(), \
-         attempts = d.attempts + 1, sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message",
-        qualified(schema, TABLE)
+         attempts = d.attempts + 1, sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message \
+         RETURNING (xmax = 0)"
     );
     let statement = client.prepare(&sql).await?;
+    let mut kept = Vec::with_capacity(letters.len());
     for letter in letters {
+        // Past the bound nothing more is kept (nor another attempt counted).
+        if count >= max {
+            kept.push(false);
+            continue;
+        }
         let row = letter.row.to_string();
-        client
-            .execute(
+        let inserted: bool = client
+            .query_one(
                 &statement,
                 &[
                     &tenant,
@@ -101,9 +124,12 @@ pub async fn keep(
                     &letter.message,
                 ],
             )
-            .await?;
+            .await?
+            .get(0);
+        count += u64::from(inserted);
+        kept.push(true);
     }
-    Ok(())
+    Ok((kept, count))
 }
 
 /// The statement that moves one kept row (parameter `$1`, its JSON) into

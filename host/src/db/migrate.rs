@@ -12,6 +12,46 @@ use tokio_postgres::Client;
 /// need data rewritten or dropped. Hosts starting together take turns.
 /// Templates are skipped: their instances are created on first use.
 pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Result<()> {
+    migrate_counted(client, schema, tables, None).await
+}
+
+/// The tables Sluice may still create for a tenant on first use.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota<'a> {
+    pub tenant: &'a str,
+    /// `[limits] max_tables`.
+    pub max_tables: u64,
+}
+
+/// The comment Sluice puts on a table it made on first use for `tenant`:
+/// how the quota counts them, from the catalog.
+pub fn instance_comment(tenant: &str) -> String {
+    format!("sluice: made on first use for tenant {tenant}")
+}
+
+/// Why a table was not created: the tenant is at its quota.
+#[derive(Debug)]
+pub struct QuotaReached(pub String);
+
+impl std::fmt::Display for QuotaReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QuotaReached {}
+
+/// [`migrate`]; with a `quota`, a table that must be created is created
+/// only while the tenant has fewer than `max_tables` tables made on first
+/// use in `schema` (counted from the catalog, under the migration lock, so
+/// hosts sharing the database count the same tables), and is marked as
+/// one of them. Tables that exist are migrated whatever the count.
+pub async fn migrate_counted(
+    client: &mut Client,
+    schema: &str,
+    tables: &[Table],
+    quota: Option<Quota<'_>>,
+) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice:migrate'))", &[]).await?;
     let schema_exists = tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await?.is_some();
@@ -30,8 +70,31 @@ pub async fn migrate(client: &mut Client, schema: &str, tables: &[Table]) -> Res
             )
             .await?;
         if existing.is_empty() {
+            if let Some(quota) = quota {
+                let made: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass \
+                         AND d.objsubid = 0 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND d.description = $2",
+                        &[&schema, &instance_comment(quota.tenant)],
+                    )
+                    .await?
+                    .get(0);
+                if made as u64 >= quota.max_tables {
+                    return Err(QuotaReached(format!(
+                        "tenant {} has {made} tables made on first use, its limit ([limits] max_tables = {}); \
+                         events that need a new table are rejected (tables that exist keep taking rows)",
+                        quota.tenant, quota.max_tables
+                    ))
+                    .into());
+                }
+            }
             for statement in create_table(schema, table).map_err(anyhow::Error::msg)? {
                 tx.batch_execute(&statement).await.with_context(|| format!("create table {name}"))?;
+            }
+            if let Some(quota) = quota {
+                let comment = instance_comment(quota.tenant).replace('\'', "''");
+                tx.batch_execute(&format!("COMMENT ON TABLE {name} IS '{comment}'")).await?;
             }
             tracing::info!(table = %name, "created table");
             continue;

@@ -24,6 +24,7 @@ use sluice_sdk::UpsertPlan;
 use sluice_sdk::sql::Upsert;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -74,19 +75,87 @@ pub type Written = Vec<Vec<bool>>;
 #[derive(Debug, Default)]
 pub struct JobResult {
     pub written: Written,
-    /// Events whose rows the database refused (found by `isolate`), with why;
-    /// none of their rows were written.
-    pub refused: Vec<(u32, String)>,
-    /// Whether the refused events' rows were kept in the dead-letter table.
-    pub dead_lettered: bool,
+    /// Events whose rows the database refused (found by `isolate`), with why
+    /// and whether their rows were kept as dead letters; none of their rows
+    /// were written.
+    pub refused: Vec<(u32, String, Kept)>,
 }
 
-/// Whose rows a job holds: where refused rows are kept.
+/// Whether a refused event's rows were kept in the dead-letter table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Yes,
+    /// Not kept: the tenant's dead letters are at their bound.
+    Full,
+    /// Not kept: the dead-letter table could not be written.
+    Failed,
+}
+
+/// Whose rows a job holds: where refused rows are kept, and how many.
 #[derive(Debug)]
 pub struct Origin {
     pub tenant: String,
     pub schema: String,
+    /// Most rows the tenant may keep in the dead-letter table.
+    pub max_dead_letters: u64,
+    /// Rows it keeps there, as last counted and since added to, and when
+    /// last counted.
+    pub dead_letters: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// Refused rows not kept since the last warning, and when it was.
+    pub not_kept: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
+
+impl Origin {
+    pub fn new(tenant: &str, schema: &str, max_dead_letters: u64) -> Origin {
+        Origin {
+            tenant: tenant.to_owned(),
+            schema: schema.to_owned(),
+            max_dead_letters,
+            dead_letters: Default::default(),
+            not_kept: Default::default(),
+        }
+    }
+
+    /// The cached count of kept rows, while fresh: it is counted again
+    /// every [`DEAD_LETTER_RECOUNT`], so rows replayed or purged (here or
+    /// on another host) make room again, and other hosts' rows are seen.
+    fn known_dead_letters(&self) -> Option<u64> {
+        let cached = *self.dead_letters.lock().unwrap();
+        cached.filter(|(_, at)| at.elapsed() < DEAD_LETTER_RECOUNT).map(|(count, _)| count)
+    }
+
+    fn counted_dead_letters(&self, count: u64, recounted: bool) {
+        let mut cached = self.dead_letters.lock().unwrap();
+        let at = match *cached {
+            Some((_, at)) if !recounted => at,
+            _ => std::time::Instant::now(),
+        };
+        *cached = Some((count, at));
+    }
+
+    /// Counts rows not kept past the bound; warns at most once a minute.
+    fn rows_not_kept(&self, rows: u64) {
+        crate::metrics::metrics().dead_letters_not_kept(&self.tenant, rows);
+        let mut not_kept = self.not_kept.lock().unwrap();
+        not_kept.0 += rows;
+        if not_kept.1.is_none_or(|at| at.elapsed() >= NOT_KEPT_WARNING_EVERY) {
+            tracing::warn!(
+                tenant = %self.tenant,
+                rows = not_kept.0,
+                max_dead_letters = self.max_dead_letters,
+                "refused rows were not kept: the tenant's dead letters are at their bound \
+                 ([limits] max_dead_letters); replay or purge them to make room"
+            );
+            *not_kept = (0, Some(std::time::Instant::now()));
+        }
+    }
+}
+
+/// How long a tenant's count of dead letters is trusted before it is
+/// counted again.
+const DEAD_LETTER_RECOUNT: Duration = Duration::from_secs(10);
+/// How often, at most, rows not kept past the bound are logged.
+const NOT_KEPT_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the database refused rows for good.
 #[derive(Clone)]
@@ -219,10 +288,14 @@ impl Writer {
         let (jobs, queue) = mpsc::channel(4096);
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
-            let rests = Arc::default();
-            Batcher { pool, batch, rests, pending: VecDeque::new(), pending_rows: 0, pending_bytes: 0 }
-                .run(queue)
-                .await;
+            let shared = Arc::new(Shared {
+                pool,
+                retry_on_deadlock: batch.retry_on_deadlock,
+                rests: CopyRests::default(),
+                isolated: Default::default(),
+                isolating: tokio::sync::Notify::new(),
+            });
+            Batcher { shared, batch, pending: VecDeque::new(), pending_rows: 0, pending_bytes: 0 }.run(queue).await;
             let _ = done_tx.send(());
         });
         (Writer { jobs }, done)
@@ -259,52 +332,128 @@ impl Writer {
     }
 }
 
-struct Batcher {
+/// How long a tenant whose rows needed isolation has its jobs flushed
+/// apart from other tenants'.
+const ISOLATED_FOR: Duration = Duration::from_secs(60);
+
+/// What a writer's flushes share.
+struct Shared {
     pool: Pool,
+    retry_on_deadlock: bool,
+    rests: CopyRests,
+    /// Tenants whose rows the database recently refused, and until when
+    /// their jobs are flushed apart (see [`Batcher::run`]).
+    isolated: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Fired when a flush starts isolating: it no longer takes a writer.
+    isolating: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn is_isolated(&self, tenant: &str) -> bool {
+        let mut isolated = self.isolated.lock().unwrap();
+        match isolated.get(tenant) {
+            Some(&until) if until > Instant::now() => true,
+            Some(_) => {
+                isolated.remove(tenant);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn isolate(&self, tenant: &str) {
+        self.isolated.lock().unwrap().insert(tenant.to_owned(), Instant::now() + ISOLATED_FOR);
+    }
+}
+
+/// A flush running: whether it holds the jobs of an isolated tenant, and
+/// whether it has started isolating refused rows.
+#[derive(Default)]
+struct Running {
+    isolated: bool,
+    isolating: std::sync::atomic::AtomicBool,
+}
+
+struct Batcher {
+    shared: Arc<Shared>,
     batch: BatchConfig,
-    rests: Arc<CopyRests>,
     pending: VecDeque<Job>,
     pending_rows: usize,
     pending_bytes: usize,
 }
 
 impl Batcher {
+    /// Isolation (finding the refused events of a batch the database
+    /// refused) can take seconds; it is kept off other tenants' paths:
+    ///
+    /// - a flush that starts isolating no longer counts against
+    ///   `writers`, so other jobs get a writer at once;
+    /// - a tenant whose rows were refused has its jobs flushed apart for
+    ///   [`ISOLATED_FOR`], one flush at a time for all such tenants (its own
+    ///   lane), never in a flush with other tenants' jobs;
+    /// - a flush of several tenants' jobs that the database refuses is
+    ///   split by tenant at once, each tenant's jobs written (and, if
+    ///   refused, isolated) and answered on their own.
     async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         let linger = Duration::from_millis(self.batch.batch_timeout_ms);
-        let mut flushing = JoinSet::new();
+        let mut flushing: JoinSet<()> = JoinSet::new();
+        let mut running: Vec<Arc<Running>> = Vec::new();
         let mut linger_ends: Option<Instant> = None;
         let mut closed = false;
         loop {
             while let Ok(job) = queue.try_recv() {
                 self.push(job, &mut linger_ends, linger);
             }
-            while flushing.len() < self.batch.writers && !self.pending.is_empty() {
+            loop {
+                running.retain(|r| Arc::strong_count(r) > 1);
+                if self.pending.is_empty() {
+                    break;
+                }
+                let (writer_free, lane_free) = self.free(&running);
                 let full =
                     self.pending_rows >= self.batch.batch_size || self.pending_bytes >= self.batch.batch_size_bytes;
                 let due = linger.is_zero() || closed || linger_ends.is_some_and(|t| t <= Instant::now());
                 if !(full || due) {
                     break;
                 }
-                let jobs = self.take();
+                let Some((isolated, jobs)) = self.take(writer_free, lane_free) else { break };
                 linger_ends = (!self.pending.is_empty()).then(|| Instant::now() + linger);
                 if !jobs.is_empty() {
-                    let rests = self.rests.clone();
-                    flushing.spawn(flush(self.pool.clone(), jobs, self.batch.retry_on_deadlock, rests));
+                    let state = Arc::new(Running { isolated, ..Default::default() });
+                    running.push(state.clone());
+                    flushing.spawn(flush(self.shared.clone(), jobs, state));
                 }
             }
             if closed && self.pending.is_empty() && flushing.is_empty() {
                 return;
             }
-            let can_flush = flushing.len() < self.batch.writers;
+            // Whether a pending job could go now (once its linger ends):
+            // else only a new job, a flush ending or starting to isolate
+            // can change that.
+            running.retain(|r| Arc::strong_count(r) > 1);
+            let (writer_free, lane_free) = self.free(&running);
+            let can_flush = self.pending.iter().any(|job| match self.shared.is_isolated(&job.origin.tenant) {
+                true => lane_free,
+                false => writer_free,
+            });
             tokio::select! {
                 job = queue.recv(), if !closed => match job {
                     Some(job) => self.push(job, &mut linger_ends, linger),
                     None => closed = true,
                 },
                 Some(_) = flushing.join_next(), if !flushing.is_empty() => {}
+                _ = self.shared.isolating.notified() => {}
                 _ = tokio::time::sleep_until(linger_ends.unwrap_or_else(Instant::now)), if can_flush && linger_ends.is_some() => {}
             }
         }
+    }
+
+    /// Whether a writer is free for jobs of tenants not isolated (flushes
+    /// that are isolating do not count), and whether the isolated tenants'
+    /// lane is free.
+    fn free(&self, running: &[Arc<Running>]) -> (bool, bool) {
+        let writing = running.iter().filter(|r| !r.isolated && !r.isolating.load(Ordering::Acquire)).count();
+        (writing < self.batch.writers, !running.iter().any(|r| r.isolated))
     }
 
     fn push(&mut self, job: Job, linger_ends: &mut Option<Instant>, linger: Duration) {
@@ -316,17 +465,37 @@ impl Batcher {
         self.pending.push_back(job);
     }
 
-    /// Takes jobs for one flush: at least one, then while under the limits.
-    fn take(&mut self) -> Vec<Job> {
+    /// Takes jobs for one flush, oldest first: jobs of tenants not
+    /// isolated when `writer` (a writer is free), else those of one
+    /// isolated tenant when `lane` (the isolated tenants' lane is free).
+    /// At least one job, then while under the limits. `None` when no job
+    /// may go now; whether the flush is of an isolated tenant.
+    fn take(&mut self, writer: bool, lane: bool) -> Option<(bool, Vec<Job>)> {
+        let first = self.pending.iter().position(|job| {
+            let isolated = self.shared.is_isolated(&job.origin.tenant);
+            (isolated && lane) || (!isolated && writer)
+        })?;
+        let tenant = self.pending[first].origin.tenant.clone();
+        let isolated = self.shared.is_isolated(&tenant);
         let mut jobs = Vec::new();
         let (mut rows, mut bytes) = (0, 0);
-        while let Some(job) = self.pending.front() {
+        let mut i = first;
+        while i < self.pending.len() {
+            let job = &self.pending[i];
+            let fits = match isolated {
+                true => job.origin.tenant == tenant,
+                false => !self.shared.is_isolated(&job.origin.tenant),
+            };
+            if !fits {
+                i += 1;
+                continue;
+            }
             if !jobs.is_empty()
                 && (rows + job.rows > self.batch.batch_size || bytes + job.bytes > self.batch.batch_size_bytes)
             {
                 break;
             }
-            let job = self.pending.pop_front().unwrap();
+            let job = self.pending.remove(i).unwrap();
             crate::metrics::metrics().rows_dequeued(job.rows);
             self.pending_rows -= job.rows;
             self.pending_bytes -= job.bytes;
@@ -339,7 +508,7 @@ impl Batcher {
             bytes += job.bytes;
             jobs.push(job);
         }
-        jobs
+        Some((isolated, jobs))
     }
 }
 
@@ -360,32 +529,87 @@ fn events_of(jobs: &[Job]) -> Vec<Unit> {
 }
 
 /// Writes the jobs in one transaction, retrying transient failures with
-/// backoff until the earliest of the jobs' deadlines. When the data is refused,
-/// [`isolate`] finds the refused events: the rest are written, and each
-/// refused event is reported with the database's reason.
-async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, rests: Arc<CopyRests>) {
+/// backoff until the earliest of the jobs' deadlines. When the data is
+/// refused, the jobs of each tenant are written apart (when there are
+/// several) and [`isolate`] finds the refused events of each tenant whose
+/// jobs are refused: the rest are written, and each refused event is
+/// reported with the database's reason. Each tenant's jobs are answered
+/// as soon as they are done.
+async fn flush(shared: Arc<Shared>, jobs: Vec<Job>, running: Arc<Running>) {
     let started = std::time::Instant::now();
+    let rows = jobs.iter().map(|j| j.rows).sum();
+    let deadline = jobs.iter().map(|j| j.deadline).min().expect("a flush has jobs");
+    let batch = Batch { shared: &shared, jobs: &jobs, deadline };
+    let refusal = match batch.write_whole().await {
+        Ok(written) => return answer(&shared, jobs, Ok(written), Vec::new(), started, rows).await,
+        Err(Err(e)) => return answer(&shared, jobs, Err(e), Vec::new(), started, rows).await,
+        Err(Ok(refusal)) => refusal,
+    };
+    let mut tenants: Vec<String> = jobs.iter().map(|j| j.origin.tenant.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    if let [tenant] = &tenants[..] {
+        shared.isolate(tenant);
+    }
+    // From here on it is isolating: it no longer holds a writer.
+    running.isolating.store(true, Ordering::Release);
+    shared.isolating.notify_one();
+    if tenants.len() == 1 {
+        return write_isolating(&shared, jobs, Some(refusal), started).await;
+    }
+    // Each tenant on its own: one tenant's refused rows cost only its jobs.
+    let mut groups: Vec<Vec<Job>> = tenants.iter().map(|_| Vec::new()).collect();
+    for job in jobs {
+        let group = tenants.binary_search(&job.origin.tenant).expect("listed above");
+        groups[group].push(job);
+    }
+    // Concurrently, within half the pool: the refused tenant's isolation
+    // holds one connection while the others are written.
+    let concurrent = (shared.pool.status().max_size / 2).max(2);
+    let shared = &shared;
+    futures_util::StreamExt::for_each_concurrent(futures_util::stream::iter(groups), concurrent, |group| {
+        write_isolating(shared, group, None, started)
+    })
+    .await;
+}
+
+/// Writes the jobs of one tenant (whole, unless `refused` says the
+/// database already refused them), isolating the refused events, and
+/// answers them.
+async fn write_isolating(shared: &Shared, jobs: Vec<Job>, refused: Option<Refusal>, started: std::time::Instant) {
+    let rows = jobs.iter().map(|j| j.rows).sum();
+    let deadline = jobs.iter().map(|j| j.deadline).min().expect("a flush has jobs");
+    let batch = Batch { shared, jobs: &jobs, deadline };
+    let mut refusals = Vec::new();
+    let outcome = batch.write_isolating(refused, &mut refusals).await;
+    answer(shared, jobs, outcome, refusals, started, rows).await
+}
+
+/// Keeps the refused rows as dead letters and answers each job.
+async fn answer(
+    shared: &Shared,
+    jobs: Vec<Job>,
+    outcome: Result<Vec<(usize, usize, usize)>, WriteError>,
+    refusals: Vec<(Unit, Refusal)>,
+    started: std::time::Instant,
+    rows: usize,
+) {
     let mut results: Vec<JobResult> = jobs
         .iter()
         .map(|j| JobResult {
             written: j.plans.iter().map(|p| vec![false; p.plan.rows.len()]).collect(),
             refused: vec![],
-            dead_lettered: false,
         })
         .collect();
-    // Retries end at the earliest deadline of the flush's requests: a
-    // request is never held past its own (the others are answered with it,
-    // and retried or spooled by their clients and the service).
-    let deadline = jobs.iter().map(|j| j.deadline).min().expect("a flush has jobs");
-    let batch = Batch { pool: &pool, jobs: &jobs, deadline, retry_on_deadlock, rests: &rests };
-    let mut refusals = Vec::new();
-    let outcome = batch.write_isolating(&mut refusals).await;
     if !refusals.is_empty() {
-        let kept = keep_dead_letters(&pool, &jobs, &refusals).await;
-        for ((j, event), refusal) in refusals {
+        // The tenants whose rows were refused are flushed apart for a while.
+        for &((j, _), _) in &refusals {
+            shared.isolate(&jobs[j].origin.tenant);
+        }
+        let kept = keep_dead_letters(&shared.pool, &jobs, &refusals).await;
+        for (((j, event), refusal), kept) in refusals.into_iter().zip(kept) {
             let reason = format!("{} (SQLSTATE {})", refusal.message, refusal.sqlstate);
-            results[j].refused.push((event, reason));
-            results[j].dead_lettered = kept;
+            results[j].refused.push((event, reason, kept));
         }
     }
     if let Ok(written) = &outcome {
@@ -393,7 +617,7 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, rests: Arc<C
             results[j].written[p][r] = true;
         }
     }
-    crate::metrics::metrics().flushed(jobs.iter().map(|j| j.rows).sum(), started.elapsed());
+    crate::metrics::metrics().flushed(rows, started.elapsed());
     for (job, result) in jobs.into_iter().zip(results) {
         let _ = job.reply.send(match &outcome {
             Ok(_) => Ok(result),
@@ -404,34 +628,49 @@ async fn flush(pool: Pool, jobs: Vec<Job>, retry_on_deadlock: bool, rests: Arc<C
 
 /// The jobs of one flush and how to write them.
 struct Batch<'a> {
-    pool: &'a Pool,
+    shared: &'a Shared,
     jobs: &'a [Job],
     deadline: Instant,
-    retry_on_deadlock: bool,
-    rests: &'a CopyRests,
 }
 
 impl Batch<'_> {
-    /// Writes `units`, splitting them while the database refuses the data;
-    /// returns the rows written and adds each event refused alone to
-    /// `refusals`.
+    /// Writes every job in one transaction; `Err(Ok(_))` when the database
+    /// refuses the data.
+    async fn write_whole(&self) -> Result<Vec<(usize, usize, usize)>, Result<Refusal, WriteError>> {
+        let pool = &self.shared.pool;
+        self.retrying(None, || write_units(pool, self.jobs, &self.shared.rests, self.deadline)).await
+    }
+
+    /// Writes the jobs, splitting them while the database refuses the data
+    /// (it did already when `refused` is given); returns the rows written
+    /// and adds each event refused alone to `refusals`.
     async fn write_isolating(
         &self,
+        refused: Option<Refusal>,
         refusals: &mut Vec<(Unit, Refusal)>,
     ) -> Result<Vec<(usize, usize, usize)>, WriteError> {
         // The whole batch first: its events are listed only when the
         // database refuses it, off the common path.
-        let refusal = match self.retrying(None, || write_units(self.pool, self.jobs, self.rests, self.deadline)).await {
-            Ok(rows) => return Ok(rows),
-            Err(Err(e)) => return Err(e),
-            Err(Ok(refusal)) => refusal,
+        let refusal = match refused {
+            Some(refusal) => refusal,
+            None => match self.write_whole().await {
+                Ok(rows) => return Ok(rows),
+                Err(Err(e)) => return Err(e),
+                Err(Ok(refusal)) => refusal,
+            },
         };
+        // The jobs are one tenant's: its next ones are flushed apart at once,
+        // before this isolation ends.
+        for job in self.jobs {
+            self.shared.isolate(&job.origin.tenant);
+        }
         let units = events_of(self.jobs);
         if let [unit] = units[..] {
             refusals.push((unit, refusal));
             return Ok(Vec::new());
         }
-        match self.retrying(Some(&units), || isolate(self.pool, self.jobs, &units, self.deadline)).await {
+        let pool = &self.shared.pool;
+        match self.retrying(Some(&units), || isolate(pool, self.jobs, &units, self.deadline)).await {
             Ok((written, refused)) => {
                 refusals.extend(refused);
                 Ok(written)
@@ -455,6 +694,7 @@ impl Batch<'_> {
         mut attempt: impl FnMut() -> F,
     ) -> Result<T, Result<Refusal, WriteError>> {
         let (jobs, deadline) = (self.jobs, self.deadline);
+        let retry_on_deadlock = self.shared.retry_on_deadlock;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let error = match attempt().await {
@@ -474,7 +714,7 @@ impl Batch<'_> {
                     }));
                 }
                 Failure::Destination => return Err(Err(WriteError::Unusable(message))),
-                Failure::Conflict if !self.retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
+                Failure::Conflict if !retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
                 Failure::Transient | Failure::Conflict => {}
             }
             // Nobody waits any more, or the next try would end past the deadline.
@@ -496,33 +736,51 @@ impl Batch<'_> {
     }
 }
 
-/// Keeps the rows of refused events in their tenants' dead-letter tables.
-/// False when they could not be kept (the refusal is still reported).
-async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal)]) -> bool {
-    let mut by_origin: Vec<(&Origin, Vec<DeadLetter>)> = Vec::new();
-    for &((j, event), ref refusal) in refusals {
+/// Keeps the rows of refused events in their tenants' dead-letter tables,
+/// each tenant within its bound; returns whether each refusal's rows were
+/// kept (the refusal is reported either way).
+async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal)]) -> Vec<Kept> {
+    // By origin: its letters, and the refusal each belongs to.
+    let mut by_origin: Vec<(&Origin, Vec<DeadLetter>, Vec<usize>)> = Vec::new();
+    for (i, &((j, event), ref refusal)) in refusals.iter().enumerate() {
         let job = &jobs[j];
-        let letters = job.plans.iter().flat_map(|p| {
-            p.plan
-                .rows
-                .iter()
-                .enumerate()
-                .filter(|(_, row)| row.event == event)
-                .map(|(r, _)| DeadLetter::of(&p.plan, r, &p.upsert, &refusal.sqlstate, &refusal.message))
-        });
-        match by_origin.iter_mut().find(|(o, _)| std::ptr::eq(*o, &*job.origin)) {
-            Some((_, kept)) => kept.extend(letters),
-            None => by_origin.push((&job.origin, letters.collect())),
-        }
+        let letters: Vec<DeadLetter> = job
+            .plans
+            .iter()
+            .flat_map(|p| {
+                p.plan
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, row)| row.event == event)
+                    .map(|(r, _)| DeadLetter::of(&p.plan, r, &p.upsert, &refusal.sqlstate, &refusal.message))
+            })
+            .collect();
+        let index = match by_origin.iter().position(|(o, _, _)| std::ptr::eq(*o, &*job.origin)) {
+            Some(index) => index,
+            None => {
+                by_origin.push((&job.origin, Vec::new(), Vec::new()));
+                by_origin.len() - 1
+            }
+        };
+        let (_, kept, owners) = &mut by_origin[index];
+        owners.extend(std::iter::repeat_n(i, letters.len()));
+        kept.extend(letters);
     }
     let keep = async {
         let mut client = pool.get().await.map_err(|e| e.to_string())?;
         let kept = async {
             let tx = client.transaction().await?;
-            for (origin, letters) in &by_origin {
-                dead_letters::keep(&*tx, &origin.schema, &origin.tenant, letters).await?;
+            let mut all = Vec::new();
+            for (origin, letters, _) in &by_origin {
+                let known = origin.known_dead_letters();
+                let max = origin.max_dead_letters;
+                let (kept, count) =
+                    dead_letters::keep(&*tx, &origin.schema, &origin.tenant, letters, max, known).await?;
+                all.push((kept, count, known.is_none()));
             }
-            tx.commit_checked().await
+            tx.commit_checked().await?;
+            Ok(all)
         }
         .await;
         if kept.is_err() {
@@ -530,14 +788,29 @@ async fn keep_dead_letters(pool: &Pool, jobs: &[Job], refusals: &[(Unit, Refusal
         }
         kept.map_err(|e| describe(&e))
     };
+    let mut outcome = vec![Kept::Yes; refusals.len()];
     match keep.await {
-        Ok(()) => true,
+        Ok(all) => {
+            for ((origin, _, owners), (kept, count, recounted)) in by_origin.iter().zip(all) {
+                origin.counted_dead_letters(count, recounted);
+                let not_kept = kept.iter().filter(|k| !**k).count() as u64;
+                if not_kept > 0 {
+                    origin.rows_not_kept(not_kept);
+                }
+                for (&owner, kept) in owners.iter().zip(kept) {
+                    if !kept {
+                        outcome[owner] = Kept::Full;
+                    }
+                }
+            }
+        }
         Err(e) => {
             let requests = request_ids(jobs);
             tracing::error!(requests, "refused rows could not be kept as dead letters: {e}");
-            false
+            outcome.fill(Kept::Failed);
         }
     }
+    outcome
 }
 
 /// The ids of the requests whose rows a flush holds, for its log lines.
