@@ -90,8 +90,11 @@ async fn client(url: String, id: usize, path: Path) -> Told {
 
 /// Keys in the events table, with how many rows each has.
 async fn stored(db: &TestDb) -> HashMap<String, i64> {
-    let client = db.client().await;
-    client.batch_execute("SET statement_timeout = 0").await.unwrap();
+    // The settings the tests give the database are not this session's.
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.options("-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect to the test server");
+    tokio::spawn(connection);
     let exists: bool = client.query_one("SELECT to_regclass('events') IS NOT NULL", &[]).await.unwrap().get(0);
     if !exists {
         return HashMap::new();

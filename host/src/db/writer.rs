@@ -852,14 +852,22 @@ async fn write_units(
     rests: &CopyRests,
     deadline: Instant,
 ) -> Result<Vec<(usize, usize, usize)>, Attempt> {
+    on_connection(pool, deadline, async |client| write_units_on(client, jobs, rests).await).await
+}
+
+/// Runs `work` on a pooled connection, cut at `deadline`. A connection
+/// the work failed on, or that was cut, is closed rather than returned.
+async fn on_connection<T>(
+    pool: &Pool,
+    deadline: Instant,
+    work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, Attempt>,
+) -> Result<T, Attempt> {
     let mut client = connect(pool).await?;
-    let written = tokio::time::timeout_at(deadline, write_units_on(&mut client, jobs, rests))
-        .await
-        .unwrap_or(Err(Attempt::Stalled));
-    if written.is_err() {
+    let done = tokio::time::timeout_at(deadline, work(&mut client)).await.unwrap_or(Err(Attempt::Stalled));
+    if done.is_err() {
         discard(client);
     }
-    written
+    done
 }
 
 async fn write_units_on(
@@ -910,13 +918,7 @@ async fn isolate(
     units: &[Unit],
     deadline: Instant,
 ) -> Result<(Vec<(usize, usize, usize)>, Vec<(Unit, Refusal)>), Attempt> {
-    let mut client = connect(pool).await?;
-    let isolated =
-        tokio::time::timeout_at(deadline, isolate_on(&mut client, jobs, units)).await.unwrap_or(Err(Attempt::Stalled));
-    if isolated.is_err() {
-        discard(client);
-    }
-    isolated
+    on_connection(pool, deadline, async |client| isolate_on(client, jobs, units).await).await
 }
 
 async fn isolate_on(
