@@ -570,3 +570,24 @@ async fn drain(body: Body, limit: usize) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every 503 and 429 leaves with `Retry-After`; an answer that set its
+    /// own keeps it; others get none.
+    #[tokio::test]
+    async fn every_503_and_429_says_when_to_retry() {
+        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::TOO_MANY_REQUESTS] {
+            let answered = retry_after(error(status, "busy")).await;
+            assert_eq!(answered.headers().get(header::RETRY_AFTER).unwrap(), "1");
+            let mut own = error(status, "resting");
+            own.headers_mut().insert(header::RETRY_AFTER, 30.into());
+            assert_eq!(retry_after(own).await.headers().get(header::RETRY_AFTER).unwrap(), "30");
+        }
+        for status in [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::INTERNAL_SERVER_ERROR] {
+            assert!(!retry_after(error(status, "x")).await.headers().contains_key(header::RETRY_AFTER));
+        }
+    }
+}
