@@ -45,11 +45,11 @@ struct Told {
     statuses: HashMap<u16, usize>,
 }
 
-async fn client(url: String, id: usize, path: Path) -> Told {
+async fn client(url: String, id: usize, path: Path, sending: Duration) -> Told {
     let mut told = Told::default();
     let started = Instant::now();
     for r in 0.. {
-        if started.elapsed() > SENDING {
+        if started.elapsed() > sending {
             break;
         }
         let mut keys: Vec<String> = (0..EVENTS).map(|e| format!("c{id}-r{r}-e{e}")).collect();
@@ -108,7 +108,7 @@ async fn stored(db: &TestDb) -> HashMap<String, i64> {
 async fn send(sluice: &Sluice, db: &TestDb, path: Path, what: &str) -> Told {
     let warmed = stored(db).await.contains_key("warmup");
     let url = sluice.url("/v1/events");
-    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path))).collect();
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path, SENDING))).collect();
     let mut told = Told::default();
     for c in clients {
         let c = c.await.unwrap();
@@ -413,6 +413,10 @@ async fn idle_in_transaction_timeouts_under_load() {
     server_fault(ServerFault::IdleInTransaction, Path::Upsert).await;
 }
 
+/// How long the clients send while the spool drains: 300 requests replayed
+/// one at a time, as before, took about 15 s under such traffic.
+const DRAIN_WITHIN: Duration = Duration::from_secs(8);
+
 /// Requests in the spool when the destination comes back are written while
 /// new requests keep arriving: the spool empties before the clients stop,
 /// although every replay waits for a flush like any request.
@@ -460,7 +464,7 @@ async fn the_spool_drains_while_traffic_continues() {
         let sluice_url = url.clone();
         tokio::spawn(async move {
             let clients: Vec<_> =
-                (0..CLIENTS).map(|id| tokio::spawn(client(sluice_url.clone(), id, Path::Copy))).collect();
+                (0..CLIENTS).map(|id| tokio::spawn(client(sluice_url.clone(), id, Path::Copy, DRAIN_WITHIN))).collect();
             let mut acknowledged = HashSet::new();
             for c in clients {
                 acknowledged.extend(c.await.unwrap().acknowledged);
@@ -469,7 +473,7 @@ async fn the_spool_drains_while_traffic_continues() {
         })
     };
     let mut drained = None;
-    while drained.is_none() && started.elapsed() < SENDING {
+    while drained.is_none() && started.elapsed() < DRAIN_WITHIN {
         if files(&data_dir) == 0 {
             drained = Some(started.elapsed());
         }
@@ -477,7 +481,11 @@ async fn the_spool_drains_while_traffic_continues() {
     }
     let acknowledged = traffic.await.unwrap();
     let drained = drained.unwrap_or_else(|| {
-        panic!("{} of 300 spooled requests left after {SENDING:?} of traffic; log:\n{}", files(&data_dir), sluice.log())
+        panic!(
+            "{} of 300 spooled requests left after {DRAIN_WITHIN:?} of traffic; log:\n{}",
+            files(&data_dir),
+            sluice.log()
+        )
     });
     eprintln!("the spool of 300 requests drained in {drained:?} under {} acknowledged events", acknowledged.len());
     let now = stored(&db).await;
@@ -501,7 +509,8 @@ async fn server_restarts_under_load(path: Path) {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 1000));
             cluster.stop().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Down past a request's deadline, so that the clients feel it.
+            std::thread::sleep(Duration::from_millis(1200));
             cluster = sluice::embedded::Cluster::start(options.clone()).unwrap();
         }
         cluster
@@ -517,7 +526,7 @@ async fn server_restarts_under_load(path: Path) {
 /// As `send`, but the check waits for the server to be back.
 async fn send_with_restarts(sluice: &Sluice, path: Path) -> Told {
     let url = sluice.url("/v1/events");
-    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path))).collect();
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path, SENDING))).collect();
     let mut told = Told { acknowledged: HashSet::from(["warmup".to_owned()]), ..Told::default() };
     told.sent.insert("warmup".into());
     for c in clients {
