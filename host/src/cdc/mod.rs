@@ -73,7 +73,7 @@ pub async fn load(
     // Named so that a standby taking over from a frozen owner can end the
     // owner's transactions on the destination (see runner::FROZEN_AFTER).
     if pg.get_application_name() == Some("sluice") {
-        pg.application_name(&runner::apply_session_name(&source.source.slot_name));
+        pg.application_name(runner::apply_session_name(&source.source.slot_name));
     }
     let pool = crate::db::pool(pg, 2, Duration::from_millis(database.connect_timeout_ms))?;
     let schema = source.schema.clone().unwrap_or_else(|| database.schema.clone());
