@@ -4,14 +4,12 @@
 //! limiter), so a small compressed body that expands a thousandfold (a
 //! decompression bomb) is refused as it grows, not after.
 
-use crate::http::{App, error};
-use crate::ingest::Tenant;
+use crate::memory::MemoryLimiter;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::io::Read;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Decompressed bytes produced between two charges, at first; each charge
 /// then doubles what is held, as the buffer grows.
@@ -21,57 +19,69 @@ const CHUNK: usize = 64 << 10;
 /// (frames made with `--long` are refused), so a decoder holds at most that.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
-/// What a request's body took from the budgets beyond what was charged
-/// for it before it was read; given back when dropped.
+/// Why a body was refused: the answer's status and reason.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: String) -> Refusal {
+        Refusal { status, reason }
+    }
+}
+
+/// The budgets a request's body is charged to: the service's bytes in
+/// flight, the tenant's, and the memory limiter. What was charged is given
+/// back when the budget is dropped, with the request.
 pub struct Budget<'a> {
-    app: &'a App,
-    tenant: &'a Tenant,
-    total: usize,
-    own: usize,
+    service: &'a AtomicUsize,
+    service_cap: usize,
+    tenant: &'a AtomicUsize,
+    tenant_cap: usize,
+    tenant_id: &'a str,
+    memory: &'a MemoryLimiter,
+    /// Bytes taken from `service` and from `tenant`.
+    service_held: usize,
+    tenant_held: usize,
 }
 
 impl<'a> Budget<'a> {
-    pub fn new(app: &'a App, tenant: &'a Tenant) -> Budget<'a> {
-        Budget { app, tenant, total: 0, own: 0 }
+    pub fn new(
+        (service, service_cap): (&'a AtomicUsize, usize),
+        (tenant, tenant_cap): (&'a AtomicUsize, usize),
+        tenant_id: &'a str,
+        memory: &'a MemoryLimiter,
+    ) -> Budget<'a> {
+        Budget { service, service_cap, tenant, tenant_cap, tenant_id, memory, service_held: 0, tenant_held: 0 }
     }
 
-    /// Takes `bytes` more from every budget, or the answer refusing the
-    /// request: 503 (the service's bytes or memory) or 429 (the tenant's),
-    /// with `Retry-After`.
-    #[allow(clippy::result_large_err, reason = "the error is the response sent, once per refused request")]
-    pub fn charge(&mut self, bytes: usize) -> Result<(), Response> {
-        let limits = &self.tenant.limits;
-        self.total += bytes;
-        if self.app.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > limits.max_in_flight_bytes_total {
-            return Err(retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the service has more than {} bytes in flight (decompressed); retry shortly",
-                    limits.max_in_flight_bytes_total
-                ),
-            ));
+    /// Takes `bytes` more from every budget: the body's declared size
+    /// before it is read, then what decompression makes of it as it grows.
+    /// Past a budget: 503 (the service's bytes or memory) or 429 (the
+    /// tenant's). A request alone in flight passes the memory limiter, so
+    /// the service keeps making progress.
+    pub fn charge(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let before = self.service.fetch_add(bytes, Ordering::Relaxed);
+        self.service_held += bytes;
+        if before + bytes > self.service_cap {
+            let reason = format!("the service has more than {} bytes in flight; retry shortly", self.service_cap);
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason));
         }
-        self.own += bytes;
-        let tenant = &self.tenant.stats.in_flight_bytes;
-        if tenant.fetch_add(bytes, Ordering::Relaxed) + bytes > limits.max_in_flight_bytes {
-            return Err(retry(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "tenant {} has more than {} bytes in flight (decompressed); retry shortly",
-                    self.tenant.id(),
-                    limits.max_in_flight_bytes
-                ),
-            ));
+        if !self.memory.admit(bytes, before == 0) {
+            let reason = format!(
+                "the service is near its memory limit ({} of {} bytes resident); retry shortly",
+                self.memory.resident(),
+                self.memory.limit()
+            );
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason));
         }
-        if !self.app.memory.admit(bytes, false) {
-            return Err(retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the service is near its memory limit ({} of {} bytes resident); retry shortly",
-                    self.app.memory.resident(),
-                    self.app.memory.limit()
-                ),
-            ));
+        self.tenant_held += bytes;
+        if self.tenant.fetch_add(bytes, Ordering::Relaxed) + bytes > self.tenant_cap {
+            let reason =
+                format!("tenant {} has more than {} bytes in flight; retry shortly", self.tenant_id, self.tenant_cap);
+            return Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, reason));
         }
         Ok(())
     }
@@ -79,29 +89,48 @@ impl<'a> Budget<'a> {
 
 impl Drop for Budget<'_> {
     fn drop(&mut self) {
-        self.app.in_flight_bytes.fetch_sub(self.total, Ordering::Relaxed);
-        self.tenant.stats.in_flight_bytes.fetch_sub(self.own, Ordering::Relaxed);
+        self.service.fetch_sub(self.service_held, Ordering::Relaxed);
+        self.tenant.fetch_sub(self.tenant_held, Ordering::Relaxed);
     }
 }
 
-fn retry(status: StatusCode, reason: String) -> Response {
-    let mut response = error(status, reason);
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
+/// The error of a body that did not arrive in time (the listener paces
+/// bodies; see `listener.rs`).
+#[derive(Debug)]
+pub struct BodyTooSlow(pub String);
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
+
+/// Whether `e`, or an error it wraps, is a [`BodyTooSlow`].
+fn is_too_slow(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if e.is::<BodyTooSlow>() {
+            return true;
+        }
+        at = e.source();
+    }
+    false
 }
 
 /// Reads the body, decompressing gzip or zstd, never holding more than
 /// `limit` bytes of it either way, and charging what decompression
 /// produces to `budget` as it goes.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Budget<'_>) -> Result<Vec<u8>, Response> {
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Budget<'_>) -> Result<Vec<u8>, Refusal> {
     let too_large =
-        || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"));
+        || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes"));
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .unwrap_or_default();
     if !matches!(encoding.as_str(), "" | "identity" | "gzip" | "x-gzip" | "zstd") {
-        return Err(error(
+        return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content-encoding {encoding:?} is not supported; send gzip, zstd or no encoding"),
         ));
@@ -122,10 +151,10 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Bu
                 }
             }
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(e) if crate::listener::is_too_slow(&*e) => {
-                return Err(error(StatusCode::REQUEST_TIMEOUT, format!("the body could not be read: {e}")));
+            Err(e) if is_too_slow(&*e) => {
+                return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, format!("the body could not be read: {e}")));
             }
-            Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
+            Err(e) => return Err(Refusal::new(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
         }
     }
     let decoded = match encoding.as_str() {
@@ -143,16 +172,16 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize, budget: &mut Bu
     match decoded {
         Ok(body) => Ok(body),
         Err(Failure::TooLarge) => Err(too_large()),
-        Err(Failure::Refused(response)) => Err(*response),
+        Err(Failure::Refused(refusal)) => Err(refusal),
         Err(Failure::Corrupt(e)) => {
-            Err(error(StatusCode::BAD_REQUEST, format!("the {encoding} body does not decompress: {e}")))
+            Err(Refusal::new(StatusCode::BAD_REQUEST, format!("the {encoding} body does not decompress: {e}")))
         }
     }
 }
 
 enum Failure {
     TooLarge,
-    Refused(Box<Response>),
+    Refused(Refusal),
     Corrupt(std::io::Error),
 }
 
@@ -179,7 +208,7 @@ fn decompress(mut reader: impl Read, limit: usize, window: usize, budget: &mut B
             // Double what is held (as a Vec would), charged first.
             let grown = (out.capacity().max(CHUNK) * 2).min(most).max(out.len() + n);
             let filled = grown.min(window) - out.capacity().min(window);
-            budget.charge(grown - out.capacity() + filled).map_err(|refusal| Failure::Refused(Box::new(refusal)))?;
+            budget.charge(grown - out.capacity() + filled).map_err(Failure::Refused)?;
             out.reserve_exact(grown - out.len());
         }
         out.extend_from_slice(&chunk[..n]);

@@ -391,14 +391,6 @@ fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: Socket
 }
 
 /// Takes `bytes` from the tenant's in-flight budget until dropped.
-struct InFlight<'a>(&'a AtomicUsize, usize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::Relaxed);
-    }
-}
-
 async fn serve(app: &App, tenant: Arc<Tenant>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     tenant.stats.requests.fetch_add(1, Ordering::Relaxed);
     let _in_flight = app.metrics.request_started(tenant.id());
@@ -417,36 +409,19 @@ async fn handle(app: &App, tenant: &Arc<Tenant>, method: Method, uri: Uri, heade
     // being read count too, and a refused one is never read.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let charge = declared.unwrap_or(limits.max_body_bytes).min(limits.max_body_bytes);
-    let _in_flight_total = InFlight(&app.in_flight_bytes, charge);
-    let others_in_flight = app.in_flight_bytes.fetch_add(charge, Ordering::Relaxed);
-    if others_in_flight + charge > limits.max_in_flight_bytes_total {
-        let reason =
-            format!("the service has more than {} bytes in flight; retry shortly", limits.max_in_flight_bytes_total);
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, reason, body, limits.max_body_bytes).await;
-    }
-    if !app.memory.admit(charge, others_in_flight == 0) {
-        let reason = format!(
-            "the service is near its memory limit ({} of {} bytes resident); retry shortly",
-            app.memory.resident(),
-            app.memory.limit()
-        );
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, reason, body, limits.max_body_bytes).await;
-    }
-    let in_flight = &tenant.stats.in_flight_bytes;
-    let _in_flight = InFlight(in_flight, charge);
-    if in_flight.fetch_add(charge, Ordering::Relaxed) + charge > limits.max_in_flight_bytes {
-        let reason = format!(
-            "tenant {} has more than {} bytes in flight; retry shortly",
-            tenant.id(),
-            limits.max_in_flight_bytes
-        );
-        return refuse(StatusCode::TOO_MANY_REQUESTS, reason, body, limits.max_body_bytes).await;
+    let mut budget = crate::body::Budget::new(
+        (&app.in_flight_bytes, limits.max_in_flight_bytes_total),
+        (&tenant.stats.in_flight_bytes, limits.max_in_flight_bytes),
+        tenant.id(),
+        &app.memory,
+    );
+    if let Err(refusal) = budget.charge(charge) {
+        return refuse(refusal, body, limits.max_body_bytes).await;
     }
     // What decompression produces is charged as it grows.
-    let mut budget = crate::body::Budget::new(app, tenant);
     let body = match crate::body::read(&headers, body, limits.max_body_bytes, &mut budget).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refusal) => return error(refusal.status, refusal.reason),
     };
     let request = Request {
         tenant: tenant.id().to_owned(),
@@ -527,11 +502,9 @@ fn write_failed(tenant: &Tenant, e: WriteError) -> Response {
     // Either way nothing was committed: the client should retry later (an
     // operator must fix an unusable destination first).
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    let seconds = match e {
-        WriteError::Unavailable(_) => 1,
-        WriteError::Unusable(_) => 30,
-    };
-    response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+    if let WriteError::Unusable(_) = e {
+        response.headers_mut().insert(header::RETRY_AFTER, 30.into());
+    }
     response
 }
 
@@ -545,13 +518,11 @@ fn component_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Turns a request away for now: `status` with `Retry-After: 1` and the
-/// reason, once its body is drained.
-async fn refuse(status: StatusCode, reason: String, body: Body, limit: usize) -> Response {
-    let mut response = error(status, reason);
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+/// Turns a request away before its body is read, once the body is
+/// drained (`retry_after` adds when to try again).
+async fn refuse(refusal: crate::body::Refusal, body: Body, limit: usize) -> Response {
     drain(body, limit).await;
-    response
+    error(refusal.status, refusal.reason)
 }
 
 /// Reads a refused request's body and throws it away, a frame at a time,

@@ -12,7 +12,7 @@
 //!   `idle_timeout_ms` without a byte;
 //! - a body must arrive within `body_read_timeout_ms`, and, past its first
 //!   `BODY_GRACE`, at `min_body_bytes_per_second` on average; else its read
-//!   fails with [`BodyTooSlow`] (the ingest routes answer 408).
+//!   fails with [`BodyTooSlow`](crate::body::BodyTooSlow) (the ingest routes answer 408).
 //!
 //! So a flood of connections that send partial headers, hold idle
 //! keep-alives or trickle bodies is shed within those timeouts, and the
@@ -95,6 +95,7 @@ pub async fn serve(
     router: Router,
     config: HttpConfig,
     max_connections: usize,
+    on_cut: OnCut,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -122,14 +123,14 @@ pub async fn serve(
         // Answers are one write each: send them at once.
         let _ = stream.set_nodelay(true);
         let Some(slot) = addresses.take(peer.ip(), config.max_connections_per_address) else {
-            refuse_connection(stream, config.max_connections_per_address);
+            refuse_connection(stream, config.max_connections_per_address, on_cut);
             continue;
         };
         let router = router.clone();
         let config = config.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            connection(stream, peer, router, &config, stopping).await;
+            connection(stream, peer, router, &config, on_cut, stopping).await;
             drop((slot, permit));
         });
     }
@@ -148,6 +149,7 @@ async fn connection(
     peer: SocketAddr,
     router: Router,
     config: &HttpConfig,
+    on_cut: OnCut,
     mut stopping: watch::Receiver<()>,
 ) {
     let activity = Arc::new(Activity::new());
@@ -158,7 +160,7 @@ async fn connection(
         tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
             let busy = activity.begin();
             request.extensions_mut().insert(ConnectInfo(peer));
-            let request = request.map(|body| Body::new(PacedBody::new(body, pace)));
+            let request = request.map(|body| Body::new(PacedBody::new(body, pace, on_cut)));
             let call = tower::ServiceExt::oneshot(router.clone(), request);
             async move {
                 let response = call.await;
@@ -183,7 +185,7 @@ async fn connection(
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     if e.is_timeout() {
-                        crate::metrics::metrics().connection_cut("header_timeout");
+                        on_cut("header_timeout");
                     }
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
@@ -195,7 +197,7 @@ async fn connection(
             }
             () = tokio::time::sleep_until(idle_at), if !closing => {
                 if activity.is_idle(idle) {
-                    crate::metrics::metrics().connection_cut("idle");
+                    on_cut("idle");
                     tracing::debug!(%peer, "closing an idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -207,7 +209,7 @@ async fn connection(
 
 /// A connection refused for its address's limit: a 503 it can read, if its
 /// socket takes it at once, and the connection closed.
-fn refuse_connection(stream: TcpStream, limit: usize) {
+fn refuse_connection(stream: TcpStream, limit: usize, on_cut: OnCut) {
     let body = format!(
         "{{\"error\":\"this address has {limit} connections open, the most one address may have; retry shortly\"}}"
     );
@@ -217,7 +219,7 @@ fn refuse_connection(stream: TcpStream, limit: usize) {
         body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
-    crate::metrics::metrics().connection_cut("per_address");
+    on_cut("per_address");
     tracing::debug!("refused a connection past max_connections_per_address ({limit})");
 }
 
@@ -356,6 +358,11 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// Told of each connection the listener cuts or refuses, by reason:
+/// `header_timeout`, `idle`, `body_too_slow` or `per_address` (the
+/// service counts them in its metrics).
+pub type OnCut = fn(&'static str);
+
 /// How fast a body must arrive.
 #[derive(Clone, Copy)]
 struct Pace {
@@ -376,46 +383,24 @@ impl Pace {
     }
 }
 
-/// The error of a body that did not arrive in time.
-#[derive(Debug)]
-pub struct BodyTooSlow(String);
-
-impl std::fmt::Display for BodyTooSlow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BodyTooSlow {}
-
-/// Whether `e`, or an error it wraps, is a [`BodyTooSlow`].
-pub fn is_too_slow(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut at = Some(e);
-    while let Some(e) = at {
-        if e.is::<BodyTooSlow>() {
-            return true;
-        }
-        at = e.source();
-    }
-    false
-}
-
-/// A request body that fails with [`BodyTooSlow`] when it arrives too
+/// A request body that fails with [`BodyTooSlow`](crate::body::BodyTooSlow) when it arrives too
 /// slowly (see [`Pace`]).
 struct PacedBody {
     inner: Incoming,
     pace: Pace,
+    on_cut: OnCut,
     start: Instant,
     received: u64,
     timer: Pin<Box<Sleep>>,
 }
 
 impl PacedBody {
-    fn new(inner: Incoming, pace: Pace) -> PacedBody {
+    fn new(inner: Incoming, pace: Pace, on_cut: OnCut) -> PacedBody {
         let start = Instant::now();
         PacedBody {
             inner,
             pace,
+            on_cut,
             start,
             received: 0,
             timer: Box::pin(tokio::time::sleep_until(pace.deadline(start, 0))),
@@ -442,7 +427,7 @@ impl HttpBody for PacedBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    crate::metrics::metrics().connection_cut("body_too_slow");
+                    (this.on_cut)("body_too_slow");
                     let elapsed = this.start.elapsed().as_secs_f64();
                     let message = if elapsed >= this.pace.total.as_secs_f64() {
                         format!("the body did not arrive within {} ms", this.pace.total.as_millis())
@@ -452,7 +437,7 @@ impl HttpBody for PacedBody {
                             this.received, this.pace.min_rate
                         )
                     };
-                    Poll::Ready(Some(Err(Box::new(BodyTooSlow(message)))))
+                    Poll::Ready(Some(Err(Box::new(crate::body::BodyTooSlow(message)))))
                 }
                 Poll::Pending => Poll::Pending,
             },

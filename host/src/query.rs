@@ -756,10 +756,8 @@ impl Failure {
         match self {
             Failure::Unavailable { message: e, .. } => {
                 tracing::warn!(tenant = %tenant.id(), "query: no connection: {e}");
-                let mut response =
-                    error(StatusCode::SERVICE_UNAVAILABLE, format!("no database connection for the query: {e}"));
-                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                response
+                // (Retry-After: the router's, as for every 503.)
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("no database connection for the query: {e}"))
             }
             Failure::Params(message) => error(StatusCode::BAD_REQUEST, message),
             Failure::Setup(e) => {
@@ -775,10 +773,7 @@ impl Failure {
             Failure::Database { error: e, prepared } => {
                 let Some(db) = e.as_db_error() else {
                     tracing::warn!(tenant = %tenant.id(), "query: {e}");
-                    let mut response =
-                        error(StatusCode::SERVICE_UNAVAILABLE, format!("the database connection failed: {e}"));
-                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                    return response;
+                    return error(StatusCode::SERVICE_UNAVAILABLE, format!("the database connection failed: {e}"));
                 };
                 let code = db.code().code();
                 let (status, message) = match code {

@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> Result<()> {
         http::router(app),
         config.http.clone(),
         config.limits.max_connections,
+        |reason| crate::metrics::metrics().connection_cut(reason),
         shutdown_signal(),
     )
     .await?;

@@ -107,26 +107,11 @@ async fn stored(db: &TestDb) -> HashMap<String, i64> {
 /// 200 is missing, doubled or unsent. Returns what they were told.
 async fn send(sluice: &Sluice, db: &TestDb, path: Path, what: &str) -> Told {
     let warmed = stored(db).await.contains_key("warmup");
-    let url = sluice.url("/v1/events");
-    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path, SENDING))).collect();
-    let mut told = Told::default();
-    for c in clients {
-        let c = c.await.unwrap();
-        told.acknowledged.extend(c.acknowledged);
-        told.spooled.extend(c.spooled);
-        told.sent.extend(c.sent);
-        for (status, n) in c.statuses {
-            *told.statuses.entry(status).or_default() += n;
-        }
-    }
+    let mut told = run_clients(sluice.url("/v1/events"), path, SENDING).await;
     if warmed {
         told.acknowledged.insert("warmup".into());
     }
-    told.sent.insert("warmup".into());
-    let now = stored(db).await;
-    let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
-    let doubled = now.values().filter(|&&n| n > 1).count();
-    let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
+    let (missing, doubled, unsent) = told.against(&stored(db).await);
     eprintln!(
         "{what}, {path:?}: answers {:?}; acknowledged {}, spooled {}, missing {missing}, doubled {doubled}, \
          never sent {unsent}",
@@ -138,6 +123,35 @@ async fn send(sluice: &Sluice, db: &TestDb, path: Path, what: &str) -> Told {
     told
 }
 
+/// `CLIENTS` clients sending to `url` for `sending`, at once; what they
+/// were told, together (the warm-up event counted as sent).
+async fn run_clients(url: String, path: Path, sending: Duration) -> Told {
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path, sending))).collect();
+    let mut told = Told::default();
+    told.sent.insert("warmup".into());
+    for c in clients {
+        let c = c.await.unwrap();
+        told.acknowledged.extend(c.acknowledged);
+        told.spooled.extend(c.spooled);
+        told.sent.extend(c.sent);
+        for (status, n) in c.statuses {
+            *told.statuses.entry(status).or_default() += n;
+        }
+    }
+    told
+}
+
+impl Told {
+    /// Against the table's keys and their rows: events answered 200 that
+    /// are missing, keys in more than one row, and keys never sent.
+    fn against(&self, stored: &HashMap<String, i64>) -> (usize, usize, usize) {
+        let missing = self.acknowledged.iter().filter(|k| !stored.contains_key(*k)).count();
+        let doubled = stored.values().filter(|&&n| n > 1).count();
+        let unsent = stored.keys().filter(|k| !self.sent.contains(*k)).count();
+        (missing, doubled, unsent)
+    }
+}
+
 /// Waits until every spooled event is in the table, and checks again that
 /// nothing is missing, doubled or unsent.
 async fn spool_arrives(sluice: &Sluice, db: &TestDb, told: &Told) {
@@ -146,10 +160,7 @@ async fn spool_arrives(sluice: &Sluice, db: &TestDb, told: &Told) {
         let now = stored(db).await;
         let waiting = told.spooled.iter().filter(|k| !now.contains_key(*k)).count();
         if waiting == 0 {
-            let missing = told.acknowledged.iter().filter(|k| !now.contains_key(*k)).count();
-            let doubled = now.values().filter(|&&n| n > 1).count();
-            let unsent = now.keys().filter(|k| !told.sent.contains(*k)).count();
-            assert_eq!((missing, doubled, unsent), (0, 0, 0));
+            assert_eq!(told.against(&now), (0, 0, 0));
             return;
         }
         assert!(
@@ -460,18 +471,7 @@ async fn the_spool_drains_while_traffic_continues() {
     // Back, under the clients' traffic.
     admin.batch_execute("ALTER TABLE events_away RENAME TO events").await.unwrap();
     let started = Instant::now();
-    let traffic = {
-        let sluice_url = url.clone();
-        tokio::spawn(async move {
-            let clients: Vec<_> =
-                (0..CLIENTS).map(|id| tokio::spawn(client(sluice_url.clone(), id, Path::Copy, DRAIN_WITHIN))).collect();
-            let mut acknowledged = HashSet::new();
-            for c in clients {
-                acknowledged.extend(c.await.unwrap().acknowledged);
-            }
-            acknowledged
-        })
-    };
+    let traffic = tokio::spawn(run_clients(url.clone(), Path::Copy, DRAIN_WITHIN));
     let mut drained = None;
     while drained.is_none() && started.elapsed() < DRAIN_WITHIN {
         if files(&data_dir) == 0 {
@@ -479,7 +479,7 @@ async fn the_spool_drains_while_traffic_continues() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let acknowledged = traffic.await.unwrap();
+    let acknowledged = traffic.await.unwrap().acknowledged;
     let drained = drained.unwrap_or_else(|| {
         panic!(
             "{} of 300 spooled requests left after {DRAIN_WITHIN:?} of traffic; log:\n{}",
@@ -525,19 +525,8 @@ async fn server_restarts_under_load(path: Path) {
 
 /// As `send`, but the check waits for the server to be back.
 async fn send_with_restarts(sluice: &Sluice, path: Path) -> Told {
-    let url = sluice.url("/v1/events");
-    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(client(url.clone(), id, path, SENDING))).collect();
-    let mut told = Told { acknowledged: HashSet::from(["warmup".to_owned()]), ..Told::default() };
-    told.sent.insert("warmup".into());
-    for c in clients {
-        let c = c.await.unwrap();
-        told.acknowledged.extend(c.acknowledged);
-        told.spooled.extend(c.spooled);
-        told.sent.extend(c.sent);
-        for (status, n) in c.statuses {
-            *told.statuses.entry(status).or_default() += n;
-        }
-    }
+    let mut told = run_clients(sluice.url("/v1/events"), path, SENDING).await;
+    told.acknowledged.insert("warmup".into());
     eprintln!("restarts, {path:?}: answers {:?}", told.statuses);
     assert!(told.statuses.keys().any(|&s| s != 200), "the restarts were never felt: {:?}", told.statuses);
     told

@@ -331,7 +331,7 @@ fn by_type(rows: impl Iterator<Item = Result<Row, String>>) -> Outcome {
     // Event type → its plan; the table is worked out once per type.
     let mut plans: HashMap<String, usize> = HashMap::new();
     for row in rows {
-        match row.and_then(|row| row.refusal(&COLUMNS).map_or(Ok(row), Err)) {
+        match row {
             Err(reason) => outcome.rejections.push(Rejection { index: outcome.events, reason }),
             Ok(row) => {
                 let Value::Text(event_type) = &row.values[1] else { unreachable!("row() puts the type second") };

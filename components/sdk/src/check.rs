@@ -1,13 +1,15 @@
 //! Values PostgreSQL would refuse, found before they reach the writer: a
 //! refused row costs a whole batch's isolation there, and here it is one
-//! event's rejection with a reason naming its field.
+//! event's rejection with a reason naming its field. `Table::check_row`
+//! applies it to every row of every component's plans, in the host and in
+//! the Spin app alike, so normalizers need not.
 //!
 //! - text and jsonb cannot hold NUL (`\u0000` in JSON);
 //! - jsonb cannot hold a lone UTF-16 surrogate escape (`"\ud800"`);
 //! - numeric (and every number in jsonb, which is numeric) holds at most
 //!   131072 digits before the decimal point and 16383 after it.
 
-use crate::types::{Row, Value};
+use crate::types::Value;
 
 /// The most decimal digits after the point (numeric's `dscale`).
 const MAX_SCALE: i64 = 0x3FFF;
@@ -23,18 +25,6 @@ pub fn refusal(value: &Value) -> Option<String> {
         Value::Numeric(number) => numeric(number).err(),
         Value::Jsonb(json) => jsonb(json).err(),
         _ => None,
-    }
-}
-
-impl Row {
-    /// Why PostgreSQL would refuse this row, naming the column (`columns`
-    /// in the order of the row's values).
-    pub fn refusal<S: AsRef<str>>(&self, columns: &[S]) -> Option<String> {
-        self.values.iter().enumerate().find_map(|(i, value)| {
-            let reason = refusal(value)?;
-            let column = columns.get(i).map_or("?", |c| c.as_ref());
-            Some(format!("{column}: {reason}"))
-        })
     }
 }
 
@@ -202,15 +192,5 @@ mod tests {
         assert!(jsonb(r#"{"s":"a\u0000"}"#).unwrap_err().contains("\\u0000"));
         assert_eq!(jsonb(r#"{"s":"a\\u0000 and 1e200000"}"#), Ok(()), "escaped backslash, text in a string");
         assert_eq!(jsonb(r#"{"1e200000":true}"#), Ok(()), "a key is a string");
-    }
-
-    #[test]
-    fn a_row_names_its_column() {
-        let row = Row { event: 0, values: vec![Value::Int8(1), Value::Jsonb(r#"{"n":1e200000}"#.into())] };
-        let reason = row.refusal(&["id", "payload"]).unwrap();
-        assert!(reason.starts_with("payload: the number 1e200000"), "{reason}");
-        let row = Row { event: 0, values: vec![Value::Text("a\0b".into())] };
-        assert!(row.refusal(&["name"]).unwrap().starts_with("name: contains a NUL"));
-        assert_eq!(Row { event: 0, values: vec![Value::Numeric("1e5".into())] }.refusal(&["n"]), None);
     }
 }

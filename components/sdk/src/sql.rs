@@ -461,6 +461,30 @@ mod tests {
         }
     }
 
+    /// A value PostgreSQL would refuse costs its row, with the column named.
+    #[test]
+    fn a_row_postgres_would_refuse_names_its_column() {
+        let table = Table {
+            name: "t".into(),
+            columns: vec![
+                Column::new("id", Int8),
+                Column::new("payload", Jsonb),
+                Column::new("name", Text),
+                Column::new("n", Numeric),
+            ],
+            primary_key: vec![],
+            indexes: vec![],
+            template: false,
+        };
+        let columns = |names: &[&str]| names.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let values = [Value::Int8(1), Value::Jsonb(r#"{"n":1e200000}"#.into())];
+        let reason = table.check_row(&columns(&["id", "payload"]), &values).unwrap_err();
+        assert!(reason.starts_with("payload: the number 1e200000"), "{reason}");
+        let reason = table.check_row(&columns(&["name"]), &[Value::Text("a\0b".into())]).unwrap_err();
+        assert!(reason.starts_with("name: contains a NUL"), "{reason}");
+        assert_eq!(table.check_row(&columns(&["n"]), &[Value::Numeric("1e5".into())]), Ok(()));
+    }
+
     #[test]
     fn quotes_identifiers_and_literals() {
         assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);

@@ -291,9 +291,8 @@ pub struct Outcome {
 impl Outcome {
     /// The outcome of a request whose events each become one row of `table`
     /// or a rejection, in order: the common shape of a normalizer. Each
-    /// row's `event` must be its position in `events`. A row with a value
-    /// PostgreSQL would refuse (see [`crate::check`]) becomes its event's
-    /// rejection, naming the column.
+    /// row's `event` must be its position in `events`. (A row with a value
+    /// PostgreSQL would refuse is its event's rejection by `check_row`.)
     pub fn one_table(
         table: &str,
         columns: &[&str],
@@ -303,7 +302,7 @@ impl Outcome {
         let mut outcome = Outcome::default();
         let mut rows = Vec::new();
         for event in events {
-            match event.and_then(|row| row.refusal(columns).map_or(Ok(row), Err)) {
+            match event {
                 Ok(row) => rows.push(row),
                 Err(reason) => outcome.rejections.push(Rejection { index: outcome.events, reason }),
             }

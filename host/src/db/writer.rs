@@ -36,26 +36,28 @@ use tokio_postgres::types::ToSql;
 /// requests tend to come in runs.
 const COPY_REST: Duration = Duration::from_secs(10);
 
-/// Statements whose `COPY` recently failed, and until when they go by upsert
-/// only.
+/// Keys set aside until a moment: statements whose `COPY` recently failed
+/// (they go by upsert only), tenants whose rows were recently refused
+/// (their jobs are flushed apart).
 #[derive(Default)]
-struct CopyRests(std::sync::Mutex<HashMap<String, Instant>>);
+struct Resting(std::sync::Mutex<HashMap<String, Instant>>);
 
-impl CopyRests {
-    fn allows(&self, copy_sql: &str) -> bool {
+impl Resting {
+    /// Whether `key` is set aside now (one whose time has passed is forgotten).
+    fn holds(&self, key: &str) -> bool {
         let mut resting = self.0.lock().expect("not poisoned");
-        match resting.get(copy_sql) {
-            Some(&until) if until > Instant::now() => false,
+        match resting.get(key) {
+            Some(&until) if until > Instant::now() => true,
             Some(_) => {
-                resting.remove(copy_sql);
-                true
+                resting.remove(key);
+                false
             }
-            None => true,
+            None => false,
         }
     }
 
-    fn rest(&self, copy_sql: &str) {
-        self.0.lock().expect("not poisoned").insert(copy_sql.to_owned(), Instant::now() + COPY_REST);
+    fn rest(&self, key: &str, time: Duration) {
+        self.0.lock().expect("not poisoned").insert(key.to_owned(), Instant::now() + time);
     }
 }
 
@@ -291,7 +293,7 @@ impl Writer {
             let shared = Arc::new(Shared {
                 pool,
                 retry_on_deadlock: batch.retry_on_deadlock,
-                rests: CopyRests::default(),
+                rests: Resting::default(),
                 isolated: Default::default(),
                 isolating: tokio::sync::Notify::new(),
             });
@@ -340,29 +342,22 @@ const ISOLATED_FOR: Duration = Duration::from_secs(60);
 struct Shared {
     pool: Pool,
     retry_on_deadlock: bool,
-    rests: CopyRests,
+    /// Statements resting from `COPY`.
+    rests: Resting,
     /// Tenants whose rows the database recently refused, and until when
     /// their jobs are flushed apart (see [`Batcher::run`]).
-    isolated: std::sync::Mutex<HashMap<String, Instant>>,
+    isolated: Resting,
     /// Fired when a flush starts isolating: it no longer takes a writer.
     isolating: tokio::sync::Notify,
 }
 
 impl Shared {
     fn is_isolated(&self, tenant: &str) -> bool {
-        let mut isolated = self.isolated.lock().unwrap();
-        match isolated.get(tenant) {
-            Some(&until) if until > Instant::now() => true,
-            Some(_) => {
-                isolated.remove(tenant);
-                false
-            }
-            None => false,
-        }
+        self.isolated.holds(tenant)
     }
 
     fn isolate(&self, tenant: &str) {
-        self.isolated.lock().unwrap().insert(tenant.to_owned(), Instant::now() + ISOLATED_FOR);
+        self.isolated.rest(tenant, ISOLATED_FOR);
     }
 }
 
@@ -849,7 +844,7 @@ impl From<tokio_postgres::Error> for Attempt {
 async fn write_units(
     pool: &Pool,
     jobs: &[Job],
-    rests: &CopyRests,
+    rests: &Resting,
     deadline: Instant,
 ) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     on_connection(pool, deadline, async |client| write_units_on(client, jobs, rests).await).await
@@ -873,7 +868,7 @@ async fn on_connection<T>(
 async fn write_units_on(
     client: &mut deadpool_postgres::Object,
     jobs: &[Job],
-    rests: &CopyRests,
+    rests: &Resting,
 ) -> Result<Vec<(usize, usize, usize)>, Attempt> {
     let mut copy = Some(rests);
     loop {
@@ -1011,7 +1006,7 @@ async fn write_rows(
     tx: &deadpool_postgres::Transaction<'_>,
     jobs: &[Job],
     chosen: Option<&HashSet<Unit>>,
-    copy: Option<&CopyRests>,
+    copy: Option<&Resting>,
 ) -> Result<Vec<(usize, usize, usize)>, RowsError> {
     // Plans of the same shape, from any job, share one statement.
     let mut groups: Vec<(&Upsert, Vec<(usize, usize)>)> = Vec::new();
@@ -1041,7 +1036,7 @@ async fn write_rows(
         }
         let values = |&(j, p, r): &(usize, usize, usize)| &jobs[j].plans[p].plan.rows[r].values[..];
         if let (Some(rests), Some(copy_sql)) = (copy, &upsert.copy_sql)
-            && rests.allows(copy_sql)
+            && !rests.holds(copy_sql)
             && let Ok(data) = encode::copy_data(origin.iter().map(values))
         {
             faults::lose_connection(&**tx, "write-before-statement").await?;
@@ -1056,7 +1051,7 @@ async fn write_rows(
                 Err(e) if upsert_may_write(&e) => {
                     let met_a_key = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
                     crate::metrics::metrics().table_write(if met_a_key { "copy_met_a_key" } else { "copy_failed" });
-                    rests.rest(copy_sql);
+                    rests.rest(copy_sql, COPY_REST);
                     return Err(RowsError::CopyFailed);
                 }
                 Err(e) => return Err(e.into()),
