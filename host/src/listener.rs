@@ -2,8 +2,12 @@
 //! keep any one client from holding the service (`[http]`, and `[limits]
 //! max_connections`):
 //!
-//! - at most `max_connections` connections open at once; more wait in the
-//!   kernel's accept queue, costing no buffers here until one closes;
+//! - at most `max_connections` connections open at once. A connection
+//!   arriving at the limit is served at once: the connection that has gone
+//!   longest with no request in flight (reading a request's headers, or an
+//!   idle keep-alive) is closed to make room, as Apache's event MPM sheds
+//!   keep-alives under pressure. Only when every connection is serving a
+//!   request does a new one wait in the kernel's accept queue;
 //! - at most `max_connections_per_address` of them from one client address;
 //!   past it a connection is answered 503 (with `Retry-After`) and closed;
 //! - a request's headers must arrive within `header_read_timeout_ms` of the
@@ -32,13 +36,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 /// How long a body may take before its rate is checked.
@@ -98,16 +102,14 @@ pub async fn serve(
     on_cut: OnCut,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let max_connections = max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max_connections));
     let addresses = Arc::new(Addresses::default());
+    let open = Arc::new(Open::default());
     let config = Arc::new(config);
     let (stop, stopping) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -126,12 +128,39 @@ pub async fn serve(
             refuse_connection(stream, config.max_connections_per_address, on_cut);
             continue;
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if open.evict_longest_waiting() => {
+                // At the limit: the connection that waited longest for a
+                // request is closed, and its place is this one's at once (it
+                // forgets its permit as it ends), so no newcomer waits for
+                // another connection's task to run.
+                on_cut("evicted");
+                permits.add_permits(1);
+                permits.clone().try_acquire_owned().expect("only this loop takes permits")
+            }
+            Err(_) => tokio::select! {
+                // Every connection is serving a request: wait for one to end.
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut shutdown => break,
+            },
+        };
+        let activity = Arc::new(Activity::new());
+        let entry = open.insert(activity.clone());
         let router = router.clone();
         let config = config.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            connection(stream, peer, router, &config, on_cut, stopping).await;
-            drop((slot, permit));
+            connection(stream, peer, activity.clone(), router, &config, on_cut, stopping).await;
+            // Out of `open` first: past this, nothing can evict it, so the
+            // flag read next is final.
+            drop(entry);
+            if activity.evicted.load(Ordering::Relaxed) {
+                permit.forget();
+            } else {
+                drop(permit);
+            }
+            drop(slot);
         });
     }
     drop(stopping);
@@ -147,12 +176,12 @@ pub async fn serve(
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    activity: Arc<Activity>,
     router: Router,
     config: &HttpConfig,
     on_cut: OnCut,
     mut stopping: watch::Receiver<()>,
 ) {
-    let activity = Arc::new(Activity::new());
     let pace =
         Pace { total: Duration::from_millis(config.body_read_timeout_ms), min_rate: config.min_body_bytes_per_second };
     let service = {
@@ -192,6 +221,18 @@ async fn connection(
                 return;
             }
             _ = stopping.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.evict.notified(), if !closing => {
+                tracing::debug!(%peer, "closing a connection waiting for a request: the service is at max_connections");
+                if activity.busy.load(Ordering::Relaxed) == 0 {
+                    // Dropped, not shut down gracefully: hyper would wait
+                    // for a half-read request's headers until their timeout,
+                    // and the newcomer for this connection's place. Nothing
+                    // is in flight, so nothing is lost.
+                    return;
+                }
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -258,18 +299,77 @@ impl Drop for AddressSlot {
     }
 }
 
-/// When a connection last moved a byte, and how many of its requests are
-/// being served.
+/// The open connections, so that one arriving at the limit can make room.
+#[derive(Default)]
+struct Open {
+    next: AtomicU64,
+    connections: Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+impl Open {
+    fn insert(self: &Arc<Self>, activity: Arc<Activity>) -> OpenEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().unwrap().insert(id, activity);
+        OpenEntry { open: self.clone(), id }
+    }
+
+    /// Tells the connection that has gone longest with no request in
+    /// flight to close; false if every connection is serving one.
+    fn evict_longest_waiting(&self) -> bool {
+        let connections = self.connections.lock().unwrap();
+        let longest = connections
+            .values()
+            .filter(|a| a.busy.load(Ordering::Relaxed) == 0 && !a.evicted.load(Ordering::Relaxed))
+            .min_by_key(|a| a.waiting_since());
+        let Some(activity) = longest else { return false };
+        activity.evicted.store(true, Ordering::Relaxed);
+        activity.evict.notify_one();
+        true
+    }
+}
+
+/// A connection's place in [`Open`], given up when it ends.
+struct OpenEntry {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for OpenEntry {
+    fn drop(&mut self) {
+        self.open.connections.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// When a connection last moved a byte, how many of its requests are being
+/// served, and since when it has had none.
 struct Activity {
     started: Instant,
     /// Milliseconds after `started`.
     last: AtomicU64,
+    /// Milliseconds after `started` that its last request ended (0: it has
+    /// had none): how long it has been waiting for one.
+    done: AtomicU64,
     busy: AtomicUsize,
+    evicted: AtomicBool,
+    evict: Notify,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity { started: Instant::now(), last: AtomicU64::new(0), busy: AtomicUsize::new(0) }
+        Activity {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        }
+    }
+
+    /// Since when the connection has had no request in flight. Bytes of a
+    /// request's headers do not count: a trickle of them is no request.
+    fn waiting_since(&self) -> Instant {
+        self.started + Duration::from_millis(self.done.load(Ordering::Relaxed))
     }
 
     fn touch(&self) {
@@ -300,6 +400,7 @@ struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.done.store(self.0.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -359,7 +460,8 @@ impl AsyncWrite for Tracked {
 }
 
 /// Told of each connection the listener cuts or refuses, by reason:
-/// `header_timeout`, `idle`, `body_too_slow` or `per_address` (the
+/// `header_timeout`, `idle`, `body_too_slow`, `per_address` or `evicted`
+/// (closed to make room at `max_connections`; the
 /// service counts them in its metrics).
 pub type OnCut = fn(&'static str);
 
@@ -479,5 +581,25 @@ mod tests {
         drop(first);
         assert!(addresses.take(ip, 2).is_some());
         assert!(addresses.take(ip, 0).is_some(), "0 is no limit");
+    }
+
+    #[test]
+    fn the_connection_waiting_longest_for_a_request_makes_room() {
+        let open = Arc::new(Open::default());
+        let (first, second, third) = (Arc::new(Activity::new()), Arc::new(Activity::new()), Arc::new(Activity::new()));
+        let _entries = [open.insert(first.clone()), open.insert(second.clone()), open.insert(third.clone())];
+        // The first is serving a request; the second's ended after the third
+        // connected, so the third has waited longest.
+        let busy = first.begin();
+        std::thread::sleep(Duration::from_millis(5));
+        drop(second.begin());
+        assert!(open.evict_longest_waiting());
+        assert!(third.evicted.load(Ordering::Relaxed));
+        assert!(open.evict_longest_waiting());
+        assert!(second.evicted.load(Ordering::Relaxed));
+        assert!(!open.evict_longest_waiting(), "the one left is serving a request");
+        assert!(!first.evicted.load(Ordering::Relaxed));
+        drop(busy);
+        assert!(open.evict_longest_waiting());
     }
 }

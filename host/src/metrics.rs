@@ -104,7 +104,7 @@ impl Metrics {
     }
 
     /// A connection was cut or refused: `header_timeout`, `idle`,
-    /// `body_too_slow` or `per_address`.
+    /// `body_too_slow`, `per_address` or `evicted`.
     pub fn connection_cut(&self, reason: &'static str) {
         self.connections_cut.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
@@ -214,7 +214,8 @@ impl Metrics {
             "HTTP connections the service closed or refused to hold a client off, by reason: header_timeout \
              (headers slower than [http] header_read_timeout_ms), idle (idle_timeout_ms), body_too_slow (a body \
              past body_read_timeout_ms or under min_body_bytes_per_second; answered 408), per_address \
-             (max_connections_per_address; answered 503)",
+             (max_connections_per_address; answered 503), evicted (waiting longest for a request when a new \
+             connection arrived at [limits] max_connections)",
             self.connections_cut.clone(),
         );
         registry.register(

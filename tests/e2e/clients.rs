@@ -41,20 +41,20 @@ fn fresh_client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(20)).build().unwrap()
 }
 
-/// While `attack` runs, `/healthz` and the victim tenant's POST every
-/// 200 ms; returns the slowest answer of each. Every answer must be 200.
-async fn served_during(sluice: &Sluice, attack: Duration) -> (Duration, Duration) {
+/// Latencies of `/healthz` and of the victim tenant's POST, one of each
+/// every 50 ms for `span`, each on a fresh connection (as a newcomer meets
+/// the service). Every answer must be 200.
+async fn latencies(sluice: &Sluice, span: Duration, tag: &str) -> (Vec<Duration>, Vec<Duration>) {
     let client = fresh_client();
-    let (mut health, mut ingest) = (Duration::ZERO, Duration::ZERO);
+    let (mut health, mut ingest) = (Vec::new(), Vec::new());
     let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < attack {
+    while started.elapsed() < span {
         let at = Instant::now();
         let response = client.get(sluice.url("/healthz")).send().await.expect("/healthz answers");
         assert_eq!(response.status(), 200);
-        health = health.max(at.elapsed());
+        health.push(at.elapsed());
         let at = Instant::now();
-        let event = EXAMPLE.replace("order_38a91f-completed", &format!("during-attack-{n}"));
+        let event = EXAMPLE.replace("order_38a91f-completed", &format!("{tag}-{}", ingest.len()));
         let response = client
             .post(sluice.url("/v1/events"))
             .header("x-api-key", VICTIM_KEY)
@@ -65,12 +65,49 @@ async fn served_during(sluice: &Sluice, attack: Duration) -> (Duration, Duration
             .expect("the victim's POST answers");
         let status = response.status();
         assert_eq!(status, 200, "{}", response.text().await.unwrap());
-        ingest = ingest.max(at.elapsed());
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        ingest.push(at.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("during the attack ({n} rounds): /healthz at most {health:?}, the victim's POST at most {ingest:?}");
     (health, ingest)
+}
+
+/// The p99 of `samples`.
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
+/// A p99 under attack may be 5× the baseline's, and never need be under
+/// 100 ms: here the attacker reconnects as fast as one core lets it, on the
+/// same 2 cores as the service, so each newcomer meets a queue of its
+/// connections ahead of it in the kernel's accept queue (~20–50 ms; before
+/// newcomers took the place of waiting connections, ~1 s).
+fn within_5x(what: &str, baseline: Duration, during: Duration) {
+    let bound = (baseline * 5).max(Duration::from_millis(100));
+    eprintln!("{what} p99: baseline {baseline:?}, during the attack {during:?} (bound {bound:?})");
+    assert!(during <= bound, "{what}: p99 {during:?} during the attack against {baseline:?} before (bound {bound:?})");
+}
+
+/// The victim's and `/healthz`'s p99 for 2 s before `attack` is started
+/// and for 4 s while it runs (from 500 ms after it starts): each during
+/// within 5× its baseline.
+/// `attack` is given the flag that stops it.
+async fn served_during_attack(
+    sluice: &Sluice,
+    attack: impl FnOnce(Arc<AtomicBool>) -> tokio::task::JoinHandle<usize>,
+) -> usize {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (health, ingest) = latencies(sluice, Duration::from_secs(2), "before-attack").await;
+    let (health_before, ingest_before) = (p99(health), p99(ingest));
+    let handle = attack(stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (health, ingest) = latencies(sluice, Duration::from_secs(4), "during-attack").await;
+    eprintln!("{} rounds during the attack", ingest.len());
+    stop.store(true, Ordering::Relaxed);
+    let closed = handle.await.unwrap();
+    within_5x("/healthz", health_before, p99(health));
+    within_5x("the victim's POST", ingest_before, p99(ingest));
+    closed
 }
 
 fn victim(extra: &str) -> String {
@@ -85,75 +122,81 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<TcpStream>> + Send,
 {
-    let open = Arc::new(open);
-    let closed = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (open, stop, closed) = (open.clone(), stop.clone(), closed.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Some(mut stream) = open().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                // Trickle a header line now and then; the service closes us.
-                let mut buf = [0u8; 1024];
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    tokio::select! {
-                        read = stream.read(&mut buf) => match read {
-                            Ok(0) | Err(_) => { closed.fetch_add(1, Ordering::Relaxed); break; }
-                            Ok(_) => {}
-                        },
-                        () = tokio::time::sleep(Duration::from_millis(300)) => {
-                            if trickle && stream.write_all(b"x-slow: 1\r\n").await.is_err() {
-                                closed.fetch_add(1, Ordering::Relaxed);
-                                break;
+    // The flood runs on a runtime of its own thread: on the test's runtime
+    // its tasks would delay the victim's client, not the service.
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let open = Arc::new(open);
+            let closed = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..connections {
+                let (open, stop, closed) = (open.clone(), stop.clone(), closed.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(mut stream) = open().await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        // Trickle a header line now and then; the service closes us.
+                        let mut buf = [0u8; 1024];
+                        loop {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            tokio::select! {
+                                read = stream.read(&mut buf) => match read {
+                                    Ok(0) | Err(_) => { closed.fetch_add(1, Ordering::Relaxed); break; }
+                                    Ok(_) => {}
+                                },
+                                () = tokio::time::sleep(Duration::from_millis(300)) => {
+                                    if trickle && stream.write_all(b"x-slow: 1\r\n").await.is_err() {
+                                        closed.fetch_add(1, Ordering::Relaxed);
+                                        break;
+                                    }
+                                }
                             }
                         }
                     }
-                }
+                }));
             }
-        }));
-    }
-    tokio::spawn(async move {
-        for task in tasks {
-            let _ = task.await;
-        }
-        closed.load(Ordering::Relaxed)
+            for task in tasks {
+                let _ = task.await;
+            }
+            closed.load(Ordering::Relaxed)
+        })
     })
 }
 
-/// 1,100 connections that send partial headers and trickle more: each is
-/// cut at the header read timeout, and reopened at once. `/healthz` and the
-/// victim's POST are answered throughout, each within a bound.
+/// 1,100 connections (past `max_connections`, 1024) that send partial
+/// headers and trickle more: each is cut at the header read timeout or to
+/// make room for a newcomer, and reopened at once. `/healthz` and the
+/// victim's POST, each on a new connection, keep their p99 within 5× of
+/// what it was before the attack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_do_not_hold_the_service() {
     let db = TestDb::new().await;
     let sluice =
         Sluice::start(Some(&db), &victim("[http]\nheader_read_timeout_ms = 1000\nmax_connections_per_address = 0\n"));
     let to = address(&sluice);
-    let stop = Arc::new(AtomicBool::new(false));
-    let attack = flood(1100, true, stop.clone(), move || async move {
-        let mut stream = connect_from("127.0.0.2", to).await.ok()?;
-        stream.write_all(b"POST /v1/events HTTP/1.1\r\nhost: sluice\r\n").await.ok()?;
-        Some(stream)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (health, ingest) = served_during(&sluice, Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let closed = attack.await.unwrap();
+    let closed = served_during_attack(&sluice, |stop| {
+        flood(1100, true, stop, move || async move {
+            let mut stream = connect_from("127.0.0.2", to).await.ok()?;
+            stream.write_all(b"POST /v1/events HTTP/1.1\r\nhost: sluice\r\n").await.ok()?;
+            Some(stream)
+        })
+    })
+    .await;
     assert!(closed >= 1000, "the service closed only {closed} slow connections");
-    assert!(cut(&sluice, "header_timeout").await >= 1000);
-    assert!(health < Duration::from_secs(4), "/healthz took {health:?}");
-    assert!(ingest < Duration::from_secs(4), "the victim's POST took {ingest:?}");
+    let (timed_out, evicted) = (cut(&sluice, "header_timeout").await, cut(&sluice, "evicted").await);
+    eprintln!("cut: {timed_out} at the header timeout, {evicted} to make room");
+    assert!(timed_out + evicted >= 1000 && evicted > 0, "{timed_out} timed out, {evicted} evicted");
     assert!(sluice.log().contains("listening"), "{}", sluice.log());
 }
 
 /// 1,100 keep-alive connections that made one request and then sit idle
-/// are closed at the idle timeout; the others are served meanwhile.
+/// are closed at the idle timeout or to make room for a newcomer; the
+/// others are served meanwhile, their p99 within 5× of before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alives_do_not_hold_the_service() {
     let db = TestDb::new().await;
@@ -162,23 +205,21 @@ async fn idle_keep_alives_do_not_hold_the_service() {
         &victim("[http]\nidle_timeout_ms = 1000\nheader_read_timeout_ms = 30000\nmax_connections_per_address = 0\n"),
     );
     let to = address(&sluice);
-    let stop = Arc::new(AtomicBool::new(false));
-    let attack = flood(1100, false, stop.clone(), move || async move {
-        let mut stream = connect_from("127.0.0.3", to).await.ok()?;
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: sluice\r\n\r\n").await.ok()?;
-        let mut answer = [0u8; 256];
-        let n = stream.read(&mut answer).await.ok()?;
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
-        Some(stream)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (health, ingest) = served_during(&sluice, Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let closed = attack.await.unwrap();
+    let closed = served_during_attack(&sluice, |stop| {
+        flood(1100, false, stop, move || async move {
+            let mut stream = connect_from("127.0.0.3", to).await.ok()?;
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: sluice\r\n\r\n").await.ok()?;
+            let mut answer = [0u8; 256];
+            let n = stream.read(&mut answer).await.ok()?;
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
+            Some(stream)
+        })
+    })
+    .await;
     assert!(closed >= 1000, "the service closed only {closed} idle connections");
-    assert!(cut(&sluice, "idle").await >= 1000);
-    assert!(health < Duration::from_secs(4), "/healthz took {health:?}");
-    assert!(ingest < Duration::from_secs(4), "the victim's POST took {ingest:?}");
+    let (idle, evicted) = (cut(&sluice, "idle").await, cut(&sluice, "evicted").await);
+    eprintln!("cut: {idle} idle, {evicted} to make room");
+    assert!(idle + evicted >= 1000 && evicted > 0, "{idle} idle, {evicted} evicted");
 }
 
 /// One address may hold `max_connections_per_address` connections; the
