@@ -373,8 +373,14 @@ pub(crate) async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, 
     (status = 404, description = "No such tenant.", body = ErrorBody),
 ))]
 pub(crate) async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let tenant = app.registry.get(&id).ok();
     match app.registry.delete(&id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            if let Some(tenant) = tenant {
+                app.queries.deleted(&app.registry, &tenant).await;
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => registry_error(e),
     }
 }

@@ -227,6 +227,33 @@ impl Queries {
         self.tenants.lock().unwrap().remove(tenant.id());
     }
 
+    /// `tenant` was deleted: its query connections go, and so does the
+    /// reader role Sluice made for it (an operator's `reader_user` is the
+    /// operator's to drop).
+    pub async fn deleted(&self, registry: &Registry, tenant: &Tenant) {
+        self.forget(tenant);
+        if self.config.reader_user.is_some() {
+            return;
+        }
+        let settings = registry.database_of(&tenant.spec);
+        let wait = Duration::from_millis(settings.connect_timeout_ms) * 4;
+        let dropped = async {
+            let service = settings.pg_config()?;
+            tokio::time::timeout(wait, roles::drop_role(&service, tenant.id()))
+                .await
+                .map_err(|_| anyhow::anyhow!("the database did not answer in time"))?
+        };
+        match dropped.await {
+            Ok(true) => tracing::info!(tenant = %tenant.id(), "dropped the deleted tenant's query role"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                tenant = %tenant.id(),
+                "the deleted tenant's query role is left in the database (drop it by hand, or run `sluice migrate` \
+                 as an admin): {e:#}"
+            ),
+        }
+    }
+
     /// The connections `tenant`'s queries run on, made on first use.
     async fn database(&self, registry: &Registry, tenant: &Tenant) -> Result<Arc<Database>, Unavailable> {
         if let Some(known) = self.known(tenant) {

@@ -526,3 +526,41 @@ async fn migrate_as_admin_makes_the_roles_a_writer_without_createrole_uses() {
     drop(sluice);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A deleted tenant's reader role goes with it: its login, its grants and
+/// its kept password; another tenant's role stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenants_role_is_dropped() {
+    const ADMIN: &str = "admin-token-0123456789";
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), &format!("admin_token = \"{ADMIN}\"\n{}", config("")));
+    ingest(&sluice, ACME_KEY, EXAMPLE).await;
+    ingest(&sluice, GLOBEX_KEY, EXAMPLE).await;
+    let mut roles = Vec::new();
+    for token in [ACME_TOKEN, GLOBEX_TOKEN] {
+        let (status, body, _) = query(&sluice, Some(token), "SELECT current_user AS who", json!([])).await;
+        assert_eq!(status, 200, "{body}");
+        roles.push(body["result"][0]["who"].as_str().unwrap().to_owned());
+    }
+    let client = db.client().await;
+    let exists = async |role: &str| -> (i64, i64) {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1), \
+                        (SELECT count(*) FROM _sluice.query_roles WHERE role = $1)",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(exists(&roles[0]).await, (1, 1));
+
+    let response = http().delete(sluice.url("/admin/tenants/acme")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+    assert_eq!(exists(&roles[0]).await, (0, 0), "acme's role and password are gone");
+    assert_eq!(exists(&roles[1]).await, (1, 1), "globex's stay");
+    let (status, body, _) = query(&sluice, Some(GLOBEX_TOKEN), "SELECT count(*) AS n FROM events", json!([])).await;
+    assert_eq!((status, &body["result"]), (200, &json!([{"n": 1}])), "{body}");
+    assert!(sluice.log().contains("dropped the deleted tenant's query role"), "{}", sluice.log());
+}

@@ -143,6 +143,37 @@ pub async fn make(
     make_role(service, tenant, schema, config).await.map(|(role, _)| role)
 }
 
+/// Drops the role Sluice made for `tenant` (its grants with it) and its
+/// kept password, once the tenant is deleted: a deleted tenant's login must
+/// not outlive it. Nothing to do for a role never made; a login that may
+/// not drop roles leaves it, and says so.
+pub async fn drop_role(service: &PgSettings, tenant: &str) -> Result<bool> {
+    let mut client = db::connect(service).await?;
+    let dbname: String = client.query_one("SELECT current_database()::text", &[]).await?.get(0);
+    let role = role_name(&dbname, tenant);
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice:query-roles'))", &[]).await?;
+    if tx.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]).await?.is_none() {
+        return Ok(false);
+    }
+    let quoted = quote_ident(&role);
+    // DROP OWNED takes back its grants (the role owns nothing); its
+    // sessions, if any, end with their next statement's privilege check.
+    tx.batch_execute(&format!("DROP OWNED BY {quoted}; DROP ROLE {quoted}"))
+        .await
+        .with_context(|| format!("drop role {role}"))?;
+    let internal = quote_ident(INTERNAL_SCHEMA);
+    let kept = format!(
+        "SELECT 1 FROM pg_tables WHERE schemaname = {} AND tablename = 'query_roles'",
+        quote_literal(INTERNAL_SCHEMA)
+    );
+    if tx.query_opt(&kept, &[]).await?.is_some() {
+        tx.execute(&format!("DELETE FROM {internal}.query_roles WHERE role = $1"), &[&role]).await?;
+    }
+    db::CommitChecked::commit_checked(tx).await?;
+    Ok(true)
+}
+
 /// Makes (or brings up to date) the role of `tenant`, and returns its name
 /// and password; where Sluice's login may not make roles, one made before.
 async fn make_role(
