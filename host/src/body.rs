@@ -214,3 +214,131 @@ fn decompress(mut reader: impl Read, limit: usize, window: usize, budget: &mut B
         out.extend_from_slice(&chunk[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use std::io::Write;
+
+    /// Budgets of `service` and `tenant` bytes, memory unlimited.
+    struct Budgets {
+        service: AtomicUsize,
+        tenant: AtomicUsize,
+        memory: MemoryLimiter,
+    }
+
+    impl Budgets {
+        fn new() -> Budgets {
+            Budgets { service: AtomicUsize::new(0), tenant: AtomicUsize::new(0), memory: MemoryLimiter::default() }
+        }
+
+        fn budget(&self, service_cap: usize, tenant_cap: usize) -> Budget<'_> {
+            Budget::new((&self.service, service_cap), (&self.tenant, tenant_cap), "acme", &self.memory)
+        }
+    }
+
+    fn headers(encoding: Option<&str>, length: Option<usize>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(encoding) = encoding {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(encoding).unwrap());
+        }
+        if let Some(length) = length {
+            headers.insert(header::CONTENT_LENGTH, length.into());
+        }
+        headers
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    async fn read_with(
+        encoding: Option<&str>,
+        body: Vec<u8>,
+        limit: usize,
+        caps: (usize, usize),
+    ) -> (Result<Vec<u8>, Refusal>, usize, usize) {
+        let budgets = Budgets::new();
+        let mut budget = budgets.budget(caps.0, caps.1);
+        let headers = headers(encoding, Some(body.len()));
+        let read = read(&headers, Body::from(body), limit, &mut budget).await;
+        let held = (budgets.service.load(Ordering::Relaxed), budgets.tenant.load(Ordering::Relaxed));
+        drop(budget);
+        assert_eq!(budgets.service.load(Ordering::Relaxed), 0, "the service's bytes are given back");
+        assert_eq!(budgets.tenant.load(Ordering::Relaxed), 0, "the tenant's bytes are given back");
+        (read, held.0, held.1)
+    }
+
+    #[tokio::test]
+    async fn plain_gzip_and_zstd_bodies_read_alike() {
+        let text = b"{\"eventType\":\"a\"}\n".repeat(10_000);
+        for (encoding, body) in [
+            (None, text.clone()),
+            (Some("identity"), text.clone()),
+            (Some("gzip"), gzip(&text)),
+            (Some("x-gzip"), gzip(&text)),
+            (Some("zstd"), zstd::encode_all(&text[..], 3).unwrap()),
+        ] {
+            let (read, _, _) = read_with(encoding, body, 1 << 20, (usize::MAX, usize::MAX)).await;
+            assert_eq!(read.unwrap(), text, "{encoding:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn decompressed_bytes_are_charged_as_they_grow() {
+        let text = vec![b'x'; 4 << 20];
+        let compressed = gzip(&text);
+        let (read, service, tenant) =
+            read_with(Some("gzip"), compressed.clone(), 8 << 20, (usize::MAX, usize::MAX)).await;
+        assert_eq!(read.unwrap().len(), text.len());
+        // The buffer's growth (and the decoder's window) is charged, not
+        // the few compressed bytes.
+        assert!(service >= text.len() && tenant == service, "charged {service} and {tenant}");
+
+        // A bomb past the tenant's budget is refused as it expands: 429.
+        let (read, _, _) = read_with(Some("gzip"), compressed.clone(), 8 << 20, (usize::MAX, 1 << 20)).await;
+        let refusal = read.unwrap_err();
+        assert_eq!(refusal.status, StatusCode::TOO_MANY_REQUESTS, "{}", refusal.reason);
+        assert!(refusal.reason.contains("tenant acme"), "{}", refusal.reason);
+        // Past the service's: 503.
+        let (read, _, _) = read_with(Some("gzip"), compressed, 8 << 20, (1 << 20, usize::MAX)).await;
+        assert_eq!(read.unwrap_err().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_are_refused_either_way() {
+        // Declared too large: refused before a byte is read.
+        let budgets = Budgets::new();
+        let mut budget = budgets.budget(usize::MAX, usize::MAX);
+        let refusal = read(&headers(None, Some(1001)), Body::empty(), 1000, &mut budget).await.unwrap_err();
+        assert_eq!(refusal.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(refusal.reason.contains("limit of 1000 bytes"), "{}", refusal.reason);
+        // Exactly the limit, decompressed, passes; one byte more does not.
+        let (read, _, _) =
+            read_with(Some("zstd"), zstd::encode_all(&[b'y'; 1000][..], 3).unwrap(), 1000, (usize::MAX, usize::MAX))
+                .await;
+        assert_eq!(read.unwrap().len(), 1000);
+        let (read, _, _) =
+            read_with(Some("zstd"), zstd::encode_all(&[b'y'; 1001][..], 3).unwrap(), 1000, (usize::MAX, usize::MAX))
+                .await;
+        assert_eq!(read.unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn unknown_encodings_and_corrupt_bodies_are_named() {
+        let (read, _, _) = read_with(Some("br"), b"x".to_vec(), 1000, (usize::MAX, usize::MAX)).await;
+        let refusal = read.unwrap_err();
+        assert_eq!(refusal.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(refusal.reason.contains("\"br\""), "{}", refusal.reason);
+        for encoding in ["gzip", "zstd"] {
+            let (read, _, _) =
+                read_with(Some(encoding), b"not compressed".to_vec(), 1000, (usize::MAX, usize::MAX)).await;
+            let refusal = read.unwrap_err();
+            assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+            assert!(refusal.reason.contains(&format!("the {encoding} body does not decompress")), "{}", refusal.reason);
+        }
+    }
+}
