@@ -1080,3 +1080,134 @@ async fn write_rows(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batcher over a pool that never connects (`take` writes nothing).
+    fn batcher_of(batch_size: usize, batch_size_bytes: usize) -> Batcher {
+        let settings = super::super::PgSettings::new(
+            tokio_postgres::Config::new(),
+            sluice_replication::tls::TlsSettings::new(sluice_replication::tls::SslMode::Disable, None),
+            None,
+        );
+        let pool = super::super::pool(settings, 1, Duration::from_millis(10)).unwrap();
+        let shared = Arc::new(Shared {
+            pool,
+            retry_on_deadlock: true,
+            rests: Resting::default(),
+            isolated: Resting::default(),
+            isolating: tokio::sync::Notify::new(),
+        });
+        let batch = BatchConfig { batch_size, batch_size_bytes, ..Default::default() };
+        Batcher { shared, batch, pending: VecDeque::new(), pending_rows: 0, pending_bytes: 0 }
+    }
+
+    /// A job of `tenant` with `rows` rows of 10 bytes each; the receiver
+    /// keeps its request waiting.
+    fn job(tenant: &str, rows: usize) -> (Job, oneshot::Receiver<Result<JobResult, WriteError>>) {
+        let (reply, answer) = oneshot::channel();
+        let origin = Arc::new(Origin::new(tenant, tenant, 100));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        (Job { plans: Vec::new(), rows, bytes: rows * 10, deadline, origin, request_id: None, reply }, answer)
+    }
+
+    /// Pushes jobs of `(tenant, rows)`; their answers are kept open.
+    fn queue(batcher: &mut Batcher, jobs: &[(&str, usize)]) -> Vec<oneshot::Receiver<Result<JobResult, WriteError>>> {
+        let mut linger = None;
+        jobs.iter()
+            .map(|(tenant, rows)| {
+                let (job, answer) = job(tenant, *rows);
+                batcher.push(job, &mut linger, Duration::ZERO);
+                answer
+            })
+            .collect()
+    }
+
+    fn tenants(jobs: &[Job]) -> Vec<(&str, usize)> {
+        jobs.iter().map(|j| (j.origin.tenant.as_str(), j.rows)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_flush_takes_jobs_oldest_first_up_to_the_limits() {
+        let mut batcher = batcher_of(6, usize::MAX);
+        let _answers = queue(&mut batcher, &[("a", 3), ("b", 3), ("a", 1), ("c", 9)]);
+        let (isolated, jobs) = batcher.take(true, true).unwrap();
+        assert!(!isolated);
+        assert_eq!(tenants(&jobs), [("a", 3), ("b", 3)], "a third job would pass batch_size");
+        // A job larger than the limit still goes, alone.
+        let (_, jobs) = batcher.take(true, true).unwrap();
+        assert_eq!(tenants(&jobs), [("a", 1)]);
+        let (_, jobs) = batcher.take(true, true).unwrap();
+        assert_eq!(tenants(&jobs), [("c", 9)]);
+        assert_eq!((batcher.pending_rows, batcher.pending_bytes), (0, 0));
+        assert!(batcher.take(true, true).is_none());
+
+        // The byte limit counts as the row limit does.
+        let mut batcher = batcher_of(usize::MAX, 30);
+        let _answers = queue(&mut batcher, &[("a", 2), ("a", 2)]);
+        assert_eq!(batcher.take(true, true).unwrap().1.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_isolated_tenant_is_flushed_apart_in_its_own_lane() {
+        let mut batcher = batcher_of(100, usize::MAX);
+        batcher.shared.isolate("bad");
+        let _answers = queue(&mut batcher, &[("bad", 1), ("good", 1), ("other", 1), ("bad", 1), ("good", 1)]);
+        // With no writer free, only the lane: the isolated tenant's jobs alone.
+        let (isolated, jobs) = batcher.take(false, true).unwrap();
+        assert!(isolated);
+        assert_eq!(tenants(&jobs), [("bad", 1), ("bad", 1)]);
+        let (isolated, jobs) = batcher.take(true, false).unwrap();
+        assert!(!isolated);
+        assert_eq!(tenants(&jobs), [("good", 1), ("other", 1), ("good", 1)], "never mixed with the isolated tenant's");
+
+        // The lane busy and no writer free: nothing may go.
+        let _answers = queue(&mut batcher, &[("bad", 1), ("good", 1)]);
+        assert!(batcher.take(false, false).is_none());
+        // A writer free: the others go; the isolated tenant's waits for its lane.
+        assert_eq!(tenants(&batcher.take(true, false).unwrap().1), [("good", 1)]);
+        assert!(batcher.take(true, false).is_none());
+        assert_eq!(tenants(&batcher.take(true, true).unwrap().1), [("bad", 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_request_was_answered_is_not_written() {
+        let mut batcher = batcher_of(100, usize::MAX);
+        let mut answers = queue(&mut batcher, &[("a", 1), ("a", 2), ("a", 3)]);
+        // The second request timed out: its answer is gone.
+        drop(answers.remove(1));
+        let (_, jobs) = batcher.take(true, true).unwrap();
+        assert_eq!(tenants(&jobs), [("a", 1), ("a", 3)]);
+        assert_eq!(batcher.pending_rows, 0);
+    }
+
+    #[test]
+    fn events_are_the_units_of_each_job_once_in_order() {
+        use sluice_sdk::{Column, ColumnType, Conflict, Row, Table, UpsertPlan};
+        let table = Table {
+            name: "t".into(),
+            columns: vec![Column::new("id", ColumnType::Text).not_null()],
+            primary_key: vec!["id".into()],
+            indexes: Vec::new(),
+            template: false,
+        };
+        let upsert = Arc::new(Upsert::new("s", &table, &["id".into()], &Conflict::DoNothing).unwrap());
+        let plan = |events: &[u32]| CheckedPlan {
+            upsert: upsert.clone(),
+            plan: UpsertPlan {
+                table: "t".into(),
+                template: None,
+                columns: vec!["id".into()],
+                conflict: Conflict::DoNothing,
+                rows: events.iter().map(|&event| Row { event, values: Vec::new() }).collect(),
+            },
+        };
+        let (mut first, _a) = job("a", 0);
+        first.plans = vec![plan(&[2, 0, 2]), plan(&[1, 0])];
+        let (mut second, _b) = job("b", 0);
+        second.plans = vec![plan(&[5])];
+        assert_eq!(events_of(&[first, second]), [(0, 0), (0, 1), (0, 2), (1, 5)]);
+    }
+}
