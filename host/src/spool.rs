@@ -124,7 +124,9 @@ impl Spool {
             return Ok(false);
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let path = self.dir.join(format!("{:020}-{}.req", request.received_at.max(0), n));
+        // Both parts zero-padded, so names sort as (time received, arrival):
+        // unpadded, arrival 10 would sort before arrival 9.
+        let path = self.dir.join(format!("{:020}-{n:020}.req", request.received_at.max(0)));
         let kept = (|| -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             if crate::faults::fires("spool-keep") {
@@ -289,4 +291,113 @@ enum Replayed {
 /// The sequence number in a spool file's name.
 fn sequence(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.rsplit('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A folder of its own under the system's temporary folder, removed
+    /// when dropped.
+    struct Folder(PathBuf);
+
+    impl Folder {
+        fn new(name: &str) -> Folder {
+            let dir = std::env::temp_dir().join(format!("sluice-spool-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Folder(dir)
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn request(tenant: &str, received_at: i64, body: &[u8]) -> Request {
+        Request {
+            tenant: tenant.into(),
+            method: "POST".into(),
+            path: "/v1/events".into(),
+            query: "a=1".into(),
+            headers: vec![("content-type".into(), "application/x-ndjson".into())],
+            body: body.to_vec(),
+            received_at,
+            settings: "{\"not\":\"kept\"}".into(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_request_is_kept_privately_and_read_back_whole() {
+        let folder = Folder::new("roundtrip");
+        let spool = Spool::open(folder.0.clone(), SpoolConfig::default()).unwrap();
+        assert_eq!(mode(&folder.0), 0o700);
+        let body = b"{\"a\":1}\n{\"b\":\"line\\nbreak\"}\n\0binary";
+        assert!(spool.keep(&request("acme", 1_700_000_000_000_000, body)).unwrap());
+        let files = spool.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(mode(&files[0]), 0o600, "a tenant's body is the service user's alone");
+        assert_eq!(spool.bytes(), std::fs::metadata(&files[0]).unwrap().len());
+        let read = Spool::read(&files[0]).unwrap();
+        let kept = request("acme", 1_700_000_000_000_000, body);
+        assert_eq!(
+            (read.tenant, read.method, read.path, read.query, read.headers, read.body, read.received_at),
+            (kept.tenant, kept.method, kept.path, kept.query, kept.headers, kept.body, kept.received_at)
+        );
+        assert_eq!(read.settings, "", "settings are the tenant's at replay, not at spooling");
+        spool.remove(&files[0]);
+        assert_eq!((spool.len(), spool.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn files_replay_oldest_first_and_a_reopened_spool_carries_on() {
+        let folder = Folder::new("order");
+        let spool = Spool::open(folder.0.clone(), SpoolConfig::default()).unwrap();
+        for (tenant, at) in [("b", 20), ("a", 10), ("c", 20)] {
+            assert!(spool.keep(&request(tenant, at, b"x")).unwrap());
+        }
+        // A write that never finished, and a file set aside, are not requests.
+        std::fs::write(folder.0.join("00000000000000000001-99.tmp"), b"partial").unwrap();
+        std::fs::write(folder.0.join("00000000000000000001-98.failed"), b"set aside").unwrap();
+        let tenants = |spool: &Spool| -> Vec<String> {
+            spool.files().unwrap().iter().map(|f| Spool::read(f).unwrap().tenant).collect()
+        };
+        assert_eq!(tenants(&spool), ["a", "b", "c"], "by time received, then by arrival");
+        let used = spool.bytes();
+        drop(spool);
+
+        let reopened = Spool::open(folder.0.clone(), SpoolConfig::default()).unwrap();
+        assert_eq!(reopened.len(), 3);
+        assert!(reopened.bytes() >= used, "what an earlier run left is counted");
+        assert!(reopened.keep(&request("d", 20, b"x")).unwrap());
+        assert_eq!(tenants(&reopened), ["a", "b", "c", "d"], "numbering carries on past the files found");
+    }
+
+    #[test]
+    fn a_full_spool_refuses_and_counts_nothing() {
+        let folder = Folder::new("full");
+        let config = SpoolConfig { max_bytes: 400, ..SpoolConfig::default() };
+        let spool = Spool::open(folder.0.clone(), config).unwrap();
+        assert!(spool.keep(&request("acme", 1, &[b'x'; 100])).unwrap());
+        let used = spool.bytes();
+        assert!(!spool.keep(&request("acme", 2, &[b'x'; 300])).unwrap(), "past max_bytes");
+        assert_eq!((spool.len(), spool.bytes()), (1, used));
+    }
+
+    #[test]
+    fn an_unreadable_file_says_why() {
+        let folder = Folder::new("unreadable");
+        std::fs::create_dir_all(&folder.0).unwrap();
+        let path = folder.0.join("1-1.req");
+        std::fs::write(&path, b"no header line").unwrap();
+        assert!(format!("{:#}", Spool::read(&path).unwrap_err()).contains("no header line"));
+        std::fs::write(&path, b"{\"tenant\":1}\nbody").unwrap();
+        assert!(format!("{:#}", Spool::read(&path).unwrap_err()).contains("a bad header line"));
+    }
 }
