@@ -69,6 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/t/{tenant}/v1/logs", post(tenant_logs))
         .route("/api/logs", post(logflare))
         .route("/logs", post(logflare_short))
+        .route("/logs/json", post(logflare_json))
         .route("/t/{tenant}/api/logs", post(tenant_logflare))
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
@@ -274,6 +275,20 @@ pub(crate) async fn logflare(State(app): State<Arc<App>>, incoming: Incoming) ->
     responses(crate::openapi::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
 pub(crate) async fn logflare_short(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
+    ingest(&app, Api::Logflare, incoming).await
+}
+
+/// Logflare's JSON ingest path (what @loglayer/transport-logflare posts to).
+#[utoipa::path(post, path = "/logs/json", tag = "ingest",
+    params(
+        ("source_name" = Option<String>, Query, description = "The source by name."),
+        ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
+    ),
+    request_body(description = "One event, an array, or {\"batch\": [...]}.",
+        content((crate::openapi::LogflareBody = "application/json"))),
+    responses(crate::openapi::IngestResponses),
+    security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
+pub(crate) async fn logflare_json(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logflare, incoming).await
 }
 

@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::http::tenant_logs,
         crate::http::logflare,
         crate::http::logflare_short,
+        crate::http::logflare_json,
         crate::http::tenant_logflare,
         crate::http::healthz,
         crate::http::ready,
@@ -178,7 +179,7 @@ pub struct Event {
 #[schema(example = json!({"message": "user signed in", "metadata": {"user_id": 42}}))]
 #[allow(dead_code)]
 pub struct LogflareEvent {
-    /// The log line (also read as `event_message`).
+    /// The log line (also read as `event_message` or `log_entry`).
     pub message: Option<String>,
     pub metadata: Option<BTreeMap<String, Value>>,
     /// RFC 3339 text, or a number since 1970 (seconds, or micro- or milliseconds).
@@ -234,6 +235,10 @@ pub enum Events {
 #[allow(dead_code)]
 pub struct LogflareBatch {
     pub batch: Vec<LogflareEvent>,
+    /// The source by id (a UUID), when the query names none.
+    pub source: Option<String>,
+    /// The source by name, when the query names none.
+    pub source_name: Option<String>,
 }
 
 /// Logflare's ingest body: one event, an array, or `{"batch": [...]}`.

@@ -12,6 +12,7 @@ mod delivery;
 mod events;
 mod faults;
 mod lifecycle;
+mod log_clients;
 mod logs;
 mod metrics;
 mod migrations;

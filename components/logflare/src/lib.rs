@@ -1,11 +1,13 @@
 //! Logflare's ingest API (`POST /api/logs`, `POST /logs`), so unchanged
 //! Logflare clients can send to Sluice.
 //!
-//! The source is the query's `source=<uuid>` or `source_name=<name>`; each
-//! source has a table of Logflare's PostgreSQL shape, `log_events_<uuid with
+//! The source is the query's `source=<uuid>` or `source_name=<name>`, or
+//! (as winston-logflare sends it) a `source`/`source_name` member beside a
+//! body's `batch`; each source has a table of Logflare's PostgreSQL shape, `log_events_<uuid with
 //! '_' for '-'>`, made from the template `log_events` on first use. The body
 //! is one event, `{"batch": [events]}`, an array of events, or NDJSON. An
-//! event is an object with `message` or `event_message`, and optionally
+//! event is an object with `message`, `event_message` or `log_entry` (the
+//! name Logflare's browser and edge clients use), and optionally
 //! `metadata`, `timestamp`, `id` and any other fields, all kept in `body`.
 //!
 //! Tenant settings (`request.settings`, key `logflare`):
@@ -15,7 +17,7 @@ pub mod record;
 
 use record::{Names, Object, ObjectText, Record, Records, TimeIds, object_members};
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use sluice_sdk::body::{self, Format};
 use sluice_sdk::{Column, ColumnType, Conflict, Index, Outcome, Request, RequestError, Row, Table, Value};
 use std::borrow::Cow;
@@ -58,9 +60,10 @@ pub fn table(source: Uuid) -> String {
 
 /// Normalizes one request into a plan for its source's table.
 pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
-    let source = Settings::read(&request.settings)?.source(request)?;
+    let sources = Settings::read(&request.settings)?;
     let (text, format) = body::text(request)?;
-    let records = records(text, format)?;
+    let Body { records, named } = records(text, format)?;
+    let source = sources.source(request, &named)?;
     let mut ids = Names::new(NAMESPACE, format!("{}/{source}/", request.tenant));
     let time_ids = TimeIds::new(request.received_at);
     let rows = records.into_iter().enumerate().map(|(index, record)| {
@@ -112,22 +115,30 @@ impl Settings {
 }
 
 impl Sources {
-    /// The source the request names.
-    fn source(&self, request: &Request) -> Result<Uuid, RequestError> {
-        let by_id = match param(&request.query, "source") {
+    /// The source the request names: in its query, else beside its body's
+    /// `batch`.
+    fn source(&self, request: &Request, body: &Named) -> Result<Uuid, RequestError> {
+        let (id, name) = (param(&request.query, "source"), param(&request.query, "source_name"));
+        let (id, name) = match (id, name) {
+            (None, None) => (body.source.clone().map(Cow::Owned), body.source_name.clone().map(Cow::Owned)),
+            named => named,
+        };
+        let by_id = match id {
             None => None,
             Some(text) => Some(
                 Uuid::try_parse(&text)
                     .map_err(|_| RequestError::Malformed(format!("source must be a source's UUID, not {text:?}")))?,
             ),
         };
-        let by_name = match param(&request.query, "source_name") {
+        let by_name = match name {
             None => None,
             Some(name) => Some((self.named(&request.tenant, &name)?, name)),
         };
         match (by_id, by_name) {
             (None, None) => Err(RequestError::Malformed(
-                "the request names no source: send source=<uuid> or source_name=<name>".into(),
+                "the request names no source: send source=<uuid> or source_name=<name> in the query, or \
+                 \"source\" or \"source_name\" beside the body's \"batch\""
+                    .into(),
             )),
             (Some(id), Some((named, name))) if id != named => Err(RequestError::Malformed(format!(
                 "source={id} and source_name={name} name different sources (source {name:?} is {named})"
@@ -194,8 +205,8 @@ fn param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     Some(Cow::Owned(String::from_utf8_lossy(&decoded).into_owned()))
 }
 
-/// The events of a body, read in one pass.
-fn records(text: &str, format: Format) -> Result<Vec<Record<'_>>, RequestError> {
+/// The events of a body, read in one pass, and the source it names.
+fn records(text: &str, format: Format) -> Result<Body<'_>, RequestError> {
     let error = |e: serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => e.to_string(),
         _ => format!("the body is not valid JSON: {e}"),
@@ -204,7 +215,7 @@ fn records(text: &str, format: Format) -> Result<Vec<Record<'_>>, RequestError> 
         Format::Json if text.trim().is_empty() => Err(RequestError::Malformed(
             "the body is empty; send an event, {\"batch\": [events]} or an array of events".into(),
         )),
-        Format::Json => serde_json::from_str::<Body>(text).map(|b| b.0).map_err(|e| RequestError::Malformed(error(e))),
+        Format::Json => serde_json::from_str::<Body>(text).map_err(|e| RequestError::Malformed(error(e))),
         Format::Ndjson => text
             .lines()
             .enumerate()
@@ -214,12 +225,24 @@ fn records(text: &str, format: Format) -> Result<Vec<Record<'_>>, RequestError> 
                     RequestError::Malformed(format!("line {} of the NDJSON body is not valid JSON: {e}", n + 1))
                 })
             })
-            .collect(),
+            .collect::<Result<_, _>>()
+            .map(|records| Body { records, named: Named::default() }),
     }
 }
 
-/// A JSON body: one event, `{"batch": [events]}` or an array of events.
-struct Body<'a>(Vec<Record<'a>>);
+/// A JSON body: one event, `{"batch": [events]}` or an array of events;
+/// and the source a batch's object names beside it.
+struct Body<'a> {
+    records: Vec<Record<'a>>,
+    named: Named,
+}
+
+/// `source` and `source_name` members beside a body's `batch`.
+#[derive(Default)]
+struct Named {
+    source: Option<String>,
+    source_name: Option<String>,
+}
 
 impl<'de> serde::Deserialize<'de> for Body<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -238,12 +261,12 @@ impl<'de> Visitor<'de> for BodyVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Body<'de>, A::Error> {
         let records = Records::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Body(records.0))
+        Ok(Body { records: records.0, named: Named::default() })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body<'de>, A::Error> {
-        // An object with `batch` is a batch (its other members are ignored,
-        // as Logflare does); any other object is one event.
+        // An object with `batch` is a batch (of its other members only the
+        // source is read, as Logflare does); any other object is one event.
         let mut batch = None;
         let members = object_members(map, |key, map| {
             if key != "batch" {
@@ -252,15 +275,24 @@ impl<'de> Visitor<'de> for BodyVisitor {
             batch = Some(map.next_value::<Records>()?.0);
             Ok(true)
         })?;
-        Ok(Body(batch.unwrap_or_else(|| vec![Record::Object(Object { members })])))
+        let Some(records) = batch else {
+            return Ok(Body { records: vec![Record::Object(Object { members })], named: Named::default() });
+        };
+        let beside = Object { members };
+        let named = |key: &str| beside.string(key).map(|s| s.map(Cow::into_owned)).map_err(A::Error::custom);
+        Ok(Body { records, named: Named { source: named("source")?, source_name: named("source_name")? } })
     }
 }
 
 /// One event's values, or why it was refused.
 fn row(ids: &mut Names, time_ids: &TimeIds, received_at: i64, event: Object) -> Result<Vec<Value>, String> {
-    // `event_message` is Logflare's own name; `message` is what most clients send.
-    let message_key = if event.get("event_message").is_some() { "event_message" } else { "message" };
-    let message = event.string(message_key)?.ok_or("message (or event_message) is required")?;
+    // `event_message` is Logflare's own name; `message` is what most clients
+    // send; `log_entry` what Logflare's browser and edge senders send.
+    let message_key = ["event_message", "message", "log_entry"]
+        .into_iter()
+        .find(|key| event.get(key).is_some())
+        .ok_or("message (or event_message, or log_entry) is required")?;
+    let message = event.string(message_key)?.expect("present");
     if message.trim().is_empty() {
         return Err(format!("{message_key} is empty"));
     }
@@ -349,6 +381,43 @@ mod tests {
     }
 
     #[test]
+    fn the_source_may_be_named_beside_the_batch() {
+        // winston-logflare: {"batch": [...], "source": "<uuid>"} to /logs.
+        let body = format!(r#"{{"batch":[{{"message":"a"}}],"source":"{SOURCE}"}}"#);
+        let table = format!("log_events_{}", SOURCE.replace('-', "_"));
+        assert_eq!(ok("", &body).plans[0].table, table);
+        let named = ok("", r#"{"batch":[{"message":"a"}],"source_name":"app"}"#);
+        assert_eq!(named.plans[0].table, self::table(Uuid::new_v5(&NAMESPACE, b"acme/app")));
+        // The query wins over the body; both name sources the same way.
+        assert_eq!(ok("source_name=app", &body).plans[0].table, named.plans[0].table);
+        // A single event's `source` is its own data, not the source.
+        let error = handle(&request("", "{}", &format!(r#"{{"message":"a","source":"{SOURCE}"}}"#))).unwrap_err();
+        assert!(format!("{error:?}").contains("names no source"), "{error:?}");
+        let error = handle(&request("", "{}", r#"{"batch":[],"source":7}"#)).unwrap_err();
+        assert!(format!("{error:?}").contains("source must be a string"), "{error:?}");
+        let error = handle(&request("", "{}", r#"{"batch":[],"source":"not-a-uuid"}"#)).unwrap_err();
+        assert!(format!("{error:?}").contains("source must be a source's UUID"), "{error:?}");
+    }
+
+    #[test]
+    fn log_entry_is_a_message() {
+        // pino-logflare's browser and edge senders.
+        let outcome = ok(
+            &format!("source={SOURCE}"),
+            r#"{"batch":[{"log_entry":"from the browser","metadata":{"level":"info"}}]}"#,
+        );
+        let values = &outcome.plans[0].rows[0].values;
+        assert_eq!(values[2], Value::Text("from the browser".into()));
+        let body = json(&values[3]);
+        assert_eq!(body["event_message"], "from the browser");
+        assert!(body.get("log_entry").is_none(), "kept once, as event_message: {body}");
+        assert_eq!(body["metadata"]["level"], "info");
+        // Of several names, Logflare's own wins.
+        let outcome = ok(&format!("source={SOURCE}"), r#"{"log_entry":"l","message":"m","event_message":"e"}"#);
+        assert_eq!(outcome.plans[0].rows[0].values[2], Value::Text("e".into()));
+    }
+
+    #[test]
     fn body_is_the_processed_event() {
         let outcome = ok(
             &format!("source={SOURCE}"),
@@ -418,7 +487,7 @@ mod tests {
         assert_eq!(outcome.events, 9);
         assert_eq!(outcome.plans[0].rows.len(), 1);
         let reasons: Vec<(u32, &str)> = outcome.rejections.iter().map(|r| (r.index, r.reason.as_str())).collect();
-        assert_eq!(reasons[0], (1, "message (or event_message) is required"));
+        assert_eq!(reasons[0], (1, "message (or event_message, or log_entry) is required"));
         assert_eq!(reasons[1], (2, "message is empty"));
         assert_eq!(reasons[2], (3, "message must be a string"));
         assert_eq!(reasons[3].0, 4);

@@ -128,7 +128,7 @@ impl Api {
             Some(Api::Events)
         } else if path.ends_with("/v1/logs") {
             Some(Api::Logs)
-        } else if path.ends_with("/api/logs") || path.ends_with("/logs") {
+        } else if path.ends_with("/api/logs") || path.ends_with("/logs") || path.ends_with("/logs/json") {
             Some(Api::Logflare)
         } else {
             None

@@ -30,11 +30,11 @@ pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
         sluice_events::handle(request)
     } else if path.ends_with("/v1/logs") {
         sluice_structlog::handle(request)
-    } else if path.ends_with("/api/logs") || path.ends_with("/logs") {
+    } else if path.ends_with("/api/logs") || path.ends_with("/logs") || path.ends_with("/logs/json") {
         sluice_logflare::handle(request)
     } else {
         Err(RequestError::NotFound(format!(
-            "this component serves /v1/events, /api/logs, /logs and /v1/logs, not {:?}",
+            "this component serves /v1/events, /api/logs, /logs, /logs/json and /v1/logs, not {:?}",
             request.path
         )))
     }
@@ -76,13 +76,14 @@ mod tests {
             ("/v1/events/", "events"),
             ("/api/logs", logflare.as_str()),
             ("/logs", logflare.as_str()),
+            ("/logs/json", logflare.as_str()),
             ("/t/acme/api/logs", logflare.as_str()),
             ("/v1/logs", "stogger_logs"),
             ("/t/acme/v1/logs", "stogger_logs"),
         ] {
             assert_eq!(routed(path).unwrap(), table, "{path}");
         }
-        for path in ["/", "/v1/event", "/v2/events", "/api/logsx", "/xlogs", "/v1/events/x"] {
+        for path in ["/", "/v1/event", "/v2/events", "/api/logsx", "/xlogs", "/v1/events/x", "/logs/jsonx"] {
             let e = routed(path).unwrap_err();
             assert!(matches!(&e, RequestError::NotFound(m) if m.contains("/v1/events, /api/logs")), "{path}: {e:?}");
         }
