@@ -153,7 +153,7 @@ pub fn normalize(request: &Request) -> Result<Outcome, RequestError> {
         Some(Api::Logs) => sluice_structlog::handle(request),
         Some(Api::Logflare) => sluice_logflare::handle(request),
         None => Err(RequestError::NotFound(format!(
-            "this component serves /v1/events, /api/logs, /logs and /v1/logs, not {:?}",
+            "this component serves /v1/events, /api/logs, /logs, /logs/json and /v1/logs, not {:?}",
             request.path
         ))),
     }
