@@ -1008,7 +1008,10 @@ mod tests {
     fn a_failed_source_keeps_its_reason_while_it_tries_again_and_drops_it_once_it_streams() {
         let stats = Stats::default();
         stats.fail("permission denied (SQLSTATE 42501)".into());
-        assert_eq!((stats.state(), stats.reason().as_deref()), (State::Failed, Some("permission denied (SQLSTATE 42501)")));
+        assert_eq!(
+            (stats.state(), stats.reason().as_deref()),
+            (State::Failed, Some("permission denied (SQLSTATE 42501)"))
+        );
         stats.set_state(State::Starting);
         assert_eq!(stats.state().as_str(), "failed", "trying again is still failed");
         stats.set_state(State::Owner);
