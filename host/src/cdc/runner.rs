@@ -154,15 +154,22 @@ impl Stats {
         self.reason.lock().unwrap().clone()
     }
 
-    /// A failed source keeps its state and reason until it streams or
-    /// stands by again, not while it tries again.
+    /// A failed source keeps its state and reason while it tries again
+    /// (connecting, taking the lock), until it streams ([`Stats::streaming`])
+    /// or stands by or stops.
     fn set_state(&self, state: State) {
         let mut reason = self.reason.lock().unwrap();
-        if state == State::Starting && reason.is_some() {
+        if matches!(state, State::Starting | State::Owner) && reason.is_some() {
             return;
         }
         *reason = None;
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The owner's stream has started: whatever failed is mended.
+    fn streaming(&self) {
+        *self.reason.lock().unwrap() = None;
+        self.state.store(State::Owner as u8, Ordering::Relaxed);
     }
 
     /// Stopped by a failure retrying soon cannot mend.
@@ -382,6 +389,8 @@ impl Runner {
         let _ = std::fs::remove_dir_all(&self.spill_dir);
         let mut backoff = FIRST_BACKOFF;
         let failed_retry = Duration::from_millis(self.config.failed_retry_ms);
+        // Said once per cause, not at every try.
+        let mut said: Option<String> = None;
         loop {
             let started = tokio::time::Instant::now();
             self.stats.set_state(State::Starting);
@@ -394,18 +403,19 @@ impl Runner {
                 Err(e) => match failure_kind(&e).filter(|kind| kind.action() == Action::Stop) {
                     Some(kind) => {
                         let reason = format!("{e:#}");
-                        // Said once per cause, not at every try.
-                        if self.stats.reason().as_ref() != Some(&reason) {
+                        if said.as_ref() != Some(&reason) {
                             tracing::error!(
                                 source = %self.name, failure = %kind,
                                 "change stream stopped until the cause is mended, trying again every {failed_retry:?}: {reason}"
                             );
                         }
-                        self.stats.fail(reason);
+                        self.stats.fail(reason.clone());
+                        said = Some(reason);
                         backoff = FIRST_BACKOFF;
                         failed_retry
                     }
                     None => {
+                        said = None;
                         tracing::warn!(source = %self.name, "change stream failed, reconnecting in {backoff:?}: {e:#}");
                         if started.elapsed() > MAX_BACKOFF * 2 {
                             backoff = FIRST_BACKOFF;
@@ -536,6 +546,7 @@ impl Runner {
         let mut options = StartOptions::new(&source.slot_name, &source.publication_name);
         options.messages = false;
         let stream = client.start_replication(options).await?;
+        self.stats.streaming();
 
         // Two stages run side by side: this task gathers transactions and
         // runs the handler; the writer applies the plans and commits, and
@@ -1013,9 +1024,13 @@ mod tests {
             (State::Failed, Some("permission denied (SQLSTATE 42501)"))
         );
         stats.set_state(State::Starting);
-        assert_eq!(stats.state().as_str(), "failed", "trying again is still failed");
         stats.set_state(State::Owner);
+        assert_eq!(stats.state().as_str(), "failed", "trying again is still failed, the slot's lock taken or not");
+        stats.streaming();
         assert_eq!((stats.state(), stats.reason()), (State::Owner, None));
+        stats.fail("gone".into());
+        stats.set_state(State::Standby);
+        assert_eq!((stats.state(), stats.reason()), (State::Standby, None));
     }
 
     #[test]
