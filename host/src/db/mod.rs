@@ -2,11 +2,11 @@
 //! batching writer.
 
 pub mod dead_letters;
-pub mod encode;
 pub mod migrate;
-pub mod rds_iam;
 pub mod tls;
 pub mod writer;
+
+pub use sluice_postgres::{encode, rds_iam};
 
 use anyhow::{Context, Result};
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
