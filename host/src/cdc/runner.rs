@@ -486,8 +486,8 @@ impl Runner {
     /// `lock_key` when it has been idle past [`FROZEN_AFTER`], the stream on
     /// the slot, and the owner's open transaction on the destination.
     /// Returns how long the owner was silent, if it was ended. (A session
-    /// may end another of the same role; a server that refuses leaves the
-    /// standby waiting.)
+    /// may end another of the same role; a server that refuses, `42501`,
+    /// leaves the standby failed until its role may, as with any privilege.)
     async fn end_a_frozen_owner(&self, lock: &tokio_postgres::Client, lock_key: &str) -> Result<Option<Duration>> {
         let slot = &self.config.source.slot_name;
         let row = lock
