@@ -157,7 +157,10 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     let waiting: Vec<String> = sources
         .iter()
         .filter(|(_, s)| !matches!(s.state(), crate::cdc::runner::State::Owner | crate::cdc::runner::State::Standby))
-        .map(|(name, s)| format!("{name} is {}", s.state().as_str()))
+        .map(|(name, s)| match s.reason() {
+            Some(reason) => format!("{name} is {}: {reason}", s.state().as_str()),
+            None => format!("{name} is {}", s.state().as_str()),
+        })
         .collect();
     let cdc = json!({
         "ok": waiting.is_empty(),

@@ -487,9 +487,9 @@ impl Tenant {
                 return Ok(Err(format!("table {name:?} was not created: {reached}")));
             }
             return match e.downcast_ref::<tokio_postgres::Error>() {
-                Some(pg) if pg.as_db_error().is_none() => Err(IngestError::Write(WriteError::from(
-                    e.downcast::<tokio_postgres::Error>().expect("checked above"),
-                ))),
+                Some(pg) if sluice_postgres::classify(pg) == sluice_postgres::Kind::Connection => Err(
+                    IngestError::Write(WriteError::from(e.downcast::<tokio_postgres::Error>().expect("checked above"))),
+                ),
                 _ => Ok(Err(format!("table {name:?} could not be created: {e:#}"))),
             };
         }

@@ -300,6 +300,7 @@ impl Metrics {
 
         let sources = self.cdc_sources();
         let state = Family::<Labels, Gauge>::default();
+        let failed = Family::<Labels, Gauge>::default();
         let lag_bytes = Family::<Labels, Gauge>::default();
         let lag_seconds = Family::<Labels, FloatGauge>::default();
         let transactions = Family::<Labels, Counter>::default();
@@ -309,6 +310,7 @@ impl Metrics {
             let labels = vec![("source", name.clone())];
             let owner = stats.state() == crate::cdc::runner::State::Owner;
             state.get_or_create(&labels).set(i64::from(owner));
+            failed.get_or_create(&labels).set(i64::from(stats.state() == crate::cdc::runner::State::Failed));
             lag_bytes.get_or_create(&labels).set(stats.lag_bytes() as i64);
             lag_seconds.get_or_create(&labels).set(stats.lag_seconds());
             transactions.get_or_create(&labels).inc_by(stats.transactions.load(Ordering::Relaxed));
@@ -316,6 +318,11 @@ impl Metrics {
             errors.get_or_create(&labels).inc_by(stats.handler_errors.load(Ordering::Relaxed));
         }
         registry.register("cdc_owner", "1 while this host owns the change stream's slot, else 0 (standby)", state);
+        registry.register(
+            "cdc_failed",
+            "1 while the change stream is stopped by a failure retrying soon cannot mend (see /status.json for why)",
+            failed,
+        );
         registry.register(
             "cdc_slot_lag_bytes",
             "WAL the slot holds back: the source's WAL end minus the LSN confirmed",
@@ -391,6 +398,7 @@ impl Metrics {
                 serde_json::json!({
                     "name": name,
                     "state": stats.state().as_str(),
+                    "reason": stats.reason(),
                     "lag_bytes": stats.lag_bytes(),
                     "lag_seconds": round1(stats.lag_seconds()),
                     "transactions": stats.transactions.load(Ordering::Relaxed),

@@ -38,6 +38,7 @@ use futures_util::StreamExt;
 use roles::Unavailable;
 use serde::Deserialize;
 use serde_json::json;
+use sluice_postgres::Kind;
 use sluice_sdk::sql::{quote_ident, quote_literal};
 use sqlparser::ast::{
     Expr, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, Visit, Visitor,
@@ -523,8 +524,7 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
             Err(e) => {
                 // A login refused (its role dropped, its password changed)
                 // is made again on the next query.
-                let refused = matches!(&e, deadpool_postgres::PoolError::Backend(pg)
-                    if pg.code().is_some_and(|c| matches!(c.code(), "28P01" | "28000")));
+                let refused = sluice_postgres::failure::classify_pool(&e) == Kind::Authorization;
                 let _ = answer.send(Err(Failure::Unavailable { message: e.to_string(), refused }));
                 return;
             }
@@ -798,15 +798,16 @@ impl Failure {
                 error(StatusCode::INTERNAL_SERVER_ERROR, message)
             }
             Failure::Database { error: e, prepared } => {
+                let kind = sluice_postgres::classify(&e);
                 let Some(db) = e.as_db_error() else {
                     tracing::warn!(tenant = %tenant.id(), "query: {e}");
                     return error(StatusCode::SERVICE_UNAVAILABLE, format!("the database connection failed: {e}"));
                 };
                 let code = db.code().code();
-                let (status, message) = match code {
-                    // query_canceled: the statement timeout (nothing else
-                    // cancels a query's statement).
-                    "57014" => (
+                let (status, message) = match kind {
+                    // The statement timeout (nothing else cancels a query's
+                    // statement).
+                    Kind::Cancelled => (
                         StatusCode::REQUEST_TIMEOUT,
                         format!(
                             "the query was cancelled after {} ms: it ran past the statement timeout \
@@ -814,8 +815,8 @@ impl Failure {
                             config.statement_timeout_ms
                         ),
                     ),
-                    // read_only_sql_transaction: something tried to write.
-                    "25006" => (
+                    // Something tried to write.
+                    Kind::ReadOnly => (
                         StatusCode::BAD_REQUEST,
                         format!("queries are read-only, and this one tried to write: {}", db.message()),
                     ),

@@ -709,3 +709,98 @@ async fn pipelined_and_merged_plans_store_what_one_statement_each_would() {
     );
     assert_eq!(stored("SELECT k, n, NULL::text FROM totals").await, [r#"("k", 5, None)"#]);
 }
+
+// ---------------------------------------------------------------------------
+// A failure retrying soon cannot mend.
+
+/// A source whose role loses the right to replicate stops (no reconnecting
+/// every second), says why in `/status.json`, `/readyz` and the metrics, and
+/// resumes by itself once the right is back, with no change lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_privilege_stops_the_source_until_it_is_granted_again() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let role = format!("cdc_{}", db.name);
+    // The role streams the slot; the publication is made for it, since
+    // only the table's owner may.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY, note text);
+             CREATE PUBLICATION p_{db} FOR TABLE orders;
+             CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'cdc-secret';",
+            db = db.name
+        ))
+        .await
+        .unwrap();
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("a TCP test server") };
+    let toml = format!(
+        "[[cdc]]\nname = \"shop\"\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {role:?}\n\
+         password = \"cdc-secret\"\nslotName = \"s_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\n\
+         tables = [\"orders\"]\nfailed_retry_ms = 500\n",
+        config.get_ports()[0],
+        db.name,
+        db.name,
+        db.name,
+    );
+    let sluice = Sluice::start(Some(&db), &toml);
+    wait_for_slot(&client, &db, &sluice).await;
+    client.batch_execute("INSERT INTO orders VALUES (1, 'before')").await.unwrap();
+    wait_for_audit(&client, 1, &sluice).await;
+
+    // The right to replicate is revoked, and the stream ended: it cannot
+    // start again.
+    client.batch_execute(&format!("ALTER ROLE {role} NOREPLICATION")).await.unwrap();
+    client
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&format!("s_{}", db.name)],
+        )
+        .await
+        .unwrap();
+    let source = || async {
+        let status: serde_json::Value =
+            crate::support::http().get(sluice.url("/status.json")).send().await.unwrap().json().await.unwrap();
+        status["cdc"][0].clone()
+    };
+    let started = Instant::now();
+    let failed = loop {
+        let source = source().await;
+        if source["state"] == "failed" {
+            break source;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never failed: {source}; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("42501"), "the reason names the refusal: {failed}");
+    assert!(!reason.contains("cdc-secret"), "{failed}");
+    let ready = crate::support::http().get(sluice.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["cdc"]["sources"]["shop"], "failed", "{ready}");
+    let metrics = crate::support::http().get(sluice.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sluice_cdc_failed{source=\"shop\"} 1"), "{metrics}");
+    // Said once, at error level, not at every try.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = sluice.log();
+    assert_eq!(log.matches("change stream stopped until the cause is mended").count(), 1, "{log}");
+    assert_eq!(source().await["state"], "failed");
+
+    // Changes made meanwhile wait in the slot.
+    client.batch_execute("INSERT INTO orders VALUES (2, 'while stopped')").await.unwrap();
+    client.batch_execute(&format!("ALTER ROLE {role} REPLICATION")).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let source = source().await;
+        if source["state"] == "owner" {
+            assert!(source["reason"].is_null(), "{source}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never resumed: {source}; log:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.batch_execute("INSERT INTO orders VALUES (3, 'after')").await.unwrap();
+    wait_for_audit(&client, 3, &sluice).await;
+    stops(sluice);
+}

@@ -7,17 +7,12 @@
 
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use encode::{ColumnArray, array_type};
+use sluice_postgres::encode::{ColumnArray, array_type};
 use sluice_sdk::sql::Upsert;
 use sluice_spin_core::{Config, Incoming};
 use std::hint::black_box;
 use std::time::Instant;
 use tokio_postgres::types::ToSql;
-
-/// The host's own encoding of parameters, compiled here.
-#[allow(dead_code)]
-#[path = "../../../host/src/db/encode.rs"]
-mod encode;
 
 const EVENT: &str = r#"{"eventType":"order.completed","occurredAt":"2026-05-26T14:21:08.493Z","source":"billing-service","customerExternalId":"acct_8K2zRq","idempotencyKey":"order_38a91f-completed","correlationId":"req_4f30b2","payload":{"orderId":"ord_38a91f","amount":12900,"currency":"USD"},"metadata":{"tier":"pro","region":"us-east-1"}}"#;
 const LOG: &str = r#"{"message":"user signed in","timestamp":"2026-05-26T14:21:08.493Z","metadata":{"user_id":42,"region":"us-east-1"}}"#;

@@ -77,6 +77,24 @@ impl Error {
         }
     }
 
+    /// What the failure is, by the one policy of `sluice-postgres`: the
+    /// server's SQLSTATE; a configuration or a login this client cannot
+    /// make is refused until changed; anything else is the connection's.
+    pub fn kind(&self) -> sluice_postgres::Kind {
+        use sluice_postgres::Kind;
+        match self {
+            Error::Server(e) => sluice_postgres::classify_code(&e.code),
+            Error::Config(_) => Kind::Refused,
+            Error::Auth(_) => Kind::Authorization,
+            Error::Connect { .. }
+            | Error::ConnectTimeout(_)
+            | Error::Io(_)
+            | Error::Closed
+            | Error::Protocol(_)
+            | Error::Decode(_) => Kind::Connection,
+        }
+    }
+
     /// The server's error, if this is one.
     pub fn db_error(&self) -> Option<&DbError> {
         match self {
@@ -92,3 +110,31 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_postgres::{Action, Kind};
+
+    fn server(code: &str) -> Error {
+        Error::Server(Box::new(DbError {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: "refused".into(),
+            detail: None,
+            hint: None,
+        }))
+    }
+
+    #[test]
+    fn a_server_error_is_classified_by_its_sqlstate_and_the_rest_by_what_failed() {
+        assert_eq!(server("42501").kind(), Kind::Privilege);
+        assert_eq!(server("42704").kind().action(), Action::Stop);
+        assert_eq!(server("55006").kind().action(), Action::Retry);
+        assert_eq!(server("57P01").kind().action(), Action::Retry);
+        assert_eq!(Error::Config("no tables".into()).kind().action(), Action::Stop);
+        assert_eq!(Error::Auth("no password".into()).kind(), Kind::Authorization);
+        assert_eq!(Error::Closed.kind(), Kind::Connection);
+        assert_eq!(Error::Io(io::Error::other("reset")).kind().action(), Action::Retry);
+    }
+}

@@ -47,6 +47,12 @@ pub struct CdcConfig {
     /// Default: the number of CPUs, at most 8.
     #[serde(default = "default_concurrent_calls", alias = "concurrentCalls")]
     pub concurrent_calls: usize,
+    /// How often a source stopped by a failure that retrying soon cannot
+    /// mend (a privilege revoked, a publication or table dropped, a login
+    /// refused) tries again, in milliseconds: it resumes once the cause is
+    /// gone, without flooding the source's log meanwhile.
+    #[serde(default = "default_failed_retry_ms", alias = "failedRetryMs")]
+    pub failed_retry_ms: u64,
     /// The connection: host, port, database, user, password, tables,
     /// slotName, publicationName, sslMode.
     #[serde(flatten)]
@@ -73,6 +79,9 @@ fn default_batch_changes() -> usize {
 fn default_memory_changes() -> usize {
     10_000
 }
+fn default_failed_retry_ms() -> u64 {
+    30_000
+}
 fn default_concurrent_calls() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
@@ -98,6 +107,9 @@ impl CdcConfig {
         }
         if self.batch_changes == 0 || self.memory_changes == 0 || self.concurrent_calls == 0 {
             bail!("cdc {:?}: batch_changes, memory_changes and concurrent_calls must be at least 1", self.name());
+        }
+        if self.failed_retry_ms == 0 {
+            bail!("cdc {:?}: failed_retry_ms must be at least 1", self.name());
         }
         match self.bootstrap_provider.as_deref() {
             None | Some("") | Some("none") | Some("noop") | Some("postgres") => {}

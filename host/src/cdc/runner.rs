@@ -13,6 +13,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use postgres_protocol::escape::escape_literal;
+use sluice_postgres::{Action, Kind};
 use sluice_replication::pgoutput::Message;
 use sluice_replication::{Event, Lsn, ReplicationClient, ReplicationStream, StartOptions, TableName};
 use sluice_sdk::sql::qualified;
@@ -58,6 +59,16 @@ async fn beat(lock: &tokio_postgres::Client) -> anyhow::Error {
     }
 }
 
+/// What a source's failure is: the first failure of a database among its
+/// causes (the replication connection, the lock's session or the
+/// destination); `None` for any other (a handler's, the stream's order).
+fn failure_kind(e: &anyhow::Error) -> Option<Kind> {
+    e.chain().find_map(|cause| match cause.downcast_ref::<sluice_replication::Error>() {
+        Some(replication) => Some(replication.kind()),
+        None => sluice_postgres::failure::classify_chain([cause]),
+    })
+}
+
 /// The `application_name` of the sessions that apply a slot's changes.
 pub fn apply_session_name(slot: &str) -> String {
     format!("sluice-cdc-apply:{slot}")
@@ -80,6 +91,10 @@ pub enum State {
     Owner = 2,
     /// Asked to stop.
     Stopped = 3,
+    /// Stopped by a failure that retrying soon cannot mend (a privilege
+    /// revoked, an object gone, a login refused): tried again every
+    /// `failed_retry_ms`; [`Stats::reason`] says why.
+    Failed = 4,
 }
 
 impl State {
@@ -89,6 +104,7 @@ impl State {
             State::Standby => "standby",
             State::Owner => "owner",
             State::Stopped => "stopped",
+            State::Failed => "failed",
         }
     }
 }
@@ -118,6 +134,8 @@ pub struct Stats {
     /// from: the last applied transaction's, or the first pending one's
     /// after an idle spell. 0: caught up.
     behind_since: AtomicI64,
+    /// Why the source is [`State::Failed`].
+    reason: std::sync::Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -126,12 +144,38 @@ impl Stats {
             1 => State::Standby,
             2 => State::Owner,
             3 => State::Stopped,
+            4 => State::Failed,
             _ => State::Starting,
         }
     }
 
+    /// Why the source is [`State::Failed`]; `None` in any other state.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
+    }
+
+    /// A failed source keeps its state and reason while it tries again
+    /// (connecting, taking the lock), until it streams ([`Stats::streaming`])
+    /// or stands by or stops.
     fn set_state(&self, state: State) {
+        let mut reason = self.reason.lock().unwrap();
+        if matches!(state, State::Starting | State::Owner) && reason.is_some() {
+            return;
+        }
+        *reason = None;
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The owner's stream has started: whatever failed is mended.
+    fn streaming(&self) {
+        *self.reason.lock().unwrap() = None;
+        self.state.store(State::Owner as u8, Ordering::Relaxed);
+    }
+
+    /// Stopped by a failure retrying soon cannot mend.
+    fn fail(&self, why: String) {
+        *self.reason.lock().unwrap() = Some(why);
+        self.state.store(State::Failed as u8, Ordering::Relaxed);
     }
 
     /// WAL the slot holds back: the source's WAL end minus the confirmed LSN.
@@ -344,30 +388,51 @@ impl Runner {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let _ = std::fs::remove_dir_all(&self.spill_dir);
         let mut backoff = FIRST_BACKOFF;
+        let failed_retry = Duration::from_millis(self.config.failed_retry_ms);
+        // Said once per cause, not at every try.
+        let mut said: Option<String> = None;
         loop {
             let started = tokio::time::Instant::now();
             self.stats.set_state(State::Starting);
-            match self.run_once(&mut stop).await {
+            let wait = match self.run_once(&mut stop).await {
                 Ok(()) => {
                     self.stats.set_state(State::Stopped);
                     tracing::info!(source = %self.name, "change stream stopped");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(source = %self.name, "change stream failed, reconnecting in {backoff:?}: {e:#}")
-                }
-            }
-            if started.elapsed() > MAX_BACKOFF * 2 {
-                backoff = FIRST_BACKOFF;
-            }
+                Err(e) => match failure_kind(&e).filter(|kind| kind.action() == Action::Stop) {
+                    Some(kind) => {
+                        let reason = format!("{e:#}");
+                        if said.as_ref() != Some(&reason) {
+                            tracing::error!(
+                                source = %self.name, failure = %kind,
+                                "change stream stopped until the cause is mended, trying again every {failed_retry:?}: {reason}"
+                            );
+                        }
+                        self.stats.fail(reason.clone());
+                        said = Some(reason);
+                        backoff = FIRST_BACKOFF;
+                        failed_retry
+                    }
+                    None => {
+                        said = None;
+                        tracing::warn!(source = %self.name, "change stream failed, reconnecting in {backoff:?}: {e:#}");
+                        if started.elapsed() > MAX_BACKOFF * 2 {
+                            backoff = FIRST_BACKOFF;
+                        }
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        wait
+                    }
+                },
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stopped(&mut stop) => {
                     self.stats.set_state(State::Stopped);
                     return;
                 }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -421,8 +486,8 @@ impl Runner {
     /// `lock_key` when it has been idle past [`FROZEN_AFTER`], the stream on
     /// the slot, and the owner's open transaction on the destination.
     /// Returns how long the owner was silent, if it was ended. (A session
-    /// may end another of the same role; a server that refuses leaves the
-    /// standby waiting.)
+    /// may end another of the same role; a server that refuses, `42501`,
+    /// leaves the standby failed until its role may, as with any privilege.)
     async fn end_a_frozen_owner(&self, lock: &tokio_postgres::Client, lock_key: &str) -> Result<Option<Duration>> {
         let slot = &self.config.source.slot_name;
         let row = lock
@@ -481,6 +546,7 @@ impl Runner {
         let mut options = StartOptions::new(&source.slot_name, &source.publication_name);
         options.messages = false;
         let stream = client.start_replication(options).await?;
+        self.stats.streaming();
 
         // Two stages run side by side: this task gathers transactions and
         // runs the handler; the writer applies the plans and commits, and
@@ -947,5 +1013,34 @@ mod tests {
         assert_eq!(stats.lag_bytes(), 600);
         stats.set_state(State::Standby);
         assert_eq!(stats.state().as_str(), "standby");
+    }
+
+    #[test]
+    fn a_failed_source_keeps_its_reason_while_it_tries_again_and_drops_it_once_it_streams() {
+        let stats = Stats::default();
+        stats.fail("permission denied (SQLSTATE 42501)".into());
+        assert_eq!(
+            (stats.state(), stats.reason().as_deref()),
+            (State::Failed, Some("permission denied (SQLSTATE 42501)"))
+        );
+        stats.set_state(State::Starting);
+        stats.set_state(State::Owner);
+        assert_eq!(stats.state().as_str(), "failed", "trying again is still failed, the slot's lock taken or not");
+        stats.streaming();
+        assert_eq!((stats.state(), stats.reason()), (State::Owner, None));
+        stats.fail("gone".into());
+        stats.set_state(State::Standby);
+        assert_eq!((stats.state(), stats.reason()), (State::Standby, None));
+    }
+
+    #[test]
+    fn only_a_failure_retrying_cannot_mend_stops_a_source() {
+        let stops = |e: anyhow::Error| failure_kind(&e).is_some_and(|kind| kind.action() == Action::Stop);
+        let unusable = sluice_replication::Error::Config("publication \"p\" does not exist".into());
+        assert!(stops(anyhow::Error::new(unusable).context("start the stream")));
+        assert!(!stops(anyhow::Error::new(sluice_replication::Error::Closed).context("stream")));
+        assert!(!stops(anyhow!("the handler refused the transaction")));
+        let pool = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert!(!stops(anyhow::Error::new(pool).context("connect to the destination")));
     }
 }

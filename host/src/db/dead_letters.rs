@@ -263,8 +263,9 @@ pub async fn replay(
         };
         match attempt.await {
             Ok(()) => report.replayed += 1,
-            Err(e) if e.as_db_error().is_some() => {
-                let db = e.as_db_error().expect("checked");
+            // A row the server refused stays, with why; a lost connection ends the replay.
+            Err(e) if sluice_postgres::classify(&e) != sluice_postgres::Kind::Connection => {
+                let db = e.as_db_error().expect("the server's refusal");
                 client
                     .execute(
                         &format!(

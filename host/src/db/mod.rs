@@ -2,11 +2,11 @@
 //! batching writer.
 
 pub mod dead_letters;
-pub mod encode;
 pub mod migrate;
-pub mod rds_iam;
 pub mod tls;
 pub mod writer;
+
+pub use sluice_postgres::{encode, rds_iam};
 
 use anyhow::{Context, Result};
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -221,14 +221,7 @@ pub async fn cancel(settings: &PgSettings, token: tokio_postgres::CancelToken) -
 /// Whether `e` says the database could not be reached (or is starting or
 /// stopping), rather than that it refused what was asked.
 pub fn is_unreachable(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        let pg = match cause.downcast_ref::<deadpool_postgres::PoolError>() {
-            Some(deadpool_postgres::PoolError::Backend(pg)) => Some(pg),
-            Some(_) => return true,
-            None => cause.downcast_ref::<tokio_postgres::Error>(),
-        };
-        pg.is_some_and(|pg| writer::Failure::of(pg) == writer::Failure::Transient)
-    })
+    sluice_postgres::failure::classify_chain(e.chain()).is_some_and(sluice_postgres::Kind::is_unavailable)
 }
 
 #[cfg(test)]

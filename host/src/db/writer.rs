@@ -194,64 +194,16 @@ impl std::fmt::Display for WriteError {
     }
 }
 
-/// How a failed write is handled, by SQLSTATE and connection state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Connection loss, `08` connection exceptions, `53` insufficient
-    /// resources, `57P01`–`57P03` shutdown, `57014` cancelled, `55P03`
-    /// lock not available, `25P02` a transaction aborted by an error that
-    /// came after its statement, pool timeouts: the same batch is retried.
-    Transient,
-    /// `40001` serialization failure and `40P01` deadlock: retried when
-    /// `retry_on_deadlock` is on.
-    Conflict,
-    /// The data: `22` data exceptions, `23` integrity violations, `54`
-    /// program limits (a value too large) and anything else row-specific.
-    /// The bad rows are isolated under savepoints; the rest are written.
-    Data,
-    /// The destination: `42` syntax/undefined/privilege, `3D`/`3F` missing
-    /// database or schema, `0A` not supported, `25` read-only. Every row
-    /// would fail the same way; no point isolating.
-    Destination,
-}
-
-impl Failure {
-    pub fn of(e: &tokio_postgres::Error) -> Failure {
-        let Some(db) = e.as_db_error() else { return Failure::Transient };
-        let code = db.code().code();
-        match &code[..2] {
-            "08" | "53" | "57" | "58" | "XX" => Failure::Transient,
-            "55" if code == "55P03" => Failure::Transient,
-            "40" if code == "40001" || code == "40P01" => Failure::Conflict,
-            "40" => Failure::Transient,
-            // in_failed_sql_transaction: an error the driver never read
-            // aborted the transaction (`CommitChecked`); the write as such
-            // may succeed on a new connection.
-            "25" if code == "25P02" => Failure::Transient,
-            "42" | "3D" | "3F" | "0A" | "25" | "28" | "2B" => Failure::Destination,
-            _ => Failure::Data,
-        }
-    }
-}
-
-/// `message (SQLSTATE code)`, or the error as it shows itself.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) if *db.code() == SqlState::IN_FAILED_SQL_TRANSACTION => format!(
-            "the transaction was aborted by an error that followed its last statement, such as a statement \
-             timeout or a cancel, and was not committed ({}; SQLSTATE 25P02)",
-            db.message()
-        ),
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
+// What a failed write means and how it is handled (see
+// docs/operations.md): retried (a conflict only with `retry_on_deadlock`),
+// its bad rows isolated, or every row refused.
+pub use sluice_postgres::{Action, Kind, describe};
 
 impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> WriteError {
-        match Failure::of(&e) {
-            Failure::Destination => WriteError::Unusable(describe(&e)),
-            _ => WriteError::Unavailable(describe(&e)),
+        match sluice_postgres::classify(&e).action() {
+            Action::Stop => WriteError::Unusable(describe(&e)),
+            Action::Retry | Action::Isolate => WriteError::Unavailable(describe(&e)),
         }
     }
 }
@@ -696,21 +648,25 @@ impl Batch<'_> {
                 Ok(written) => return Ok(written),
                 Err(error) => error,
             };
-            let (failure, message) = match &error {
-                Attempt::Pool(e) => (Failure::Transient, e.to_string()),
-                Attempt::Database(e) => (Failure::of(e), describe(e)),
-                Attempt::Stalled => (Failure::Transient, STALLED.to_owned()),
+            // A pool that gave no connection, or one that stalled, is
+            // retried as a lost connection is.
+            let (kind, message) = match &error {
+                Attempt::Pool(e) => (Kind::Connection, e.to_string()),
+                Attempt::Database(e) => (sluice_postgres::classify(e), describe(e)),
+                Attempt::Stalled => (Kind::Connection, STALLED.to_owned()),
             };
-            match failure {
-                Failure::Data => {
+            match kind.action() {
+                Action::Isolate => {
                     return Err(Ok(match &error {
                         Attempt::Database(e) => Refusal::of(e),
                         Attempt::Pool(_) | Attempt::Stalled => Refusal { sqlstate: String::new(), message },
                     }));
                 }
-                Failure::Destination => return Err(Err(WriteError::Unusable(message))),
-                Failure::Conflict if !retry_on_deadlock => return Err(Err(WriteError::Unavailable(message))),
-                Failure::Transient | Failure::Conflict => {}
+                Action::Stop => return Err(Err(WriteError::Unusable(message))),
+                Action::Retry if kind == Kind::Conflict && !retry_on_deadlock => {
+                    return Err(Err(WriteError::Unavailable(message)));
+                }
+                Action::Retry => {}
             }
             // Nobody waits any more, or the next try would end past the deadline.
             let abandoned = match units {
@@ -933,7 +889,7 @@ async fn isolate_on(
                 savepoint.commit().await?;
                 written.extend(rows);
             }
-            Err(RowsError::Database(e)) if Failure::of(&e) == Failure::Data => {
+            Err(RowsError::Database(e)) if sluice_postgres::classify(&e).action() == Action::Isolate => {
                 savepoint.rollback().await?;
                 match part {
                     [unit] => refusals.push((*unit, Refusal::of(&e))),
