@@ -1,14 +1,10 @@
 //! Delivery when the database refuses rows or the destination breaks.
 
-use crate::support::{Sluice, TestDb, http, own_cluster};
+use crate::support::{Sluice, TestDb, event, http, own_cluster};
 use serde_json::{Value, json};
 use sluice::embedded::Cluster;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn event(event_type: &str, key: &str) -> Value {
-    json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
-}
 
 async fn send(url: &str, body: &Value) -> (u16, Option<String>, Value) {
     let response = http().post(url).json(body).send().await.unwrap();
