@@ -288,6 +288,31 @@ pub async fn tables(client: &tokio_postgres::Client, schema: &str, prefix: &str)
         .collect()
 }
 
+/// The `[[cdc]]` section streaming `tables` of `db` into the audit handler.
+pub fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
+    source_toml(db, "shop", "s", tables, extra)
+}
+
+/// A `[[cdc]]` section named `name`, its slot `<slot>_<db>` and its
+/// publication `p_<db>` (shared by the sources of one test).
+pub fn source_toml(db: &TestDb, name: &str, slot: &str, tables: &[&str], extra: &str) -> String {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    format!(
+        "[[cdc]]\nname = {name:?}\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
+         slotName = \"{slot}_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
+        config.get_ports()[0],
+        db.name,
+        config.get_user().unwrap(),
+        db.name,
+        db.name,
+    )
+}
+
 /// A temporary file path, removed on drop.
 mod tempfile_path {
     use std::path::{Path, PathBuf};
