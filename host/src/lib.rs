@@ -7,7 +7,7 @@ pub mod cdc;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod embedded;
+pub use sluice_embedded_postgres as embedded;
 pub mod faults;
 pub mod http;
 pub mod ingest;

@@ -2,34 +2,9 @@
 //! logical replication into the built-in audit handler, whose rows land in
 //! the same database.
 
-use crate::support::{Sluice, TestDb};
+use crate::support::{Sluice, TestDb, cdc_toml, source_toml};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-/// The `[[cdc]]` section streaming `tables` of `db` into the audit handler.
-fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
-    source_toml(db, "shop", "s", tables, extra)
-}
-
-/// A `[[cdc]]` section named `name`, its slot `<slot>_<db>` and its
-/// publication `p_<db>` (shared by the sources of one test).
-fn source_toml(db: &TestDb, name: &str, slot: &str, tables: &[&str], extra: &str) -> String {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-    };
-    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-    format!(
-        "[[cdc]]\nname = {name:?}\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
-         slotName = \"{slot}_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
-        config.get_ports()[0],
-        db.name,
-        config.get_user().unwrap(),
-        db.name,
-        db.name,
-    )
-}
 
 async fn wait_for_slot(client: &tokio_postgres::Client, db: &TestDb, sluice: &Sluice) {
     let slot = format!("s_{}", db.name);

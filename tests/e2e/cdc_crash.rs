@@ -8,29 +8,10 @@
 //! to write an audit row in a committed transaction, which the audit
 //! table's primary key would otherwise hide.
 
-use crate::support::{Sluice, TestDb};
+use crate::support::{Sluice, TestDb, cdc_toml};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The `[[cdc]]` section streaming `tables` of `db` into the audit handler.
-fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-    };
-    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-    format!(
-        "[[cdc]]\nname = \"shop\"\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
-         slotName = \"s_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
-        config.get_ports()[0],
-        db.name,
-        config.get_user().unwrap(),
-        db.name,
-        db.name,
-    )
-}
 
 /// Whether the slot is being streamed. (A slot being created is active
 /// too, but has no confirmed position until its consistent point.)

@@ -2,7 +2,7 @@
 //! the admin API of a running service, `sluice bench` against its ingest
 //! API, `sluice openapi`, and the help and usage errors of every command.
 
-use crate::support::{EXAMPLE, Sluice, TestDb, http};
+use crate::support::{EXAMPLE, Sluice, TestDb, count, http};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice::tenants::{hash_key, key_id};
@@ -101,14 +101,6 @@ fn component_check_refuses_what_is_not_a_normalizer() {
     let run = sluice(&["component", "check", "/nonexistent/x.wasm"], &[]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("read /nonexistent/x.wasm"), "{}", run.stderr);
-}
-
-async fn count(db: &TestDb, table: &str) -> i64 {
-    let client = db.client().await;
-    match client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
-        Ok(row) => row.get(0),
-        Err(_) => 0,
-    }
 }
 
 async fn send(url: &str, key: &str) -> u16 {

@@ -1,14 +1,10 @@
 //! Delivery when the database refuses rows or the destination breaks.
 
-use crate::support::{Sluice, TestDb, http, own_cluster};
+use crate::support::{Sluice, TestDb, event, http, own_cluster};
 use serde_json::{Value, json};
 use sluice::embedded::Cluster;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn event(event_type: &str, key: &str) -> Value {
-    json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
-}
 
 async fn send(url: &str, body: &Value) -> (u16, Option<String>, Value) {
     let response = http().post(url).json(body).send().await.unwrap();
@@ -501,19 +497,39 @@ keys = ["big-tenant-key-0123456789ab"]
     assert_eq!((status, answer["inserted"].as_u64()), (200, Some(30)), "{answer}");
 }
 
-/// Past `max_connections` a connection waits to be accepted (it costs the
-/// service nothing meanwhile) and is served as soon as one closes.
+/// Past `max_connections`, a newcomer takes the place of a connection that
+/// is waiting for a request; while every connection is serving one, it
+/// waits to be accepted (costing the service nothing) and is served as
+/// soon as one ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_wait_their_turn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new().await;
     let sluice = Sluice::start(Some(&db), "[limits]\nmax_connections = 1\n");
     let address = sluice.base.trim_start_matches("http://").to_owned();
-    let holder = tokio::net::TcpStream::connect(&address).await.unwrap();
-    // The one slot is taken: a second client is not answered.
     let client = reqwest::Client::builder().timeout(Duration::from_millis(700)).build().unwrap();
+
+    // The one slot serves a request whose body is still to come: a second
+    // client is not answered.
+    let mut holder = tokio::net::TcpStream::connect(&address).await.unwrap();
+    holder
+        .write_all(b"POST /v1/events HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let waiting = client.get(sluice.url("/healthz")).send().await;
     assert!(waiting.is_err_and(|e| e.is_timeout()), "a request past the limit was served");
     drop(holder);
     let served = http().get(sluice.url("/healthz")).send().await.unwrap();
     assert_eq!(served.status(), 200);
+
+    // A connection waiting for a request gives its place to a newcomer at
+    // once, and is closed.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = client.get(sluice.url("/healthz")).send().await.expect("the newcomer is served at once");
+    assert_eq!(served.status(), 200);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the idle connection was not closed: {read:?}");
 }

@@ -1,38 +1,12 @@
 //! Logs against a real server: Logflare's ingest API, stogger-style
 //! structured logs, and canonical events routed to a table per event type.
 
-use crate::support::{Sluice, TestDb, http, post};
+use crate::support::{Sluice, TestDb, http, post, send, tables};
 use serde_json::{Value, json};
 
 const KEY: &str = "acme-ingest-key-0123456789";
 /// 2026-05-26T14:21:08.493Z in unix microseconds.
 const AT_MICROS: i64 = 1_779_805_268_493_000;
-
-/// Sends `body` with `key` (as X-API-KEY) and returns status and answer.
-async fn send(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = http().post(url).header("content-type", "application/json").body(body.to_owned());
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
-}
-
-/// The tables of `schema` whose names start with `prefix`.
-async fn tables(client: &tokio_postgres::Client, schema: &str, prefix: &str) -> Vec<String> {
-    client
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 AND starts_with(tablename, $2) ORDER BY 1",
-            &[&schema, &prefix],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 /// (id, timestamp, event_message, body) of a source table, by event_message.
 async fn log_rows(client: &tokio_postgres::Client, table: &str) -> Vec<(String, i64, String, Value)> {

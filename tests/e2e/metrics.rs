@@ -2,16 +2,12 @@
 //! database outage, a change stream's gauges, request ids in answers and
 //! in the JSON log.
 
-use crate::support::{Sluice, TestDb, http, own_cluster};
+use crate::support::{Sluice, TestDb, event, http, own_cluster};
 use serde_json::{Value, json};
 use sluice::embedded::Cluster;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn event(event_type: &str, key: &str) -> Value {
-    json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
-}
 
 /// Posts events with an `x-request-id`; the status, the answer's id header and body.
 async fn send(url: &str, body: &Value, request_id: &str, misbehave: Option<&str>) -> (u16, String, Value) {

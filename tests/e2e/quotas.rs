@@ -3,15 +3,11 @@
 //! of its refused rows does not hold up other tenants' requests.
 
 use crate::metrics::Scrape;
-use crate::support::{Sluice, TestDb, http, post};
+use crate::support::{Sluice, TestDb, event, http, post};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn event(event_type: &str, key: &str) -> Value {
-    json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
-}
 
 /// `bad` events (refused by a CHECK constraint) then `ok` ones, keys unique under `tag`.
 fn batch(tag: &str, bad: usize, ok: usize) -> Value {

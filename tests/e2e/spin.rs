@@ -4,7 +4,7 @@
 //! call); the same input through the real `sluice` host and through this
 //! path gives the same rows; and `spin.toml` names what the build makes.
 
-use crate::support::{EXAMPLE, Sluice, TestDb, post};
+use crate::support::{EXAMPLE, Sluice, TestDb, post, tables};
 use serde_json::{Value, json};
 use sluice_spin_core::{Config, DbError, Executor, Incoming};
 use std::collections::BTreeMap;
@@ -61,20 +61,6 @@ async fn spin(db: &TestDb, config: &Config, path_and_query: &str, body: &str) ->
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
     client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
-}
-
-/// The tables of `schema` whose names start with `prefix`.
-async fn tables(client: &tokio_postgres::Client, schema: &str, prefix: &str) -> Vec<String> {
-    client
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 AND starts_with(tablename, $2) ORDER BY 1",
-            &[&schema, &prefix],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! Tenants: keys, routing, the admin API and component swaps.
 
-use crate::support::{EXAMPLE, Sluice, TestDb, http};
+use crate::support::{EXAMPLE, Sluice, TestDb, count, http, send};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,16 +25,6 @@ database = {{ schema = "globex" }}
     )
 }
 
-async fn send(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = http().post(url).header("content-type", "application/json").body(body.to_owned());
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 async fn admin(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u16, Value) {
     let mut request = http().request(method, url).bearer_auth(ADMIN);
     if let Some(body) = body {
@@ -44,14 +34,6 @@ async fn admin(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u1
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-async fn count(db: &TestDb, table: &str) -> i64 {
-    let client = db.client().await;
-    match client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
-        Ok(row) => row.get(0),
-        Err(_) => 0,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use sluice_sdk::{
 };
 
 #[cfg(target_family = "wasm")]
-mod component;
+sluice_sdk::export_change_handler!();
 
 /// The source table (in any schema).
 pub const SOURCE: &str = "orders";

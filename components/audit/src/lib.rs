@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 #[cfg(target_family = "wasm")]
-mod component;
+sluice_sdk::export_change_handler!();
 
 pub const TABLE: &str = "cdc_audit";
 

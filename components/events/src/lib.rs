@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 #[cfg(all(target_family = "wasm", feature = "component"))]
-mod component;
+sluice_sdk::export_normalizer!();
 
 pub const TABLE: &str = "events";
 

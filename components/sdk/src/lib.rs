@@ -4,6 +4,7 @@
 //! It compiles natively and for `wasm32-wasip2`.
 
 pub mod check;
+pub mod component;
 pub mod sql;
 pub mod types;
 

@@ -13,7 +13,7 @@
 use sluice_sdk::{Outcome, Request, RequestError, Table};
 
 #[cfg(target_family = "wasm")]
-mod component;
+sluice_sdk::export_normalizer!();
 
 /// Every table and template of the three normalizers.
 pub fn tables() -> Vec<Table> {

@@ -13,8 +13,8 @@
 //! client retry, a replayed log) is stored once and counted as a duplicate.
 //!
 //! Everything here is plain Rust over `sluice_sdk` types and is tested
-//! natively (`cargo test -p sluice-template`); `component.rs` only exports
-//! `tables` and `handle` through the WIT contract.
+//! natively (`cargo test -p sluice-template`); `sluice_sdk::export_normalizer!`
+//! only exports `tables` and `handle` through the WIT contract.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,7 +28,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 #[cfg(all(target_family = "wasm", feature = "component"))]
-mod component;
+sluice_sdk::export_normalizer!();
 
 pub const TABLE: &str = "page_views";
 

@@ -9,3 +9,14 @@ pub mod failure;
 pub mod rds_iam;
 
 pub use failure::{Action, Kind, classify, classify_code, describe};
+
+/// A string that never prints: a password, a token, a secret key.
+#[derive(Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}

@@ -6,27 +6,17 @@
 //! service `rds-db`; it is small enough to write against the published test
 //! vectors rather than pull in the AWS SDK.
 
+use crate::Secret;
 use anyhow::{Result, bail};
 use ring::{digest, hmac};
-use std::fmt;
 use std::time::SystemTime;
 
 /// What a token is signed with. `Debug` shows only the access key id.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 impl Credentials {
@@ -35,9 +25,11 @@ impl Credentials {
     pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Credentials> {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
         match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-            (Some(access_key_id), Some(secret_access_key)) => {
-                Ok(Credentials { access_key_id, secret_access_key, session_token: get("AWS_SESSION_TOKEN") })
-            }
+            (Some(access_key_id), Some(secret_access_key)) => Ok(Credentials {
+                access_key_id,
+                secret_access_key: Secret(secret_access_key),
+                session_token: get("AWS_SESSION_TOKEN").map(Secret),
+            }),
             _ => bail!(
                 "database.auth = \"rds-iam\" needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
                  (and AWS_SESSION_TOKEN for temporary credentials)"
@@ -47,7 +39,7 @@ impl Credentials {
 }
 
 /// Everything a token needs but the time.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RdsIam {
     pub region: String,
     pub credentials: Credentials,
@@ -84,7 +76,7 @@ pub fn presign(
     params.push(("X-Amz-Credential".into(), encode(&format!("{}/{scope}", credentials.access_key_id))));
     params.push(("X-Amz-Date".into(), stamp.clone()));
     params.push(("X-Amz-Expires".into(), expires_secs.to_string()));
-    if let Some(token) = &credentials.session_token {
+    if let Some(Secret(token)) = &credentials.session_token {
         params.push(("X-Amz-Security-Token".into(), encode(token)));
     }
     params.push(("X-Amz-SignedHeaders".into(), "host".into()));
@@ -92,7 +84,7 @@ pub fn presign(
     let canonical_query = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     let canonical_request =
         format!("GET\n{path}\n{canonical_query}\nhost:{host}\n\nhost\n{}", hex(digest::digest(&digest::SHA256, b"")));
-    let signature = sign(&credentials.secret_access_key, &date, region, service, &stamp, &scope, &canonical_request);
+    let signature = sign(&credentials.secret_access_key.0, &date, region, service, &stamp, &scope, &canonical_request);
     format!("{canonical_query}&X-Amz-Signature={signature}")
 }
 
@@ -152,7 +144,7 @@ mod tests {
     fn example() -> Credentials {
         Credentials {
             access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            secret_access_key: Secret("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
             session_token: None,
         }
     }
@@ -213,7 +205,7 @@ mod tests {
         // A session token is signed in, encoded.
         let temporary = RdsIam {
             region: "us-east-1".into(),
-            credentials: Credentials { session_token: Some("tok/en+=".into()), ..example() },
+            credentials: Credentials { session_token: Some(Secret("tok/en+=".into())), ..example() },
         };
         let token = temporary.token("h", 5432, "u", at(1_440_938_160));
         assert!(token.contains("&X-Amz-Security-Token=tok%2Fen%2B%3D&X-Amz-SignedHeaders=host"), "{token}");

@@ -237,7 +237,7 @@ mod tests {
             region: "eu-west-1".into(),
             credentials: rds_iam::Credentials {
                 access_key_id: "AKIDEXAMPLE".into(),
-                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+                secret_access_key: crate::config::Secret("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
                 session_token: None,
             },
         };

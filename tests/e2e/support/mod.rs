@@ -247,6 +247,72 @@ pub async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>)
     (status, json)
 }
 
+/// A canonical event of `event_type` with idempotency key `key`.
+pub fn event(event_type: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({"eventType": event_type, "occurredAt": "2026-05-26T14:21:08Z", "idempotencyKey": key, "payload": {}})
+}
+
+/// Posts `body` as JSON with `key` (as X-API-KEY) and returns the status and
+/// JSON answer.
+pub async fn send(url: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut request = http().post(url).header("content-type", "application/json").body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// The rows of `table` in the test database; 0 while it does not exist.
+pub async fn count(db: &TestDb, table: &str) -> i64 {
+    let client = db.client().await;
+    match client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => 0,
+    }
+}
+
+/// The tables of `schema` whose names start with `prefix`.
+pub async fn tables(client: &tokio_postgres::Client, schema: &str, prefix: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 AND starts_with(tablename, $2) ORDER BY 1",
+            &[&schema, &prefix],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The `[[cdc]]` section streaming `tables` of `db` into the audit handler.
+pub fn cdc_toml(db: &TestDb, tables: &[&str], extra: &str) -> String {
+    source_toml(db, "shop", "s", tables, extra)
+}
+
+/// A `[[cdc]]` section named `name`, its slot `<slot>_<db>` and its
+/// publication `p_<db>` (shared by the sources of one test).
+pub fn source_toml(db: &TestDb, name: &str, slot: &str, tables: &[&str], extra: &str) -> String {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    format!(
+        "[[cdc]]\nname = {name:?}\nhost = {host:?}\nport = {}\ndatabase = {:?}\nuser = {:?}\npassword = {password:?}\n\
+         slotName = \"{slot}_{}\"\npublicationName = \"p_{}\"\nsslMode = \"disable\"\ntables = {tables:?}\n{extra}\n",
+        config.get_ports()[0],
+        db.name,
+        config.get_user().unwrap(),
+        db.name,
+        db.name,
+    )
+}
+
 /// A temporary file path, removed on drop.
 mod tempfile_path {
     use std::path::{Path, PathBuf};
