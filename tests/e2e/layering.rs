@@ -230,7 +230,8 @@ fn circle(imports: &BTreeMap<String, BTreeSet<String>>, component: &[&str]) -> V
                     at = came_from[at];
                 }
                 path.push(start.to_owned());
-                path[1..path.len() - 1].reverse();
+                let last = path.len() - 1;
+                path[1..last].reverse();
                 return path.into_iter().map(|m| if m.is_empty() { "lib".to_owned() } else { m }).collect();
             }
             if !came_from.contains_key(w) {
