@@ -1,4 +1,6 @@
-//! The HTTP API.
+//! The ingest routes (events, Logflare, structured logs) and the health
+//! checks: from a request to its tenant, its component and its answer.
+//! Every route is registered in `router.rs`.
 
 use crate::db::writer::WriteError;
 use crate::ingest::{IngestError, Tenant};
