@@ -2,9 +2,11 @@
 //! token (`Authorization: Bearer <admin_token>`).
 
 use crate::db::dead_letters;
-use crate::http::{App, error};
 use crate::ingest::Tenant;
-use crate::tenants::{RegistryError, TenantLimits, TenantSpec, constant_time_eq, hash_key, key_id, new_key};
+use crate::schema::error;
+use crate::state::App;
+use crate::tenants::RegistryError;
+use crate::tenants::spec::{TenantLimits, TenantSpec, constant_time_eq, hash_key, key_id, new_key};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -74,14 +76,14 @@ fn from_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_j
 /// components folder, so nothing else (a path) may reach the registry.
 #[allow(clippy::result_large_err, reason = "the error is the response sent")]
 fn check_component(component: &str) -> Result<(), Response> {
-    if component == crate::tenants::BUILTIN || crate::tenants::component_digest(component).is_some() {
+    if component == crate::tenants::spec::BUILTIN || crate::tenants::spec::component_digest(component).is_some() {
         return Ok(());
     }
     Err(error(
         StatusCode::BAD_REQUEST,
         format!(
             "component must be {} or sha256: and the 64 lower-case hex digits of an uploaded component, not {:?}",
-            crate::tenants::BUILTIN,
+            crate::tenants::spec::BUILTIN,
             component.chars().take(80).collect::<String>()
         ),
     ))
@@ -116,7 +118,7 @@ pub struct TenantStatus {
     pub database: String,
     pub limits: TenantLimits,
     pub batch: Option<crate::config::BatchConfig>,
-    pub apis: Vec<crate::tenants::Api>,
+    pub apis: Vec<crate::tenants::spec::Api>,
     pub settings: serde_json::Map<String, Value>,
     pub write_modes: crate::write_modes::WriteModes,
     /// Ids of the query tokens.
@@ -235,7 +237,7 @@ pub struct Purged {
     pub purged: u64,
 }
 
-type ErrorBody = crate::openapi::ErrorBody;
+type ErrorBody = crate::schema::ErrorBody;
 
 /// List the tenants, with counters since the service started.
 #[utoipa::path(get, path = "/admin/tenants", tag = "admin", security(("admin_token" = [])), responses(
@@ -264,7 +266,7 @@ pub(crate) async fn show(State(app): State<Arc<App>>, Path(id): Path<String>) ->
 
 /// Create a tenant. Keys given in full are kept hashed; with none, one is made.
 #[utoipa::path(post, path = "/admin/tenants", tag = "admin", security(("admin_token" = [])),
-    request_body = crate::tenants::TenantSpec, responses(
+    request_body = crate::tenants::spec::TenantSpec, responses(
     (status = 201, description = "Created; `keys` in full, shown this once.", body = Created),
     (status = 400, description = "The body is not a tenant, or its component is not builtin:standard or sha256:<64 hex digits>.", body = ErrorBody),
     (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
@@ -292,7 +294,7 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Response
 #[serde(deny_unknown_fields)]
 pub struct Change {
     component: Option<String>,
-    apis: Option<Vec<crate::tenants::Api>>,
+    apis: Option<Vec<crate::tenants::spec::Api>>,
     #[serde(default, with = "serde_with_null")]
     batch: Option<Option<crate::config::BatchConfig>>,
     #[serde(default, with = "serde_with_null")]
@@ -390,7 +392,7 @@ pub(crate) async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) 
 #[utoipa::path(put, path = "/admin/tenants/{id}/component", tag = "admin", security(("admin_token" = [])),
     params(("id" = String, Path, description = "The tenant id.")),
     request_body(description = "The component (.wasm); the content type is not checked.", content(
-        (crate::openapi::Wasm = "application/wasm"), (crate::openapi::Wasm = "application/octet-stream"))),
+        (crate::schema::Wasm = "application/wasm"), (crate::schema::Wasm = "application/octet-stream"))),
     responses(
     (status = 200, description = "Validated and switched.", body = Uploaded),
     (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),

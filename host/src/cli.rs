@@ -7,8 +7,9 @@
 //! stderr with exit status 1.
 
 use crate::config::Limits;
-use crate::runtime::{Runtime, hex};
-use crate::tenants::{BUILTIN, hash_key, key_id};
+use crate::hex::hex;
+use crate::runtime::Runtime;
+use crate::tenants::spec::{BUILTIN, hash_key, key_id};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode, Url};
@@ -903,7 +904,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
     /// How long to send for: 10s, 500ms, 2m (a bare number is seconds).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub duration: Duration,
     /// Pace the run to this many requests a second (latency then counts
     /// from each request's due time) [default: back to back].
@@ -913,7 +914,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ndjson: bool,
     /// Give up on a request after this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
     pub timeout: Duration,
     /// Print one JSON line of results instead of the text report.
     #[arg(long)]
@@ -921,7 +922,7 @@ pub struct BenchArgs {
 }
 
 /// A duration more than zero (see `sluice_loadgen::run::parse_duration`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn positive_duration(text: &str) -> Result<Duration, String> {
     match sluice_loadgen::run::parse_duration(text)? {
         d if d.is_zero() => Err(format!("{text:?} must be more than zero")),
         d => Ok(d),

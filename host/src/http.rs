@@ -1,126 +1,24 @@
-//! The HTTP API.
+//! The ingest routes (events, Logflare, structured logs) and the health
+//! checks: from a request to its tenant, its component and its answer.
+//! Every route is registered in `router.rs`.
 
-use crate::config::Secret;
 use crate::db::writer::WriteError;
 use crate::ingest::{IngestError, Tenant};
-use crate::runtime::{ComponentFailure, Runtime};
-use crate::tenants::{Api, Registry};
-use axum::Router;
+use crate::runtime::ComponentFailure;
+use crate::schema::error;
+use crate::state::App;
+use crate::tenants::spec::Api;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use deadpool_postgres::Pool;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use sluice_sdk::{Request, RequestError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-pub struct App {
-    pub runtime: Arc<Runtime>,
-    pub registry: Arc<Registry>,
-    /// With `keyless_loopback` set and no tenant registered since the
-    /// start, requests without a key go to this one, from loopback only.
-    pub default_tenant: Arc<Tenant>,
-    /// `keyless_loopback` of the configuration.
-    pub keyless_loopback: bool,
-    /// The service database, for readiness.
-    pub pool: Pool,
-    pub admin_token: Option<Secret>,
-    /// Request bytes being processed now, across tenants.
-    pub in_flight_bytes: AtomicUsize,
-    /// The SQL query API's settings and connection pools.
-    pub queries: crate::query::Queries,
-    /// Requests kept on disk while their destination cannot take them.
-    pub spool: crate::spool::Spool,
-    pub metrics: &'static crate::metrics::Metrics,
-    pub metrics_config: crate::metrics::MetricsConfig,
-    /// Refuses requests while resident memory is past its soft limit.
-    pub memory: Arc<crate::memory::MemoryLimiter>,
-}
-
-impl App {
-    /// The default tenant, for a request without a tenant while none is
-    /// registered: only with `keyless_loopback` set, from loopback, and
-    /// only until a tenant is first registered (deleting the last one
-    /// never opens the service to keyless requests); else why not.
-    pub fn keyless(&self, peer: SocketAddr) -> Result<Arc<Tenant>, &'static str> {
-        if !self.keyless_loopback {
-            Err("no tenants are configured and keyless_loopback is off: add a tenant and send its key")
-        } else if self.registry.had_tenants() {
-            Err("no tenants are left; keyless requests stay off once a tenant was registered: add a tenant")
-        } else if !peer.ip().is_loopback() {
-            Err("no tenants are configured, so requests are accepted from loopback only")
-        } else {
-            Ok(self.default_tenant.clone())
-        }
-    }
-}
-
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/events", post(events))
-        .route("/t/{tenant}/v1/events", post(tenant_events))
-        .route("/v1/logs", post(logs))
-        .route("/t/{tenant}/v1/logs", post(tenant_logs))
-        .route("/api/logs", post(logflare))
-        .route("/logs", post(logflare_short))
-        .route("/logs/json", post(logflare_json))
-        .route("/t/{tenant}/api/logs", post(tenant_logflare))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(ready))
-        .route("/openapi.json", get(crate::openapi::serve))
-        .merge(crate::admin::routes(app.clone()))
-        .merge(crate::query::routes(app.clone()))
-        .merge(crate::status::routes(app.clone()))
-        .layer(axum::middleware::from_fn(crate::request_id::layer))
-        .layer(axum::middleware::map_response(json_refusals))
-        .layer(axum::middleware::map_response(retry_after))
-        .with_state(app)
-}
-
-/// Every 503 and 429 tells the client when to try again: the answers that
-/// know better set their own `Retry-After`; the rest get one second.
-async fn retry_after(mut response: Response) -> Response {
-    let status = response.status();
-    if (status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS)
-        && !response.headers().contains_key(header::RETRY_AFTER)
-    {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
-}
-
-/// axum's own refusals (an unparsable query string or path, a body past
-/// its limit) are plain text; every error of the API is `{"error": …}`.
-async fn json_refusals(response: Response) -> Response {
-    let plain = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
-    if !(response.status().is_client_error() || response.status().is_server_error()) || !plain {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = match Limited::new(body, 64 << 10).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_owned(),
-        Err(_) => String::new(),
-    };
-    let message = if text.is_empty() { parts.status.canonical_reason().unwrap_or("refused").to_owned() } else { text };
-    let mut refusal = error(parts.status, message);
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            refusal.headers_mut().insert(name, value.clone());
-        }
-    }
-    refusal
-}
-
-/// A JSON error body: `{"error": "..."}`.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
-}
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "service",
@@ -156,7 +54,7 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     let sources = app.metrics.cdc_sources();
     let waiting: Vec<String> = sources
         .iter()
-        .filter(|(_, s)| !matches!(s.state(), crate::cdc::runner::State::Owner | crate::cdc::runner::State::Standby))
+        .filter(|(_, s)| !matches!(s.state(), crate::cdc::stats::State::Owner | crate::cdc::stats::State::Standby))
         .map(|(name, s)| match s.reason() {
             Some(reason) => format!("{name} is {}: {reason}", s.state().as_str()),
             None => format!("{name} is {}", s.state().as_str()),
@@ -213,8 +111,8 @@ impl FromRequest<Arc<App>> for Incoming {
 /// Canonical events: one, an array, or NDJSON; gzip or zstd with `Content-Encoding`.
 #[utoipa::path(post, path = "/v1/events", tag = "ingest",
     request_body(description = "One event, an array, or NDJSON (one event a line).", content(
-        (crate::openapi::Events = "application/json"), (String = "application/x-ndjson"))),
-    responses(crate::openapi::IngestResponses),
+        (crate::schema::Events = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ()))]
 pub(crate) async fn events(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Events, incoming).await
@@ -224,8 +122,8 @@ pub(crate) async fn events(State(app): State<Arc<App>>, incoming: Incoming) -> R
 #[utoipa::path(post, path = "/t/{tenant}/v1/events", tag = "ingest",
     params(("tenant" = String, Path, description = "The tenant id.")),
     request_body(description = "One event, an array, or NDJSON (one event a line).", content(
-        (crate::openapi::Events = "application/json"), (String = "application/x-ndjson"))),
-    responses(crate::openapi::IngestResponses),
+        (crate::schema::Events = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = [])))]
 pub(crate) async fn tenant_events(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Events, incoming).await
@@ -234,8 +132,8 @@ pub(crate) async fn tenant_events(State(app): State<Arc<App>>, incoming: Incomin
 /// Structured log records (structlog event dicts) into stogger's table shape.
 #[utoipa::path(post, path = "/v1/logs", tag = "ingest",
     request_body(description = "One record, an array, or NDJSON (one record a line).", content(
-        (crate::openapi::LogRecords = "application/json"), (String = "application/x-ndjson"))),
-    responses(crate::openapi::IngestResponses),
+        (crate::schema::LogRecords = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ()))]
 pub(crate) async fn logs(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logs, incoming).await
@@ -245,8 +143,8 @@ pub(crate) async fn logs(State(app): State<Arc<App>>, incoming: Incoming) -> Res
 #[utoipa::path(post, path = "/t/{tenant}/v1/logs", tag = "ingest",
     params(("tenant" = String, Path, description = "The tenant id.")),
     request_body(description = "One record, an array, or NDJSON (one record a line).", content(
-        (crate::openapi::LogRecords = "application/json"), (String = "application/x-ndjson"))),
-    responses(crate::openapi::IngestResponses),
+        (crate::schema::LogRecords = "application/json"), (String = "application/x-ndjson"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = [])))]
 pub(crate) async fn tenant_logs(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logs, incoming).await
@@ -260,8 +158,8 @@ pub(crate) async fn tenant_logs(State(app): State<Arc<App>>, incoming: Incoming)
         ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
     ),
     request_body(description = "One event, an array, or {\"batch\": [...]}.",
-        content((crate::openapi::LogflareBody = "application/json"))),
-    responses(crate::openapi::IngestResponses),
+        content((crate::schema::LogflareBody = "application/json"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
 pub(crate) async fn logflare(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logflare, incoming).await
@@ -274,8 +172,8 @@ pub(crate) async fn logflare(State(app): State<Arc<App>>, incoming: Incoming) ->
         ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
     ),
     request_body(description = "One event, an array, or {\"batch\": [...]}.",
-        content((crate::openapi::LogflareBody = "application/json"))),
-    responses(crate::openapi::IngestResponses),
+        content((crate::schema::LogflareBody = "application/json"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
 pub(crate) async fn logflare_short(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logflare, incoming).await
@@ -288,8 +186,8 @@ pub(crate) async fn logflare_short(State(app): State<Arc<App>>, incoming: Incomi
         ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
     ),
     request_body(description = "One event, an array, or {\"batch\": [...]}.",
-        content((crate::openapi::LogflareBody = "application/json"))),
-    responses(crate::openapi::IngestResponses),
+        content((crate::schema::LogflareBody = "application/json"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = []), ()))]
 pub(crate) async fn logflare_json(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logflare, incoming).await
@@ -303,8 +201,8 @@ pub(crate) async fn logflare_json(State(app): State<Arc<App>>, incoming: Incomin
         ("source" = Option<String>, Query, description = "The source by id (a UUID)."),
     ),
     request_body(description = "One event, an array, or {\"batch\": [...]}.",
-        content((crate::openapi::LogflareBody = "application/json"))),
-    responses(crate::openapi::IngestResponses),
+        content((crate::schema::LogflareBody = "application/json"))),
+    responses(crate::schema::IngestResponses),
     security(("ingest_key" = []), ("ingest_bearer" = []), ("ingest_query_key" = [])))]
 pub(crate) async fn tenant_logflare(State(app): State<Arc<App>>, incoming: Incoming) -> Response {
     ingest(&app, Api::Logflare, incoming).await
@@ -558,25 +456,4 @@ async fn drain(body: Body, limit: usize) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), discard).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every 503 and 429 leaves with `Retry-After`; an answer that set its
-    /// own keeps it; others get none.
-    #[tokio::test]
-    async fn every_503_and_429_says_when_to_retry() {
-        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::TOO_MANY_REQUESTS] {
-            let answered = retry_after(error(status, "busy")).await;
-            assert_eq!(answered.headers().get(header::RETRY_AFTER).unwrap(), "1");
-            let mut own = error(status, "resting");
-            own.headers_mut().insert(header::RETRY_AFTER, 30.into());
-            assert_eq!(retry_after(own).await.headers().get(header::RETRY_AFTER).unwrap(), "30");
-        }
-        for status in [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::INTERNAL_SERVER_ERROR] {
-            assert!(!retry_after(error(status, "x")).await.headers().contains_key(header::RETRY_AFTER));
-        }
-    }
 }

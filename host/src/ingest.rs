@@ -4,12 +4,13 @@
 
 use crate::config::Limits;
 use crate::db::CommitChecked;
-use crate::db::writer::{CheckedPlan, Kept, Origin, WriteError};
+use crate::db::writer::{CheckedPlan, Kept, Origin, WriteError, Writer};
 use crate::runtime::{CallLimits, ComponentFailure, Normalizer, Runtime};
-use crate::tenants::{Destination, TenantSpec};
+use crate::tenants::spec::TenantSpec;
 use crate::write_modes::{SyncRun, WriteMode, delete_stale_sql};
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use deadpool_postgres::Pool;
 use serde::Serialize;
 use sluice_sdk::sql::Upsert;
 use sluice_sdk::{Conflict, Outcome, Request, RequestError, Table, UpsertPlan};
@@ -17,6 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+/// A connection pool and its batching writer, shared by every tenant with
+/// the same database and batch settings.
+pub struct Destination {
+    pub pool: Pool,
+    pub writer: Writer,
+}
 
 /// A live tenant: its spec, its current component, where its rows go.
 pub struct Tenant {

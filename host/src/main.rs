@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use sluice::cli;
-use sluice::config::Config;
+use sluice::config_file::Config;
 use sluice::metrics::{LogConfig, LogFormat};
 use std::net::SocketAddr;
 use std::path::PathBuf;

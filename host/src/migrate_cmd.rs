@@ -7,7 +7,8 @@
 //! table, and the query API's reader role of every tenant that may query.
 //! `serve` then finds them in place and runs no DDL.
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::DatabaseConfig;
+use crate::config_file::Config;
 use crate::db;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
@@ -91,7 +92,7 @@ pub async fn migrate(config: Config, database_url: Option<String>) -> Result<()>
             let mut readers: Vec<(String, String, DatabaseConfig)> = snapshot
                 .tenants
                 .values()
-                .filter(|tenant| tenant.spec.apis.contains(&crate::tenants::Api::Query))
+                .filter(|tenant| tenant.spec.apis.contains(&crate::tenants::spec::Api::Query))
                 .map(|tenant| (tenant.id().to_owned(), tenant.schema.clone(), registry.database_of(&tenant.spec)))
                 .collect();
             if readers.is_empty() && snapshot.tenants.is_empty() {

@@ -18,25 +18,24 @@
 //! advisory locks. PostgreSQL renders every row as JSON (`to_json`), and
 //! that text goes to the client as it is. See docs/query.md.
 
+pub mod config;
+pub mod handlers;
 mod lexer;
 pub mod roles;
 
 use crate::config::DatabaseConfig;
 use crate::db::{self, PgSettings};
-use crate::http::{App, api_key, error};
 use crate::ingest::Tenant;
-use crate::tenants::{Api, Registry};
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use crate::query::config::QueryConfig;
+use crate::schema::error;
+use crate::tenants::Registry;
+use axum::body::Body;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use roles::Unavailable;
-use serde::Deserialize;
 use serde_json::json;
 use sluice_postgres::Kind;
 use sluice_sdk::sql::{quote_ident, quote_literal};
@@ -47,64 +46,11 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 
-/// `[query]` in the config file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// How long one statement may run, in milliseconds; past it the query
-    /// is cancelled and answered 408.
-    pub statement_timeout_ms: u64,
-    /// Most rows one answer carries; more set `truncated`.
-    pub max_rows: usize,
-    /// Most bytes of rows one answer carries; more set `truncated`.
-    pub max_bytes: usize,
-    /// Connections per tenant for queries, apart from the ingest pool: one
-    /// tenant's queries never wait for another's.
-    pub pool_size: usize,
-    /// Longest SQL text accepted, in bytes.
-    pub max_sql_bytes: usize,
-    /// Most tokens (words, numbers, operators, strings) in one SQL text:
-    /// it bounds how deep the syntax tree the checks walk can be.
-    pub max_sql_tokens: usize,
-    /// `work_mem` of the roles Sluice makes, in kB.
-    pub work_mem_kb: u64,
-    /// `temp_file_limit` of the roles Sluice makes, in kB (set where
-    /// Sluice's login is a superuser; elsewhere the server's holds).
-    pub temp_file_limit_kb: u64,
-    /// A login of the operator's for queries, in place of the roles Sluice
-    /// makes; `{tenant}` is replaced by the tenant's id. It must only be
-    /// able to read the tenant's schema (Sluice refuses a privileged one).
-    pub reader_user: Option<String>,
-    /// Its password; `{tenant}` is replaced too.
-    pub reader_password: Option<String>,
-}
-
-impl Default for QueryConfig {
-    fn default() -> QueryConfig {
-        QueryConfig {
-            statement_timeout_ms: 5_000,
-            max_rows: 10_000,
-            max_bytes: 16 << 20,
-            pool_size: 4,
-            max_sql_bytes: 256 << 10,
-            max_sql_tokens: 20_000,
-            work_mem_kb: 4 << 10,
-            temp_file_limit_kb: 1 << 20,
-            reader_user: None,
-            reader_password: None,
-        }
-    }
-}
-
-/// Bounds of `max_sql_tokens`: the checks' stack is sized for the deepest
-/// syntax tree this many tokens make.
-const MAX_SQL_TOKENS: usize = 100_000;
 /// The stack of the thread that parses, checks and drops a query's syntax
 /// tree: deep enough for a left-deep tree of `MAX_SQL_TOKENS / 2` levels
 /// (`1+1+…`, `… UNION ALL …`), which recurses in the checks' walk and in
@@ -115,41 +61,6 @@ const CHECKS_AT_ONCE: usize = 4;
 /// How long a tenant whose queries are off stays off before Sluice tries
 /// to make its role again.
 const OFF_FOR: Duration = Duration::from_secs(10);
-
-impl QueryConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.statement_timeout_ms == 0 {
-            anyhow::bail!("query.statement_timeout_ms must be at least 1 (PostgreSQL takes 0 as no limit)");
-        }
-        if self.max_rows == 0 || self.max_rows > 10_000_000 {
-            anyhow::bail!("query.max_rows must be between 1 and 10000000");
-        }
-        if self.max_bytes < 1024 || self.max_bytes > 1 << 30 {
-            anyhow::bail!("query.max_bytes must be between 1024 and 1073741824");
-        }
-        if self.pool_size == 0 {
-            anyhow::bail!("query.pool_size must be at least 1");
-        }
-        if self.max_sql_bytes == 0 || self.max_sql_bytes > 2 << 20 {
-            anyhow::bail!("query.max_sql_bytes must be between 1 and 2097152");
-        }
-        if self.max_sql_tokens == 0 || self.max_sql_tokens > MAX_SQL_TOKENS {
-            anyhow::bail!("query.max_sql_tokens must be between 1 and {MAX_SQL_TOKENS}");
-        }
-        if self.work_mem_kb < 64 || self.temp_file_limit_kb == 0 {
-            anyhow::bail!("query.work_mem_kb must be at least 64 and query.temp_file_limit_kb at least 1");
-        }
-        if let Some(user) = &self.reader_user
-            && user.trim().is_empty()
-        {
-            anyhow::bail!("query.reader_user is empty");
-        }
-        if self.reader_password.is_some() && self.reader_user.is_none() {
-            anyhow::bail!("query.reader_password is set without query.reader_user");
-        }
-        Ok(())
-    }
-}
 
 /// The query API's state: its settings, and per tenant (made on first use)
 /// its login, its pool and what it learnt of statements.
@@ -341,153 +252,15 @@ impl Database {
     }
 }
 
-pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
-    Router::new().route("/api/query", get(get_query).post(post_query))
-}
-
-/// `GET /api/query?sql=…` (or `pg_sql=…`, as Logflare names it).
-#[utoipa::path(get, path = "/api/query", tag = "query",
-    params(
-        ("sql" = Option<String>, Query, description = "One read-only query (SELECT, WITH, VALUES, TABLE)."),
-        ("pg_sql" = Option<String>, Query, description = "The query, by Logflare's name for it."),
-    ),
-    security(("query_token" = []), ("query_token_key" = []), ()),
-    responses(
-    (status = 200, description = "The rows, as JSON.", body = QueryAnswer),
-    (status = 400, description = "No query, one that is refused, or one PostgreSQL refused.", body = crate::openapi::QueryError),
-    (status = 401, description = "No query token, or not one of any tenant's (ingest keys do not authorize queries).", body = crate::openapi::ErrorBody),
-    (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
-    (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
-    (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
-))]
-pub(crate) async fn get_query(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let tenant = match authorize(&app, &headers, peer) {
-        Ok(tenant) => tenant,
-        Err(response) => return response,
-    };
-    let mut sql = None;
-    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        if name == "sql" || name == "pg_sql" {
-            sql.get_or_insert_with(|| value.into_owned());
-        }
-    }
-    let Some(sql) = sql else {
-        return error(StatusCode::BAD_REQUEST, "the query is missing: send ?sql=SELECT… (or pg_sql=)");
-    };
-    run(&app, &tenant, sql, Vec::new()).await
-}
-
-/// The body of `POST /api/query`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QueryBody {
-    /// One read-only query; `$1`, `$2`, … are its parameters. Also read as `pg_sql`.
-    #[serde(alias = "pg_sql")]
-    sql: String,
-    /// The parameters' values, in order.
-    #[serde(default)]
-    params: Vec<serde_json::Value>,
-}
-
-/// A query's answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)] // written as text by PostgreSQL and `execute`; this is its shape
-pub struct QueryAnswer {
-    /// The rows, each an object by column name.
-    result: Vec<serde_json::Map<String, serde_json::Value>>,
-    columns: Vec<QueryColumn>,
-    /// Rows in `result`.
-    rows: u64,
-    /// Whether rows past `[query] max_rows`, or past `[query] max_bytes` of
-    /// rows, were left out.
-    truncated: bool,
-}
-
-/// A column of a query's answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct QueryColumn {
-    name: String,
-    /// PostgreSQL's type name, e.g. `int8`, `text`, `timestamptz`.
-    #[serde(rename = "type")]
-    type_name: String,
-}
-
-/// `POST /api/query` with `{"sql": "…", "params": […]}`.
-#[utoipa::path(post, path = "/api/query", tag = "query", request_body = QueryBody,
-    security(("query_token" = []), ("query_token_key" = []), ()),
-    responses(
-    (status = 200, description = "The rows, as JSON.", body = QueryAnswer),
-    (status = 400, description = "The body is not a query, the query is refused, or PostgreSQL refused it.", body = crate::openapi::QueryError),
-    (status = 401, description = "No query token, or not one of any tenant's (ingest keys do not authorize queries).", body = crate::openapi::ErrorBody),
-    (status = 403, description = "The tenant may not use the query API.", body = crate::openapi::ErrorBody),
-    (status = 408, description = "Cancelled at the statement timeout.", body = crate::openapi::QueryError),
-    (status = 500, description = "The query's transaction could not be set up.", body = crate::openapi::ErrorBody),
-    (status = 503, description = "No database connection (retry after `Retry-After` seconds), or queries are off for the tenant: its reader role could not be made, or its reader login may do more than read (the message says why and what the operator can do).", body = crate::openapi::ErrorBody),
-))]
-pub(crate) async fn post_query(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let tenant = match authorize(&app, &headers, peer) {
-        Ok(tenant) => tenant,
-        Err(response) => return response,
-    };
-    // An object only: serde would also take the struct from an array.
-    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body);
-    let request: QueryBody = match object.and_then(|o| serde_json::from_value(serde_json::Value::Object(o))) {
-        Ok(request) => request,
-        Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("the body is not {{\"sql\": \"…\", \"params\": […]}}: {e}"));
-        }
-    };
-    run(&app, &tenant, request.sql, request.params).await
-}
-
-/// The tenant whose query token the request carries. While no tenant is
-/// configured, the default tenant queries from loopback without one, as it
-/// ingests.
-#[allow(clippy::result_large_err)] // as http::resolve: the refusal is the answer
-fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
-    let snapshot = app.registry.snapshot();
-    let tenant = if snapshot.tenants.is_empty() {
-        app.keyless(peer).map_err(|reason| error(StatusCode::UNAUTHORIZED, reason))?
-    } else {
-        let Some(token) = api_key(headers).filter(|t| !t.is_empty()) else {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "a query token is required: send a tenant's private access token as Authorization: Bearer TOKEN \
-                 or X-API-KEY (ingest keys do not authorize queries)",
-            ));
-        };
-        match snapshot.by_query_token(token) {
-            Some(tenant) => tenant.clone(),
-            None => {
-                return Err(error(
-                    StatusCode::UNAUTHORIZED,
-                    "this is not a query token of any tenant; queries need a tenant's private access token \
-                     (query_tokens), and ingest keys do not authorize queries",
-                ));
-            }
-        }
-    };
-    if !tenant.spec.apis.contains(&Api::Query) {
-        return Err(error(StatusCode::FORBIDDEN, format!("tenant {} may not use the query API", tenant.id())));
-    }
-    Ok(tenant)
-}
-
 /// Checks and runs one query for `tenant`.
-async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Value>) -> Response {
-    let database = match app.queries.database(&app.registry, tenant).await {
+pub(crate) async fn run(
+    queries: &Queries,
+    registry: &Registry,
+    tenant: &Tenant,
+    sql: String,
+    params: Vec<serde_json::Value>,
+) -> Response {
+    let database = match queries.database(registry, tenant).await {
         Ok(database) => database,
         Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why.0),
     };
@@ -495,16 +268,16 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
     let inner = match &prepared {
         Some(prepared) => {
             if let Err(failure) = count_params(&prepared.types, &params) {
-                return failure.response(&app.queries.config, tenant);
+                return failure.response(&queries.config, tenant);
             }
             prepared.inner.clone()
         }
-        None => match app.queries.check(&sql, &tenant.schema).await {
+        None => match queries.check(&sql, &tenant.schema).await {
             Ok(inner) => inner,
             Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
         },
     };
-    let config = &app.queries.config;
+    let config = &queries.config;
     let job = Job {
         sql,
         inner,
@@ -546,9 +319,9 @@ async fn run(app: &App, tenant: &Tenant, sql: String, params: Vec<serde_json::Va
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response(),
         Ok(Err(failure)) => {
             if let Failure::Unavailable { refused: true, .. } = &failure {
-                app.queries.forget(tenant);
+                queries.forget(tenant);
             }
-            failure.response(&app.queries.config, tenant)
+            failure.response(&queries.config, tenant)
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query task failed"),
     }
@@ -1231,6 +1004,7 @@ fn byte_offset(text: &str, at: Location) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::config::MAX_SQL_TOKENS;
 
     fn ok(sql: &str) -> String {
         check(sql, "acme").unwrap_or_else(|e| panic!("{sql:?} was refused: {e}")).to_owned()

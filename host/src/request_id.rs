@@ -52,5 +52,5 @@ fn acceptable(id: &str) -> bool {
 fn generate() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).unwrap_or_default();
-    crate::runtime::hex(&bytes)
+    crate::hex::hex(&bytes)
 }

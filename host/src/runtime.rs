@@ -3,6 +3,8 @@
 //! instance per request under an epoch deadline and a memory cap.
 
 use crate::config::Limits;
+use crate::files::write_atomically;
+use crate::hex::hex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use sluice_sdk::{Outcome, Request, RequestError, Table, Transaction, UpsertPlan};
@@ -410,24 +412,6 @@ impl Runtime {
             ComponentFailure::Trap(format!("component {name} failed: {trap}"))
         }
     }
-}
-
-/// Writes a file readable by its owner only, all at once: readers see the
-/// old file or the new one, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("the path has no folder")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap().to_string_lossy()));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct HashWriter<'a>(&'a mut Sha256);

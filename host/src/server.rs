@@ -1,13 +1,15 @@
 //! `sluice serve`: wires the database, the components, the writer and the
 //! HTTP API together, and takes them down in order.
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::DatabaseConfig;
+use crate::config_file::Config;
 use crate::db;
 use crate::embedded::{Cluster, ClusterOptions};
-use crate::http::{self, App};
 use crate::ingest::Tenant;
 use crate::runtime::{Normalizer, Runtime};
-use crate::tenants::{Registry, TenantSpec};
+use crate::state::App;
+use crate::tenants::Registry;
+use crate::tenants::spec::TenantSpec;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
@@ -37,11 +39,11 @@ pub async fn serve(config: Config) -> Result<()> {
     let default_spec = TenantSpec {
         id: "default".into(),
         keys: Vec::new(),
-        component: crate::tenants::BUILTIN.into(),
+        component: crate::tenants::spec::BUILTIN.into(),
         database: None,
         limits: Default::default(),
         batch: None,
-        apis: crate::tenants::all_apis(),
+        apis: crate::tenants::spec::all_apis(),
         settings: config.settings.clone(),
         query_tokens: Vec::new(),
         write_modes: Default::default(),
@@ -84,7 +86,7 @@ pub async fn serve(config: Config) -> Result<()> {
         memory: crate::memory::MemoryLimiter::start(config.limits.max_memory_bytes, config.memory_spike_bytes()),
     });
     crate::spool::Spool::start(&app);
-    crate::metrics::start_sampling(&app);
+    crate::metrics::render::start_sampling(&app);
     drop(destination);
     let cdc = crate::cdc::start(&config, app.runtime.clone(), &database).await?;
     for (name, stats) in cdc.stats() {
@@ -99,7 +101,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     crate::listener::serve(
         listener,
-        http::router(app),
+        crate::router::router(app),
         config.http.clone(),
         config.limits.max_connections,
         |reason| crate::metrics::metrics().connection_cut(reason),

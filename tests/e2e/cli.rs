@@ -5,7 +5,7 @@
 use crate::support::{EXAMPLE, Sluice, TestDb, count, http};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sluice::tenants::{hash_key, key_id};
+use sluice::tenants::spec::{hash_key, key_id};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -5,7 +5,8 @@
 //! that never show in logs, answers or `Debug` output.
 
 use crate::support::{EXAMPLE, Sluice, TestDb, cache_dir, http, post};
-use sluice::config::{Config, DatabaseConfig};
+use sluice::config::DatabaseConfig;
+use sluice::config_file::Config;
 use sluice::embedded::{Cluster, ClusterOptions};
 use sluice_replication::{ReplicationClient, ReplicationConfig, SslMode, StartOptions};
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ mod connections;
 mod delivery;
 mod events;
 mod faults;
+mod layering;
 mod lifecycle;
 mod log_clients;
 mod logs;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
@@ -17,7 +16,7 @@ use crate::config::{ReplicationConfig, validate_slot_name};
 use crate::conn::{Backend, Conn, Socket, db_error, log_notice};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::stream::ReplicationStream;
+use crate::table::TableName;
 
 /// Session settings sent at startup. They fix the text form of the values
 /// pgoutput sends (it prints them with the walsender session's settings), so
@@ -123,63 +122,6 @@ pub enum EnsuredSlot {
     Existing(SlotInfo),
     /// The slot was made, with an exported snapshot for the initial read.
     Created(CreatedSlot),
-}
-
-/// A table name from the configuration: `table` (in `public`) or `schema.table`.
-/// The names are exact (case-sensitive), as stored in the catalog.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    pub fn parse(text: &str) -> Result<TableName> {
-        let (schema, name) = match text.split_once('.') {
-            Some((s, n)) => (s, n),
-            None => ("public", text),
-        };
-        if schema.is_empty() || name.is_empty() || name.contains('.') || text.contains('\0') {
-            return Err(Error::Config(format!("table {text:?} is not `table` or `schema.table`")));
-        }
-        Ok(TableName { schema: schema.to_string(), name: name.to_string() })
-    }
-
-    /// `"schema"."name"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", escape_identifier(&self.schema), escape_identifier(&self.name))
-    }
-}
-
-/// Options of `START_REPLICATION`.
-#[derive(Clone, Debug)]
-pub struct StartOptions {
-    pub slot_name: String,
-    /// Where to start; `0/0` starts at the slot's `confirmed_flush_lsn`. The
-    /// server never sends transactions that committed before the slot's
-    /// `confirmed_flush_lsn`, whatever this says.
-    pub start_lsn: Lsn,
-    pub publication_names: Vec<String>,
-    /// Ask for logical decoding messages (`pg_logical_emit_message`).
-    pub messages: bool,
-    /// Ask for large in-progress transactions to be streamed (used only where
-    /// the server supports it: PostgreSQL 14+).
-    pub streaming: bool,
-    /// How often a standby status update is sent when nothing else prompts one.
-    pub status_interval: Duration,
-}
-
-impl StartOptions {
-    pub fn new(slot_name: impl Into<String>, publication: impl Into<String>) -> Self {
-        StartOptions {
-            slot_name: slot_name.into(),
-            start_lsn: Lsn::INVALID,
-            publication_names: vec![publication.into()],
-            messages: true,
-            streaming: true,
-            status_interval: Duration::from_secs(10),
-        }
-    }
 }
 
 impl ReplicationClient<Socket> {
@@ -524,66 +466,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationClient<S> {
         Ok(true)
     }
 
-    /// Sends `START_REPLICATION … LOGICAL` and turns the connection into a
-    /// stream. Protocol version 2 with streaming of large transactions on
-    /// PostgreSQL 14+, version 1 without streaming before.
-    pub async fn start_replication(mut self, options: StartOptions) -> Result<ReplicationStream<S>> {
-        validate_slot_name(&options.slot_name)?;
-        if options.publication_names.is_empty() {
-            return Err(Error::Config("START_REPLICATION needs at least one publication".into()));
-        }
-        let v2 = self.server_version_num >= 140_000;
-        let streaming = options.streaming && v2;
-        let mut args = vec![format!("proto_version '{}'", if v2 { 2 } else { 1 })];
-        let publications: Vec<String> = options.publication_names.iter().map(|p| escape_identifier(p)).collect();
-        args.push(format!("publication_names {}", repl_literal(&publications.join(","))?));
-        if streaming {
-            args.push("streaming 'on'".into());
-        }
-        if options.messages {
-            args.push("messages 'true'".into());
-        }
-        let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} ({})",
-            escape_identifier(&options.slot_name),
-            options.start_lsn,
-            args.join(", ")
-        );
-        tracing::debug!(command = %sql, "starting replication");
-        frontend::query(&sql, &mut self.conn.wbuf)?;
-        self.conn.flush().await?;
-        loop {
-            match self.conn.read().await? {
-                Backend::CopyBoth => break,
-                Backend::Msg(Message::ErrorResponse(body)) => {
-                    let error = db_error(&body);
-                    self.conn.drain_to_ready(Some(error)).await?;
-                    unreachable!("drain_to_ready returns the error");
-                }
-                Backend::Msg(Message::NoticeResponse(body)) => log_notice(&body),
-                Backend::Msg(Message::ParameterStatus(_)) => {}
-                other => {
-                    return Err(Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.name())));
-                }
-            }
-        }
-        Ok(ReplicationStream::new(self, options.start_lsn, options.status_interval, if v2 { 2 } else { 1 }, streaming))
-    }
-
     /// Ends the session politely (`Terminate`).
     pub async fn close(mut self) -> Result<()> {
         frontend::terminate(&mut self.conn.wbuf);
         self.conn.flush().await
     }
-}
-
-/// A string literal for the replication command grammar, which knows only
-/// `'…'` with doubled quotes (no `E''`, backslashes are plain characters).
-fn repl_literal(s: &str) -> Result<String> {
-    if s.contains('\0') {
-        return Err(Error::Config("names may not contain NUL".into()));
-    }
-    Ok(format!("'{}'", s.replace('\'', "''")))
 }
 
 fn required<'a>(row: &'a Row, idx: usize, what: &str) -> Result<&'a str> {
@@ -621,21 +508,5 @@ mod tests {
         assert_eq!(parse_server_version("9.6.3"), 90_603);
         assert_eq!(parse_server_version("16beta1"), 160_000);
         assert_eq!(parse_server_version("14.0"), 140_000);
-    }
-
-    #[test]
-    fn table_names() {
-        assert_eq!(TableName::parse("orders").unwrap().quoted(), r#""public"."orders""#);
-        assert_eq!(TableName::parse("Inv.Items").unwrap().quoted(), r#""Inv"."Items""#);
-        assert_eq!(TableName::parse(r#"a.we"ird"#).unwrap().quoted(), r#""a"."we""ird""#);
-        for bad in ["", ".x", "x.", "a.b.c"] {
-            assert!(TableName::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn replication_literals() {
-        assert_eq!(repl_literal(r#""p1","it's""#).unwrap(), r#"'"p1","it''s"'"#);
-        assert!(repl_literal("a\0b").is_err());
     }
 }

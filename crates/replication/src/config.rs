@@ -125,7 +125,7 @@ impl ReplicationConfig {
             return Err(Error::Config("`publication_name` is empty".into()));
         }
         for t in &self.tables {
-            crate::client::TableName::parse(t)?;
+            crate::table::TableName::parse(t)?;
         }
         Ok(())
     }

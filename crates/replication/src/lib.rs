@@ -35,14 +35,14 @@ pub mod error;
 pub mod lsn;
 pub mod pgoutput;
 pub mod stream;
+pub mod table;
 pub mod tls;
 
-pub use client::{
-    CreatedSlot, EnsuredSlot, IdentifySystem, ReplicationClient, Row, SlotInfo, SnapshotAction, StartOptions, TableName,
-};
+pub use client::{CreatedSlot, EnsuredSlot, IdentifySystem, ReplicationClient, Row, SlotInfo, SnapshotAction};
 pub use config::{ReplicationConfig, SslMode};
 pub use conn::Socket;
 pub use error::{DbError, Error, Result};
 pub use lsn::Lsn;
-pub use stream::{Event, ReplicationStream};
+pub use stream::{Event, ReplicationStream, StartOptions};
+pub use table::TableName;
 pub use tls::TlsSettings;

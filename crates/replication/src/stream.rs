@@ -28,12 +28,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use postgres_protocol::escape::escape_identifier;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::client::ReplicationClient;
+use crate::config::validate_slot_name;
 use crate::conn::{Backend, Socket, db_error, log_notice};
 use crate::error::{Error, Result};
 use crate::lsn::{Lsn, pg_now, pg_to_unix_micros};
@@ -89,6 +91,94 @@ impl<S> std::fmt::Debug for ReplicationStream<S> {
             .field("server_wal_end", &self.server_wal_end)
             .finish_non_exhaustive()
     }
+}
+
+/// Options of `START_REPLICATION`.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    pub slot_name: String,
+    /// Where to start; `0/0` starts at the slot's `confirmed_flush_lsn`. The
+    /// server never sends transactions that committed before the slot's
+    /// `confirmed_flush_lsn`, whatever this says.
+    pub start_lsn: Lsn,
+    pub publication_names: Vec<String>,
+    /// Ask for logical decoding messages (`pg_logical_emit_message`).
+    pub messages: bool,
+    /// Ask for large in-progress transactions to be streamed (used only where
+    /// the server supports it: PostgreSQL 14+).
+    pub streaming: bool,
+    /// How often a standby status update is sent when nothing else prompts one.
+    pub status_interval: Duration,
+}
+
+impl StartOptions {
+    pub fn new(slot_name: impl Into<String>, publication: impl Into<String>) -> Self {
+        StartOptions {
+            slot_name: slot_name.into(),
+            start_lsn: Lsn::INVALID,
+            publication_names: vec![publication.into()],
+            messages: true,
+            streaming: true,
+            status_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationClient<S> {
+    /// Sends `START_REPLICATION … LOGICAL` and turns the connection into a
+    /// stream. Protocol version 2 with streaming of large transactions on
+    /// PostgreSQL 14+, version 1 without streaming before.
+    pub async fn start_replication(mut self, options: StartOptions) -> Result<ReplicationStream<S>> {
+        validate_slot_name(&options.slot_name)?;
+        if options.publication_names.is_empty() {
+            return Err(Error::Config("START_REPLICATION needs at least one publication".into()));
+        }
+        let v2 = self.server_version_num() >= 140_000;
+        let streaming = options.streaming && v2;
+        let mut args = vec![format!("proto_version '{}'", if v2 { 2 } else { 1 })];
+        let publications: Vec<String> = options.publication_names.iter().map(|p| escape_identifier(p)).collect();
+        args.push(format!("publication_names {}", repl_literal(&publications.join(","))?));
+        if streaming {
+            args.push("streaming 'on'".into());
+        }
+        if options.messages {
+            args.push("messages 'true'".into());
+        }
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} ({})",
+            escape_identifier(&options.slot_name),
+            options.start_lsn,
+            args.join(", ")
+        );
+        tracing::debug!(command = %sql, "starting replication");
+        frontend::query(&sql, &mut self.conn.wbuf)?;
+        self.conn.flush().await?;
+        loop {
+            match self.conn.read().await? {
+                Backend::CopyBoth => break,
+                Backend::Msg(Message::ErrorResponse(body)) => {
+                    let error = db_error(&body);
+                    self.conn.drain_to_ready(Some(error)).await?;
+                    unreachable!("drain_to_ready returns the error");
+                }
+                Backend::Msg(Message::NoticeResponse(body)) => log_notice(&body),
+                Backend::Msg(Message::ParameterStatus(_)) => {}
+                other => {
+                    return Err(Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.name())));
+                }
+            }
+        }
+        Ok(ReplicationStream::new(self, options.start_lsn, options.status_interval, if v2 { 2 } else { 1 }, streaming))
+    }
+}
+
+/// A string literal for the replication command grammar, which knows only
+/// `'…'` with doubled quotes (no `E''`, backslashes are plain characters).
+fn repl_literal(s: &str) -> Result<String> {
+    if s.contains('\0') {
+        return Err(Error::Config("names may not contain NUL".into()));
+    }
+    Ok(format!("'{}'", s.replace('\'', "''")))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ReplicationStream<S> {
@@ -367,7 +457,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
-    use crate::client::StartOptions;
     use crate::config::ReplicationConfig;
 
     fn backend(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -593,5 +682,11 @@ mod tests {
         let (mut stream, server) = started().await;
         drop(server);
         assert!(matches!(stream.recv().await, Err(Error::Closed)));
+    }
+
+    #[test]
+    fn replication_literals() {
+        assert_eq!(repl_literal(r#""p1","it's""#).unwrap(), r#"'"p1","it''s"'"#);
+        assert!(repl_literal("a\0b").is_err());
     }
 }

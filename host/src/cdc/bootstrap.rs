@@ -17,7 +17,7 @@
 //! the slot, makes it again and redoes the bootstrap from a new snapshot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -28,12 +28,10 @@ use sluice_sdk::Transaction;
 use sluice_sdk::sql::{qualified, quote_ident};
 use tokio_postgres::SimpleQueryMessage;
 
+use super::bootstraps::{BOOTSTRAPS, Completed, completed};
 use super::changes::Keys;
 use super::runner::{CHECKPOINTS, Runner};
 use crate::db::CommitChecked;
-
-/// Completed bootstraps, one row per source, in the destination schema.
-pub const BOOTSTRAPS: &str = "sluice_cdc_bootstraps";
 
 /// The settings the walsender prints values with (see
 /// `sluice_replication::client`): the snapshot's text must match the stream's.
@@ -42,74 +40,6 @@ const SESSION_SETTINGS: &str = "SET client_encoding = 'UTF8'; SET DateStyle = 'I
 
 /// How often a running bootstrap logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// A bootstrap's progress, readable while it runs (the CLI's progress bar,
-/// metrics).
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub running: AtomicBool,
-    pub tables_total: AtomicU64,
-    pub tables_done: AtomicU64,
-    /// Rows handed to the component (committed only when the bootstrap completes).
-    pub rows_done: AtomicU64,
-    /// The planner's estimate of all the rows (`pg_class.reltuples`).
-    pub rows_estimate: AtomicU64,
-    /// The consistent point of the last bootstrap this process completed (0: none).
-    pub completed_lsn: AtomicU64,
-}
-
-/// A completed bootstrap, as recorded in the destination.
-#[derive(Debug, Clone)]
-pub struct Completed {
-    pub slot: String,
-    pub consistent_point: Lsn,
-    pub tables: i32,
-    pub rows: i64,
-    pub completed_at: String,
-}
-
-/// Creates the table of completed bootstraps.
-pub async fn create_table(client: &tokio_postgres::Client, schema: &str) -> Result<()> {
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (source text PRIMARY KEY, slot text NOT NULL, \
-             consistent_point pg_lsn NOT NULL, tables int NOT NULL, rows bigint NOT NULL, \
-             completed_at timestamptz NOT NULL DEFAULT now())",
-            qualified(schema, BOOTSTRAPS)
-        ))
-        .await?;
-    Ok(())
-}
-
-/// The source's completed bootstrap, if any (none either when the table is missing).
-pub async fn completed(client: &tokio_postgres::Client, schema: &str, source: &str) -> Result<Option<Completed>> {
-    let exists: bool =
-        client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(schema, BOOTSTRAPS)]).await?.get(0);
-    if !exists {
-        return Ok(None);
-    }
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT slot, consistent_point::text, tables, rows, \
-                 to_char(completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-                 FROM {} WHERE source = $1",
-                qualified(schema, BOOTSTRAPS)
-            ),
-            &[&source],
-        )
-        .await?;
-    row.map(|row| {
-        Ok(Completed {
-            slot: row.get(0),
-            consistent_point: row.get::<_, String>(1).parse().map_err(|e| anyhow!("{e}"))?,
-            tables: row.get(2),
-            rows: row.get(3),
-            completed_at: row.get(4),
-        })
-    })
-    .transpose()
-}
 
 /// A plain (non-replication) connection's settings for the source.
 pub fn source_pg_config(source: &ReplicationConfig, application: &str) -> tokio_postgres::Config {

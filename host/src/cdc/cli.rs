@@ -12,10 +12,11 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use sluice_sdk::sql::qualified;
 
-use super::bootstrap::{self, Outcome, source_pg_config};
+use super::bootstrap::{Outcome, source_pg_config};
 use super::config::CdcConfig;
 use super::runner::CHECKPOINTS;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::DatabaseConfig;
+use crate::config_file::Config;
 use crate::server::DATABASE_URL_VAR;
 
 #[derive(Args)]
@@ -162,7 +163,8 @@ async fn source_status(source: &CdcConfig, destination: &tokio_postgres::Client,
         }
         Err(e) => return Err(e).context("read the checkpoint"),
     };
-    let bootstrap = match (source.bootstraps(), bootstrap::completed(destination, schema, source.name()).await?) {
+    let bootstrap = match (source.bootstraps(), super::bootstraps::completed(destination, schema, source.name()).await?)
+    {
         (false, _) => json!({"state": "none", "provider": "none"}),
         (true, Some(done)) if done.slot == *slot_name => json!({
             "state": "complete",

@@ -10,14 +10,17 @@
 //! transaction, and only then confirms the LSN to the source.
 
 pub mod bootstrap;
+pub mod bootstraps;
 pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod plans;
 pub mod runner;
 pub mod spill;
+pub mod stats;
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::DatabaseConfig;
+use crate::config_file::Config;
 use crate::runtime::Runtime;
 use anyhow::{Context, Result, bail};
 pub use config::CdcConfig;
@@ -30,7 +33,7 @@ use tokio::task::JoinHandle;
 pub struct Cdc {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    stats: Vec<(String, Arc<runner::Stats>)>,
+    stats: Vec<(String, Arc<stats::Stats>)>,
 }
 
 /// Loads each source's component and starts its runner.
@@ -89,7 +92,7 @@ pub async fn load(
 
 impl Cdc {
     /// Each source's name and live counters (shared with its runner).
-    pub fn stats(&self) -> &[(String, Arc<runner::Stats>)] {
+    pub fn stats(&self) -> &[(String, Arc<stats::Stats>)] {
         &self.stats
     }
 

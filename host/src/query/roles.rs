@@ -13,9 +13,9 @@
 //! Either way, before a login is used Sluice checks it holds no privilege
 //! beyond reading.
 
-use super::QueryConfig;
+use super::config::QueryConfig;
 use crate::db::{self, PgSettings};
-use crate::runtime::hex;
+use crate::hex::hex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use sluice_sdk::sql::{quote_ident, quote_literal};

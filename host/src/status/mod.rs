@@ -11,7 +11,7 @@
 //! with `[metrics] show_tenants = true`; others get the service-wide
 //! series only.
 
-use crate::http::App;
+use crate::state::App;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -45,7 +45,7 @@ pub(crate) async fn page() -> Response {
     security((), ("admin_token" = [])),
     responses(
     (status = 200, description = "Every series.", content_type = "application/openmetrics-text", body = String),
-    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
+    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::schema::ErrorBody),
 ))]
 pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let text = app.metrics.render(&app, show_tenants(&app, &headers));
@@ -67,8 +67,8 @@ pub(crate) struct Since {
     security((), ("admin_token" = [])),
     responses(
     (status = 200, description = "Now, and the history.", body = Object),
-    (status = 400, description = "A query string that is not as documented.", body = crate::openapi::ErrorBody),
-    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::openapi::ErrorBody),
+    (status = 400, description = "A query string that is not as documented.", body = crate::schema::ErrorBody),
+    (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::schema::ErrorBody),
 ))]
 pub(crate) async fn status(State(app): State<Arc<App>>, headers: HeaderMap, Query(query): Query<Since>) -> Response {
     let body = app.metrics.status(&app, query.since, show_tenants(&app, &headers));
