@@ -92,8 +92,7 @@ pub async fn serve(config: Config) -> Result<()> {
     for (name, stats) in cdc.stats() {
         app.metrics.add_cdc_source(name, stats.clone());
     }
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let listener = listen(config.listen).with_context(|| format!("listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     // Scripts and tests read this line to find the port.
@@ -182,4 +181,22 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown requested: no new connections; finishing requests in flight");
+}
+
+/// The kernel's queue of connections not yet accepted: as long as Linux
+/// allows by default (`net.core.somaxconn`), so a burst of connections (a
+/// flood's among them) waits there instead of being dropped, which costs a
+/// client a 1 s SYN retransmit.
+const ACCEPT_QUEUE: u32 = 4096;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted service may listen again at once, past its old
+    // connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_QUEUE)
 }
