@@ -28,7 +28,7 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -44,6 +44,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+
+/// Requests one HTTP/2 connection may have in flight at once.
+const HTTP2_STREAMS: u32 = 128;
 
 /// How long a body may take before its rate is checked.
 pub const BODY_GRACE: Duration = Duration::from_secs(5);
@@ -199,11 +202,17 @@ async fn connection(
         })
     };
     let io = TokioIo::new(Tracked { stream, activity: activity.clone() });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    // HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with
+    // prior knowledge). The idle and body limits below hold for both; the
+    // header read timeout is HTTP/1's (an HTTP/2 client that sends no
+    // request is idle, and cut as such).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
         .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(HTTP2_STREAMS);
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     let idle = Duration::from_millis(config.idle_timeout_ms);
@@ -213,7 +222,7 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    if e.is_timeout() {
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
                         on_cut("header_timeout");
                     }
                     tracing::debug!(%peer, "connection ended: {e}");

@@ -585,3 +585,41 @@ async fn deleting_the_last_tenant_does_not_open_keyless_mode() {
     assert_eq!(status, 401, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("keyless_loopback is off"), "{answer}");
 }
+
+/// HTTP/2 in cleartext with prior knowledge (h2c), as collectors and
+/// proxies speak to upstreams: curl's `/healthz`, and many events at once
+/// over one connection, each stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), &victim(""));
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .arg(sluice.url("/healthz"))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "2 200", "{}", String::from_utf8_lossy(&output.stderr));
+
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let sends: Vec<_> = (0..50)
+        .map(|n| {
+            let (client, url) = (client.clone(), sluice.url("/v1/events"));
+            tokio::spawn(async move {
+                let event = EXAMPLE.replace("order_38a91f-completed", &format!("over-h2-{n}"));
+                let response = client
+                    .post(url)
+                    .header("x-api-key", VICTIM_KEY)
+                    .header("content-type", "application/json")
+                    .body(event)
+                    .send()
+                    .await
+                    .unwrap();
+                (response.version(), response.status())
+            })
+        })
+        .collect();
+    for send in sends {
+        assert_eq!(send.await.unwrap(), (reqwest::Version::HTTP_2, reqwest::StatusCode::OK));
+    }
+    assert_eq!(crate::support::count(&db, "events").await, 50);
+}
