@@ -330,3 +330,21 @@ settings = {{ events = {{ table_per_event_type = true }} }}
         send(&sluice.url("/v1/events"), Some(KEY), &json!([event("order_completed", "a")]).to_string()).await;
     assert_eq!(answer["duplicates"], 1, "{answer}");
 }
+
+/// A line logged many times within a second (stogger timestamps to the
+/// second) is as many rows; a replay of the request adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_records_are_all_kept_and_a_replay_adds_none() {
+    let db = TestDb::new().await;
+    let sluice = Sluice::start(Some(&db), "");
+    let line = r#"{"timestamp": "2026-05-26T14:21:08Z", "level": "debug", "event": "cache_miss", "key": "u:123"}"#;
+    let ndjson = format!("{line}\n").repeat(100) + "{\"event\": \"other\"}\n";
+    let (status, body) = post(&sluice.url("/v1/logs"), "application/x-ndjson", ndjson.clone()).await;
+    assert_eq!((status, body["inserted"].as_u64()), (200, Some(101)), "{body}");
+    let (status, body) = post(&sluice.url("/v1/logs"), "application/x-ndjson", ndjson).await;
+    assert_eq!((status, body["inserted"].as_u64(), body["duplicates"].as_u64()), (200, Some(0), Some(101)), "{body}");
+    let client = db.client().await;
+    let misses: i64 =
+        client.query_one("SELECT count(*) FROM stogger_logs WHERE event = 'cache_miss'", &[]).await.unwrap().get(0);
+    assert_eq!(misses, 100);
+}

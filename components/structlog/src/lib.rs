@@ -72,8 +72,11 @@ pub fn handle(request: &Request) -> Result<Outcome, RequestError> {
     let table = table(&request.settings)?;
     let records = body::events(request)?;
     let mut names = Names::new(NAMESPACE, format!("{}/", request.tenant));
+    // How often each record text has come before in this request.
+    let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     let rows = records.into_iter().enumerate().map(|(index, raw)| {
-        row(&mut names, request.received_at, raw).map(|values| Row { event: index as u32, values })
+        let repeat = seen.entry(raw.get()).and_modify(|n| *n += 1).or_insert(0);
+        row(&mut names, request.received_at, raw, *repeat).map(|values| Row { event: index as u32, values })
     });
     let mut outcome = Outcome::one_table(&table, &COLUMNS, Conflict::DoNothing, rows);
     for plan in &mut outcome.plans {
@@ -111,8 +114,9 @@ fn table(settings: &str) -> Result<String, RequestError> {
     Ok(name)
 }
 
-/// One record's values, or why it was refused.
-fn row(names: &mut Names, received_at: i64, raw: &RawValue) -> Result<Vec<Value>, String> {
+/// One record's values, or why it was refused. `repeat`: how often the same
+/// text came before it in the request.
+fn row(names: &mut Names, received_at: i64, raw: &RawValue, repeat: u32) -> Result<Vec<Value>, String> {
     let Ok(Record::Object(record)) = serde_json::from_str(raw.get()) else {
         return Err("a record must be a JSON object".into());
     };
@@ -129,11 +133,13 @@ fn row(names: &mut Names, received_at: i64, raw: &RawValue) -> Result<Vec<Value>
         Some(raw) => record::timestamp("timestamp", raw)?,
         None => received_at,
     };
-    // Without a record_id, the record's own text names it: a replay of the
-    // same bytes is the same record.
-    let record_id = match record.get("record_id") {
-        Some(raw) => names.client_id("record_id", raw)?,
-        None => names.id(raw.get()),
+    // Without a record_id, the record's own text and its place among the
+    // request's repeats of that text name it: a replay of the request is
+    // the same records, and a line logged twice in it is two records.
+    let record_id = match (record.get("record_id"), repeat) {
+        (Some(raw), _) => names.client_id("record_id", raw)?,
+        (None, 0) => names.id(raw.get()),
+        (None, n) => names.id(&format!("{}\0{n}", raw.get())),
     };
     let mut data = ObjectText::with_capacity(raw.get().len());
     for member @ (key, _) in &record.members {
@@ -232,8 +238,13 @@ mod tests {
         assert_eq!(id(&rows[0]).to_string(), uuid);
         assert_eq!(id(&rows[1]), Uuid::new_v5(&NAMESPACE, b"acme/r-1"));
         assert!(rows[1][6] == Value::Jsonb("{}".into()), "record_id is not data");
-        assert_eq!(id(&rows[2]), id(&rows[3]), "byte-identical records are one record");
+        assert_ne!(id(&rows[2]), id(&rows[3]), "a line logged twice in a request is two records");
         assert_ne!(id(&rows[3]), id(&rows[4]));
+        // A replay of the request names the same records.
+        let again = values(
+            "{\"event\":\"a\",\"record_id\":\"r-1\"}\n{\"event\":\"a\",\"record_id\":\"r-2\"}\n{\"event\":\"b\"}\n{\"event\":\"b\"}\n",
+        );
+        assert_eq!((id(&again[2]), id(&again[3])), (id(&rows[2]), id(&rows[3])));
         // The same record in an array names the same id.
         let mut array = request("{}", r#"[{"event":"b"}, {"event":"c"}]"#);
         array.headers = vec![("content-type".into(), "application/json".into())];
