@@ -17,6 +17,8 @@ pub use sluice_postgres::Secret;
 #[derive(Clone, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// Also read as CloudQuery's `connection_string`.
+    #[serde(alias = "connection_string")]
     pub url: Option<String>,
     #[serde(alias = "hostname")]
     pub host: Option<String>,
@@ -373,9 +375,31 @@ pub struct BatchConfig {
     pub batch_timeout_ms: u64,
     /// Flushes that may run at once (each on its own connection).
     pub writers: usize,
-    /// Retry a batch that failed on a deadlock (`40P01`) or serialization
-    /// failure (`40001`), as other transient failures are.
-    pub retry_on_deadlock: bool,
+    /// Whether, and how often, a batch that failed on a deadlock (`40P01`)
+    /// or serialization failure (`40001`) is retried.
+    pub retry_on_deadlock: RetryOnDeadlock,
+}
+
+/// `[batch] retry_on_deadlock`: `true` retries a batch that hit a deadlock
+/// or serialization failure as other transient failures are, until the
+/// request's deadline; `false` or `0` answers 503 at once; a number (as
+/// CloudQuery's `retry_on_deadlock` is) retries it at most that many times.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RetryOnDeadlock {
+    Always(bool),
+    Times(u32),
+}
+
+impl RetryOnDeadlock {
+    /// Whether a batch whose conflicts were retried `retried` times already
+    /// is retried again.
+    pub fn allows(self, retried: u32) -> bool {
+        match self {
+            RetryOnDeadlock::Always(retry) => retry,
+            RetryOnDeadlock::Times(times) => retried < times,
+        }
+    }
 }
 
 /// Milliseconds as a number, or a duration text: `"500ms"`, `"20s"`, `"1m"`.
@@ -417,7 +441,7 @@ impl Default for BatchConfig {
             batch_size_bytes: 16 << 20,
             batch_timeout_ms: 0,
             writers: 2,
-            retry_on_deadlock: true,
+            retry_on_deadlock: RetryOnDeadlock::Always(true),
         }
     }
 }
@@ -546,7 +570,13 @@ mod tests {
             Config::parse("[batch]\nbatch_timeout = \"20s\"\nretry_on_deadlock = false\nbatch_size_bytes = 1024", &env)
                 .unwrap();
         assert_eq!(config.batch.batch_timeout_ms, 20_000);
-        assert!(!config.batch.retry_on_deadlock);
+        assert_eq!(config.batch.retry_on_deadlock, RetryOnDeadlock::Always(false));
+        let times = Config::parse("[batch]\nretry_on_deadlock = 3", &env).unwrap().batch.retry_on_deadlock;
+        assert_eq!(times, RetryOnDeadlock::Times(3));
+        assert!(times.allows(2) && !times.allows(3));
+        assert!(RetryOnDeadlock::Always(true).allows(1000) && !RetryOnDeadlock::Always(false).allows(0));
+        let url = Config::parse("[database]\nconnection_string = \"postgres://u@db/x\"", &env).unwrap().database.url;
+        assert_eq!(url.as_deref(), Some("postgres://u@db/x"));
         assert_eq!(Config::parse("[batch]\nbatch_timeout_ms = 5", &env).unwrap().batch.batch_timeout_ms, 5);
         assert_eq!(Config::parse("[batch]\nbatch_timeout = \"250ms\"", &env).unwrap().batch.batch_timeout_ms, 250);
         let e = Config::parse("[batch]\nbatch_timeout = \"2 fortnights\"", &env).unwrap_err().to_string();

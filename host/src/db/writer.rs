@@ -293,7 +293,7 @@ const ISOLATED_FOR: Duration = Duration::from_secs(60);
 /// What a writer's flushes share.
 struct Shared {
     pool: Pool,
-    retry_on_deadlock: bool,
+    retry_on_deadlock: crate::config::RetryOnDeadlock,
     /// Statements resting from `COPY`.
     rests: Resting,
     /// Tenants whose rows the database recently refused, and until when
@@ -643,6 +643,7 @@ impl Batch<'_> {
         let (jobs, deadline) = (self.jobs, self.deadline);
         let retry_on_deadlock = self.shared.retry_on_deadlock;
         let mut backoff = FIRST_BACKOFF;
+        let mut conflicts = 0;
         loop {
             let error = match attempt().await {
                 Ok(written) => return Ok(written),
@@ -663,10 +664,10 @@ impl Batch<'_> {
                     }));
                 }
                 Action::Stop => return Err(Err(WriteError::Unusable(message))),
-                Action::Retry if kind == Kind::Conflict && !retry_on_deadlock => {
+                Action::Retry if kind == Kind::Conflict && !retry_on_deadlock.allows(conflicts) => {
                     return Err(Err(WriteError::Unavailable(message)));
                 }
-                Action::Retry => {}
+                Action::Retry => conflicts += u32::from(kind == Kind::Conflict),
             }
             // Nobody waits any more, or the next try would end past the deadline.
             let abandoned = match units {
@@ -1051,7 +1052,7 @@ mod tests {
         let pool = super::super::pool(settings, 1, Duration::from_millis(10)).unwrap();
         let shared = Arc::new(Shared {
             pool,
-            retry_on_deadlock: true,
+            retry_on_deadlock: crate::config::RetryOnDeadlock::Always(true),
             rests: Resting::default(),
             isolated: Resting::default(),
             isolating: tokio::sync::Notify::new(),
