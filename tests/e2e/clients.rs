@@ -4,7 +4,7 @@
 //! `/metrics`, keyless mode after the last tenant is deleted). During each
 //! attack the service keeps answering `/healthz` and another tenant.
 
-use crate::support::{EXAMPLE, Sluice, TestDb, http, post};
+use crate::support::{EXAMPLE, Sluice, TestDb, http, p99, post};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,12 +69,6 @@ async fn latencies(sluice: &Sluice, span: Duration, tag: &str) -> (Vec<Duration>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (health, ingest)
-}
-
-/// The p99 of `samples`.
-fn p99(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[(samples.len() * 99).div_ceil(100) - 1]
 }
 
 /// A p99 under attack may be 5× the baseline's, and never need be under

@@ -3,7 +3,7 @@
 //! of its refused rows does not hold up other tenants' requests.
 
 use crate::metrics::Scrape;
-use crate::support::{Sluice, TestDb, event, http, post};
+use crate::support::{Sluice, TestDb, event, http, p99, post};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,12 +118,6 @@ async fn source_tables(client: &tokio_postgres::Client) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-/// The p99 of `samples`.
-fn p99(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[(samples.len() - 1) * 99 / 100]
-}
-
 /// Single-event requests of `key`'s tenant, one after another: how long each took.
 async fn timed_requests(url: &str, key: &str, tag: &str, n: usize) -> Vec<Duration> {
     let client = http();
@@ -157,8 +151,8 @@ async fn another_tenants_requests_stay_fast_while_one_sends_bad_rows() {
     client.batch_execute("ALTER TABLE bad.events ADD CONSTRAINT no_bad CHECK (event_type <> 'bad')").await.unwrap();
 
     timed_requests(&url, GOOD, "warmup", 10).await;
-    let mut baseline = timed_requests(&url, GOOD, "baseline", 60).await;
-    let baseline = p99(&mut baseline);
+    let baseline = timed_requests(&url, GOOD, "baseline", 60).await;
+    let baseline = p99(baseline);
 
     // Two clients of the bad tenant: 2,000 events a request, every tenth refused.
     let stop = Arc::new(AtomicBool::new(false));
@@ -184,13 +178,13 @@ async fn another_tenants_requests_stay_fast_while_one_sends_bad_rows() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut during = timed_requests(&url, GOOD, "during", 60).await;
+    let during = timed_requests(&url, GOOD, "during", 60).await;
     stop.store(true, Ordering::Relaxed);
     let mut bad_took = Vec::new();
     for attacker in attackers {
         bad_took.extend(attacker.await.unwrap());
     }
-    let during = p99(&mut during);
+    let during = p99(during);
     bad_took.sort();
     let slowest_bad = *bad_took.last().unwrap();
     let bound = (baseline * 5).max(Duration::from_secs(1));

@@ -265,6 +265,13 @@ pub async fn send(url: &str, key: Option<&str>, body: &str) -> (u16, serde_json:
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
 }
 
+/// The 99th percentile of `samples` (nearest rank: the smallest sample at
+/// or above 99 % of them).
+pub fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
 /// The rows of `table` in the test database; 0 while it does not exist.
 pub async fn count(db: &TestDb, table: &str) -> i64 {
     let client = db.client().await;
