@@ -33,8 +33,78 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/tenants/{id}/keys/{key_id}", delete(revoke_key))
         .route("/admin/tenants/{id}/dead-letters", get(dead_letters).delete(purge_dead_letters))
         .route("/admin/tenants/{id}/dead-letters/replay", axum::routing::post(replay_dead_letters))
+        .route("/admin/fleet", get(fleet))
         .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
+        .route_layer(middleware::from_fn_with_state(app.clone(), wait_applied))
         .route_layer(middleware::from_fn_with_state(app, authorize))
+}
+
+/// The most `?wait=applied` waits for the other hosts.
+const WAIT_APPLIED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every change's answer says the registry version it made
+/// (`Sluice-Registry-Version`). With `?wait=applied` it also waits, up to
+/// [`WAIT_APPLIED_FOR`], until every live host serves that version, and
+/// names the hosts that do (`Sluice-Applied-By`) and those that do not yet
+/// (`Sluice-Pending`, empty when all do).
+async fn wait_applied(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let wait = request
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "wait" && v == "applied"));
+    let changes = request.method() != axum::http::Method::GET;
+    let mut response = next.run(request).await;
+    if !changes || !response.status().is_success() {
+        return response;
+    }
+    let Some(version) = app.registry.snapshot().version else { return response };
+    let headers = response.headers_mut();
+    headers.insert("sluice-registry-version", version.into());
+    if wait {
+        let list = |ids: Vec<String>| header::HeaderValue::from_str(&ids.join(",")).ok();
+        match app.fleet.wait_applied(version, WAIT_APPLIED_FOR).await {
+            Ok(applied) => {
+                if let Some(v) = list(applied.applied) {
+                    headers.insert("sluice-applied-by", v);
+                }
+                if let Some(v) = list(applied.pending) {
+                    headers.insert("sluice-pending", v);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("wait for the fleet to apply registry version {version}: {e:#}");
+                headers.insert("sluice-pending", header::HeaderValue::from_static("unknown"));
+            }
+        }
+    }
+    response
+}
+
+/// The live hosts of the fleet, as they last reported.
+#[derive(Serialize, ToSchema)]
+pub struct FleetList {
+    /// The host that answered.
+    pub this: String,
+    /// The registry version it serves.
+    pub registry_version: Option<i64>,
+    pub hosts: Vec<crate::fleet::Host>,
+}
+
+/// The hosts serving from this service database (every `sluice serve` whose
+/// heartbeat is recent), with the registry version each serves.
+#[utoipa::path(get, path = "/admin/fleet", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "The live hosts, oldest first.", body = FleetList),
+    (status = 401, description = "The admin token is missing or wrong, or the admin API is off.", body = ErrorBody),
+    (status = 503, description = "The service database cannot be reached.", body = ErrorBody),
+))]
+pub(crate) async fn fleet(State(app): State<Arc<App>>) -> Response {
+    match app.fleet.hosts().await {
+        Ok(hosts) => {
+            Json(FleetList { this: app.fleet.id.clone(), registry_version: app.registry.snapshot().version, hosts })
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
 }
 
 pub(crate) async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -93,6 +163,7 @@ fn registry_error(e: RegistryError) -> Response {
     let status = match &e {
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::Conflict(_) => StatusCode::CONFLICT,
+        RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         RegistryError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -334,29 +405,29 @@ pub(crate) async fn update(State(app): State<Arc<App>>, Path(id): Path<String>, 
     let result = app
         .registry
         .update(&id, |spec| {
-            if let Some(component) = change.component {
-                spec.component = component;
+            if let Some(component) = &change.component {
+                spec.component = component.clone();
             }
-            if let Some(database) = change.database {
-                spec.database = database;
+            if let Some(database) = &change.database {
+                spec.database = database.clone();
             }
-            if let Some(limits) = change.limits {
-                spec.limits = limits;
+            if let Some(limits) = &change.limits {
+                spec.limits = limits.clone();
             }
-            if let Some(apis) = change.apis {
-                spec.apis = apis;
+            if let Some(apis) = &change.apis {
+                spec.apis = apis.clone();
             }
-            if let Some(batch) = change.batch {
-                spec.batch = batch;
+            if let Some(batch) = &change.batch {
+                spec.batch = batch.clone();
             }
-            if let Some(settings) = change.settings {
-                spec.settings = settings;
+            if let Some(settings) = &change.settings {
+                spec.settings = settings.clone();
             }
-            if let Some(write_modes) = change.write_modes {
-                spec.write_modes = write_modes;
+            if let Some(write_modes) = &change.write_modes {
+                spec.write_modes = write_modes.clone();
             }
-            if let Some(query_tokens) = change.query_tokens {
-                spec.query_tokens = query_tokens;
+            if let Some(query_tokens) = &change.query_tokens {
+                spec.query_tokens = query_tokens.clone();
             }
             Ok(())
         })

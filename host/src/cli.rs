@@ -409,6 +409,58 @@ fn render_dead_letters(answer: &Value) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// sluice fleet
+
+#[derive(Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub admin: AdminOptions,
+}
+
+/// `sluice fleet`: the live hosts on the service database of the host asked.
+pub async fn fleet(args: FleetArgs) -> Result<()> {
+    let admin = Admin::new(&args.admin)?;
+    let answer = admin.send(Method::GET, &["fleet"], &[], Body::None).await?;
+    if args.admin.json {
+        out(&format!("{}\n", answer.text.trim_end()));
+        return Ok(());
+    }
+    out(&render_fleet(&answer.json));
+    Ok(())
+}
+
+fn render_fleet(answer: &Value) -> String {
+    let this = answer["this"].as_str().unwrap_or("");
+    let hosts = answer["hosts"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let rows = hosts
+        .iter()
+        .map(|h| {
+            let id = h["id"].as_str().unwrap_or("").to_owned();
+            let beat = (now_ms - h["heartbeat_at_ms"].as_i64().unwrap_or(now_ms)).max(0) as f64 / 1000.0;
+            vec![
+                if id == this { format!("{id} *") } else { id },
+                h["address"].as_str().unwrap_or("").to_owned(),
+                h["version"].as_str().unwrap_or("").to_owned(),
+                h["registry_version"].as_i64().map_or("-".to_owned(), |v| v.to_string()),
+                if h["draining"].as_bool() == Some(true) { "draining".to_owned() } else { "serving".to_owned() },
+                thousands(h["requests"].as_u64().unwrap_or(0)),
+                thousands(h["events_inserted"].as_u64().unwrap_or(0)),
+                thousands(h["spooled"].as_u64().unwrap_or(0)),
+                format!("{beat:.1}s ago"),
+            ]
+        })
+        .collect();
+    let mut text = render_table(
+        &["HOST", "ADDRESS", "VERSION", "REGISTRY", "STATE", "REQUESTS", "EVENTS", "SPOOLED", "HEARTBEAT"],
+        rows,
+        &[3, 5, 6, 7],
+    );
+    text.push_str(&format!("{} live host(s); * answered this request\n", hosts.len()));
+    text
+}
+
+// ---------------------------------------------------------------------------
 // sluice tenant …
 
 #[derive(Args)]
@@ -619,6 +671,11 @@ impl Admin {
         query: &[(&str, String)],
         body: Body,
     ) -> Result<Answer> {
+        self.send(method, &[&["tenants"], segments].concat(), query, body).await
+    }
+
+    /// `METHOD <base>/admin/<segments…>`.
+    async fn send(&self, method: Method, segments: &[&str], query: &[(&str, String)], body: Body) -> Result<Answer> {
         let mut url = admin_endpoint(&self.base, segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -685,7 +742,7 @@ fn admin_endpoint(base: &Url, segments: &[&str]) -> Url {
     url.set_query(None);
     url.set_fragment(None);
     if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().extend(["admin", "tenants"]).extend(segments);
+        path.pop_if_empty().push("admin").extend(segments);
     }
     url
 }
@@ -1201,10 +1258,14 @@ globex-eu  sha256:cdcdcdcdcdcd     2          0       0         0           0   
     #[test]
     fn builds_admin_urls_and_refuses_others() {
         let base = parse_admin_url("http://127.0.0.1:8080").unwrap();
-        assert_eq!(admin_endpoint(&base, &[]).as_str(), "http://127.0.0.1:8080/admin/tenants");
-        assert_eq!(admin_endpoint(&base, &["a/b", "keys"]).as_str(), "http://127.0.0.1:8080/admin/tenants/a%2Fb/keys");
+        assert_eq!(admin_endpoint(&base, &["tenants"]).as_str(), "http://127.0.0.1:8080/admin/tenants");
+        assert_eq!(
+            admin_endpoint(&base, &["tenants", "a/b", "keys"]).as_str(),
+            "http://127.0.0.1:8080/admin/tenants/a%2Fb/keys"
+        );
+        assert_eq!(admin_endpoint(&base, &["fleet"]).as_str(), "http://127.0.0.1:8080/admin/fleet");
         let prefixed = parse_admin_url("http://h/sluice/").unwrap();
-        assert_eq!(admin_endpoint(&prefixed, &["acme"]).as_str(), "http://h/sluice/admin/tenants/acme");
+        assert_eq!(admin_endpoint(&prefixed, &["tenants", "acme"]).as_str(), "http://h/sluice/admin/tenants/acme");
         assert!(parse_admin_url("https://h").unwrap_err().to_string().contains("plain HTTP"));
         assert!(parse_admin_url("127.0.0.1:8080").is_err());
         assert!(check_component_name("builtin:standard").is_ok());

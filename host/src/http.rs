@@ -65,7 +65,16 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
         "sources": sources.iter().map(|(n, s)| (n.clone(), s.state().as_str().into())).collect::<serde_json::Map<_, _>>(),
         "error": (!waiting.is_empty()).then(|| format!("change streams not streaming or standing by: {}", waiting.join(", "))),
     });
-    let failed: Vec<&str> = [("database", &database), ("cdc", &cdc)]
+    let registry = match app.registry.loaded() {
+        Ok(snapshot) => json!({ "ok": true, "version": snapshot.version }),
+        Err(reason) => json!({ "ok": false, "error": reason }),
+    };
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let serving = json!({
+        "ok": !draining,
+        "error": draining.then_some("the service is stopping: it finishes the requests it has and takes no new ones"),
+    });
+    let failed: Vec<&str> = [("serving", &serving), ("database", &database), ("registry", &registry), ("cdc", &cdc)]
         .into_iter()
         .filter(|(_, c)| c["ok"] != true)
         .map(|(name, _)| name)
@@ -74,7 +83,13 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     let body = json!({
         "ready": failed.is_empty(),
         "failed": failed,
-        "checks": { "database": database, "components": { "ok": true, "loaded": components }, "cdc": cdc },
+        "checks": {
+            "serving": serving,
+            "database": database,
+            "registry": registry,
+            "components": { "ok": true, "loaded": components },
+            "cdc": cdc,
+        },
     });
     (status, axum::Json(body)).into_response()
 }
@@ -282,7 +297,17 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
 /// tenant when there is one.
 #[allow(clippy::result_large_err, reason = "the error is the response sent, once per refused request")]
 fn resolve(app: &App, key: Option<&str>, path_tenant: Option<&str>, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
-    let snapshot = app.registry.snapshot();
+    let snapshot = match app.registry.loaded() {
+        Ok(snapshot) => snapshot,
+        // Before the registry could be read, a keyless request may still go
+        // to the default tenant where the config allows keyless requests
+        // (its rows are spooled until the database answers); a request with
+        // a key waits for the registry.
+        Err(_) if key.is_none() && path_tenant.is_none() && app.keyless(peer).is_ok() => {
+            return app.keyless(peer).map_err(|reason| error(StatusCode::UNAUTHORIZED, reason));
+        }
+        Err(reason) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, reason)),
+    };
     if snapshot.tenants.is_empty() {
         return match path_tenant {
             Some(id) => Err(error(StatusCode::NOT_FOUND, format!("no tenant {id}"))),

@@ -11,6 +11,7 @@ pub mod db;
 pub use sluice_embedded_postgres as embedded;
 pub mod faults;
 pub mod files;
+pub mod fleet;
 pub mod hex;
 pub mod http;
 pub mod ingest;

@@ -72,6 +72,10 @@ pub struct HttpConfig {
     /// Connections one client address may have open at once (0: no limit
     /// but `[limits] max_connections`).
     pub max_connections_per_address: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while requests are still
+    /// served, before the listener closes: a balancer's health checks see
+    /// the host leave and stop sending to it first (0: close at once).
+    pub drain_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -82,6 +86,7 @@ impl Default for HttpConfig {
             body_read_timeout_ms: 60_000,
             min_body_bytes_per_second: 1024,
             max_connections_per_address: 256,
+            drain_ms: 0,
         }
     }
 }

@@ -37,14 +37,15 @@ Examples:
   sluice serve --config sluice.toml --listen 0.0.0.0:8080
   SLUICE_DATABASE_URL=postgres://user:pass@host/db sluice serve
 
-Environment: SLUICE_CONFIG, SLUICE_DATABASE_URL, SLUICE_LOG (e.g. debug), SLUICE_LOG_FORMAT (json).
+Environment: SLUICE_CONFIG, SLUICE_DATABASE_URL, SLUICE_LISTEN, SLUICE_ADMIN_TOKEN, SLUICE_LOG (e.g. debug),
+SLUICE_LOG_FORMAT (json).
 Stops cleanly on SIGINT or SIGTERM, answering the requests in flight first. See docs/configuration.md.")]
     Serve {
         /// The configuration file (TOML).
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
         /// Address to listen on [default: 127.0.0.1:8080].
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_LISTEN")]
         listen: Option<SocketAddr>,
         /// Take requests without a key from loopback while no tenant is
         /// configured (the config file's keyless_loopback = true).
@@ -65,6 +66,13 @@ Examples:
   sluice tenant upload acme my_normalizer.wasm
   sluice tenant list --admin-url http://10.0.0.5:8080")]
     Tenant(cli::TenantArgs),
+    /// List the hosts serving from the same service database (a fleet):
+    /// their registry version, traffic, spool and last heartbeat.
+    #[command(after_help = "\
+Examples:
+  export SLUICE_ADMIN_TOKEN=...
+  sluice fleet --admin-url http://10.0.0.5:8080")]
+    Fleet(cli::FleetArgs),
     /// List, replay or purge the rows the database refused (dead letters).
     #[command(after_help = "\
 Examples:
@@ -114,6 +122,11 @@ fn main() -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             Ok(cli::exit(runtime.block_on(sluice::migrate_cmd::run(args))))
         }
+        Command::Fleet(args) => {
+            init_logging("warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            Ok(cli::exit(runtime.block_on(cli::fleet(args))))
+        }
         Command::Dlq(args) => {
             init_logging("warn");
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -149,6 +162,11 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>, keyless_loopback: 
         config.listen = listen;
     }
     config.keyless_loopback |= keyless_loopback;
+    // A fleet's hosts take their secrets from the environment.
+    if let Some(token) = std::env::var("SLUICE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        anyhow::ensure!(token.len() >= 16, "SLUICE_ADMIN_TOKEN must be at least 16 characters");
+        config.admin_token = Some(sluice::config::Secret(token));
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(sluice::server::serve(config))
 }
 

@@ -46,6 +46,7 @@ use utoipa::{Modify, OpenApi};
         crate::admin::dead_letters,
         crate::admin::purge_dead_letters,
         crate::admin::replay_dead_letters,
+        crate::admin::fleet,
     ),
     components(schemas(ErrorBody, QueryError, Spooled, BadRequest, Tally, Rejected, Events, LogflareBody, LogRecords)),
     modifiers(&Security),

@@ -12,6 +12,7 @@ use crate::tenants::Registry;
 use crate::tenants::spec::TenantSpec;
 use anyhow::{Context, Result};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The environment variable that names the database, over the config file.
 pub const DATABASE_URL_VAR: &str = "SLUICE_DATABASE_URL";
@@ -24,6 +25,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let (registry, normalizer) = registry(&config, &database).await?;
     registry.start(config.tenants.clone()).await?;
+    registry.watch();
     let destination = registry.service_destination()?;
     let migrated = match registry.migrate(&destination, &database.schema, &normalizer, &Default::default()).await {
         Ok(()) => true,
@@ -71,6 +73,11 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(tenants, "tenants loaded");
     }
 
+    // Listening from here on: connections wait in the kernel's queue until
+    // they are served below.
+    let listener = listen(config.listen).with_context(|| format!("listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let fleet = crate::fleet::Fleet::new(destination.pool.clone(), address);
     let app = Arc::new(App {
         runtime: registry.runtime.clone(),
         registry: registry.clone(),
@@ -84,7 +91,10 @@ pub async fn serve(config: Config) -> Result<()> {
         metrics: crate::metrics::metrics(),
         metrics_config: config.metrics.clone(),
         memory: crate::memory::MemoryLimiter::start(config.limits.max_memory_bytes, config.memory_spike_bytes()),
+        fleet,
+        draining: Default::default(),
     });
+    crate::fleet::heartbeat::start(&app);
     crate::spool::Spool::start(&app);
     crate::metrics::render::start_sampling(&app);
     drop(destination);
@@ -92,24 +102,43 @@ pub async fn serve(config: Config) -> Result<()> {
     for (name, stats) in cdc.stats() {
         app.metrics.add_cdc_source(name, stats.clone());
     }
-    let listener = listen(config.listen).with_context(|| format!("listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "listening");
+    tracing::info!(%address, host = %app.fleet.id, "listening");
     // Scripts and tests read this line to find the port.
     println!("sluice listening on http://{address}");
 
     crate::listener::serve(
         listener,
-        crate::router::router(app),
+        crate::router::router(app.clone()),
         config.http.clone(),
         config.limits.max_connections,
         |reason| crate::metrics::metrics().connection_cut(reason),
-        shutdown_signal(),
+        drain(app.clone(), Duration::from_millis(config.http.drain_ms)),
     )
     .await?;
     // Every connection is closed, so every request has its answer; the
     // writer drains what is left and stops.
     tracing::info!("stopping: writing what is queued");
+    if let Err(e) = app.fleet.leave().await {
+        tracing::warn!("could not take this host off the fleet's list (it drops off after its heartbeat ages): {e:#}");
+    }
+    // One more pass over the spool while the writers run, for a few
+    // seconds: what it cannot write stays on disk for the next start with
+    // this data_dir.
+    if !app.spool.is_empty() {
+        let written = tokio::time::timeout(Duration::from_secs(5), app.spool.replay(&app)).await.unwrap_or(0);
+        let left = app.spool.len();
+        if left > 0 {
+            tracing::warn!(
+                written,
+                left,
+                "stopping with requests in the spool: a Sluice started again with this data_dir writes them (keep \
+                 its volume)"
+            );
+        }
+    }
+    // The last holder of the default tenant's writer: dropped, so the
+    // writers can drain and stop.
+    drop(app);
     cdc.stop().await;
     registry.close().await;
     if let Some(cluster) = embedded.as_mut() {
@@ -171,6 +200,19 @@ async fn database(config: &Config) -> Result<(DatabaseConfig, Option<Cluster>)> 
         cluster.password_file().display()
     );
     Ok((with_url(url), Some(cluster)))
+}
+
+/// Completes when the listener is to close: on SIGTERM (or SIGINT),
+/// after `/readyz` has answered 503 for `drain` while requests were still
+/// served, so balancers stop sending to this host first.
+async fn drain(app: Arc<App>, drain: Duration) {
+    shutdown_signal().await;
+    app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    crate::fleet::heartbeat::now(&app).await;
+    if !drain.is_zero() {
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining: /readyz answers 503 while requests are served");
+        tokio::time::sleep(drain).await;
+    }
 }
 
 async fn shutdown_signal() {

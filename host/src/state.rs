@@ -2,6 +2,7 @@
 //! find its tenant and reach the database.
 
 use crate::config::Secret;
+use crate::fleet::Fleet;
 use crate::ingest::Tenant;
 use crate::memory::MemoryLimiter;
 use crate::metrics::{Metrics, MetricsConfig};
@@ -12,7 +13,7 @@ use crate::tenants::Registry;
 use deadpool_postgres::Pool;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 pub struct App {
     pub runtime: Arc<Runtime>,
@@ -35,6 +36,10 @@ pub struct App {
     pub metrics_config: MetricsConfig,
     /// Refuses requests while resident memory is past its soft limit.
     pub memory: Arc<MemoryLimiter>,
+    /// This host among the others on the service database.
+    pub fleet: Fleet,
+    /// Set on SIGTERM: `/readyz` answers 503 so balancers stop sending.
+    pub draining: AtomicBool,
 }
 
 impl App {

@@ -1,18 +1,19 @@
 //! Tenants: who may send, which component normalizes their requests, and
-//! where their rows go. The registry is an immutable snapshot swapped
-//! atomically on every change, so the request path never takes a lock; the
-//! admin API changes it at run time and persists it in
-//! `<data_dir>/tenants.json`.
+//! where their rows go. The registry lives in the service database
+//! ([`store`]), shared by every host; each host serves an immutable snapshot
+//! of it, swapped atomically on every change, so the request path never
+//! takes a lock.
 
 pub mod spec;
+pub mod store;
 
 use crate::config::{BatchConfig, DatabaseConfig, Limits};
 use crate::db::{self, writer::Writer};
-use crate::files::write_atomically;
 use crate::hex::hex;
 use crate::ingest::{Destination, Tenant};
 use crate::runtime::{Normalizer, Runtime};
 use crate::tenants::spec::{BUILTIN, TenantSpec, component_digest, constant_time_eq, hash_key, new_key};
+use crate::tenants::store::{Change, CommitError, Refused, StoredTenant};
 use crate::write_modes::WriteModes;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -40,6 +41,12 @@ pub struct Snapshot {
     keys: HashMap<String, String>,
     /// Query token hash → tenant id.
     query_tokens: HashMap<String, String>,
+    /// The registry version each tenant was read at, for changes that must
+    /// not undo another host's.
+    versions: HashMap<String, i64>,
+    /// The registry version served; none until the service database has
+    /// answered once.
+    pub version: Option<i64>,
 }
 
 impl Snapshot {
@@ -59,20 +66,33 @@ impl Snapshot {
     }
 }
 
+/// How often a host asks the database for the registry version even when
+/// no notification came: the bound on how stale a host can be when a
+/// notification is lost without its connection dropping.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// How many times a change is tried again when another host changed the
+/// same tenant between this host's read and its write.
+const STALE_RETRIES: usize = 3;
+
 /// The tenants, and everything needed to change them.
+///
+/// The truth is the registry in the service database ([`store`]); this is
+/// the host's copy, built into live tenants. Changes made here are written
+/// there first and published here after; changes made by other hosts
+/// arrive by notification ([`Registry::watch`]).
 pub struct Registry {
     pub runtime: Arc<Runtime>,
     snapshot: ArcSwap<Snapshot>,
-    /// Serializes changes; requests never take it.
+    /// Serializes this host's changes and reloads; requests never take it.
     changes: tokio::sync::Mutex<()>,
     destinations: Mutex<Destinations>,
     service_database: DatabaseConfig,
     service_limits: Limits,
     batch: BatchConfig,
-    /// Uploaded components by digest: `<data_dir>/components/<sha256>.wasm`.
-    components_dir: PathBuf,
-    /// The registry on disk.
-    state_file: PathBuf,
+    /// Where a single host kept its registry before it lived in the
+    /// database (`tenants.json`, `components/`): imported once.
+    data_dir: PathBuf,
     /// The built-in events component (or the one the config puts in its place).
     builtin: Arc<Normalizer>,
     /// Loaded components by digest, shared by tenants.
@@ -80,6 +100,10 @@ pub struct Registry {
     /// Whether any tenant has been registered since the service started:
     /// then keyless requests stay refused once the last one is deleted.
     had_tenants: std::sync::atomic::AtomicBool,
+    /// The config file's tenants, until they are seeded into the database.
+    unseeded: Mutex<Option<Vec<TenantSpec>>>,
+    /// The registry version served, for whoever reports it (the heartbeat).
+    applied: tokio::sync::watch::Sender<Option<i64>>,
 }
 
 impl Registry {
@@ -99,11 +123,12 @@ impl Registry {
             service_database,
             service_limits,
             batch,
-            components_dir: data_dir.join("components"),
-            state_file: data_dir.join("tenants.json"),
+            data_dir: data_dir.to_owned(),
             builtin,
             loaded: Mutex::default(),
             had_tenants: Default::default(),
+            unseeded: Mutex::default(),
+            applied: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -140,72 +165,243 @@ impl Registry {
         self.snapshot.load()
     }
 
-    /// The stored registry, else the config file's tenants. Once the
-    /// registry exists it is the truth: the config seeds only tenants it
-    /// does not know.
+    /// The snapshot requests are served from, once the registry has been
+    /// read from the database; before, why not.
+    pub fn loaded(&self) -> Result<arc_swap::Guard<Arc<Snapshot>>, &'static str> {
+        let snapshot = self.snapshot.load();
+        match snapshot.version {
+            Some(_) => Ok(snapshot),
+            None => Err("the tenant registry is not loaded yet: the service database has not answered since the start"),
+        }
+    }
+
+    /// A connection to the service database, where the registry lives.
+    async fn store(&self) -> Result<deadpool_postgres::Object> {
+        self.service_destination()?.pool.get().await.context("connect to the service database")
+    }
+
+    /// Loads the registry from the service database: creates its tables if
+    /// need be, imports a single host's `tenants.json` once, and seeds the
+    /// config file's tenants it does not know. While the database cannot be
+    /// reached this returns at once and [`watch`](Self::watch) finishes the
+    /// work when it answers.
     pub async fn start(&self, configured: Vec<TenantSpec>) -> Result<()> {
-        let _change = self.changes.lock().await;
-        let mut specs: Vec<TenantSpec> = match std::fs::read(&self.state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("read the tenant registry {}", self.state_file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).context(format!("read {}", self.state_file.display())),
-        };
+        let mut seeds = Vec::new();
         for spec in configured {
-            let spec = self.store_component_file(spec.normalize()?)?;
-            match specs.iter().find(|s| s.id == spec.id) {
-                Some(stored) if stored != &spec => tracing::warn!(
-                    tenant = %spec.id,
-                    "the config file's tenant differs from the registry's; the registry wins (change it with the admin API)"
-                ),
-                Some(_) => {}
-                None => specs.push(spec),
+            seeds.push(spec.normalize()?);
+        }
+        *self.unseeded.lock().unwrap() = Some(seeds);
+        match self.sync().await {
+            Ok(()) => Ok(()),
+            Err(e) if db::is_unreachable(&e) => {
+                tracing::warn!(
+                    "the service database is unreachable, so the tenant registry is not loaded yet: requests with a \
+                     key are answered 503 until it answers: {e:#}"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the registry's tables, imports `tenants.json`, seeds the
+    /// config file's tenants: once per start, before the first load.
+    async fn set_up(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
+        let Some(seeds) = self.unseeded.lock().unwrap().clone() else { return Ok(()) };
+        store::migrate(client).await?;
+        self.import_files(client).await?;
+        let mut stored = Vec::with_capacity(seeds.len());
+        for spec in seeds {
+            stored.push(self.store_component_file(client, spec).await?);
+        }
+        if !stored.is_empty() {
+            store::commit(client, vec![Change::Seed(stored)]).await.map_err(commit_error)?;
+        }
+        *self.unseeded.lock().unwrap() = None;
+        Ok(())
+    }
+
+    /// A registry kept in `<data_dir>/tenants.json` with its
+    /// `components/` (before the registry lived in the database) is
+    /// imported into an empty registry, once; the files are then left alone.
+    async fn import_files(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
+        let file = self.data_dir.join("tenants.json");
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).context(format!("read {}", file.display())),
+        };
+        let (version, imported) = store::version(client).await?;
+        if version > 0 || imported.is_some() {
+            return Ok(());
+        }
+        let specs: Vec<TenantSpec> =
+            serde_json::from_slice(&bytes).with_context(|| format!("read the tenant registry {}", file.display()))?;
+        for spec in &specs {
+            if let Some(digest) = component_digest(&spec.component) {
+                let path = self.data_dir.join("components").join(format!("{digest}.wasm"));
+                let wasm = std::fs::read(&path)
+                    .with_context(|| format!("tenant {}: read its component {}", spec.id, path.display()))?;
+                store::put_component(client, digest, &wasm).await?;
             }
         }
-        let mut next = Snapshot::default();
-        for spec in specs {
-            let spec = self.store_component_file(spec)?;
-            let tenant = self.build(spec, None).await?;
-            next.insert(tenant).map_err(anyhow::Error::msg)?;
-        }
-        self.publish(next)?;
+        let tenants = specs.len();
+        let path = file.display().to_string();
+        store::commit(client, vec![Change::Seed(specs), Change::Imported(path.clone())]).await.map_err(commit_error)?;
+        tracing::info!(
+            tenants,
+            file = %path,
+            "imported the tenant registry into the service database; this file and components/ beside it are no \
+             longer read (the database is the registry now)"
+        );
         Ok(())
     }
 
     /// A config tenant's component given as a file path becomes a stored,
     /// content-addressed component.
-    fn store_component_file(&self, mut spec: TenantSpec) -> Result<TenantSpec> {
+    async fn store_component_file(
+        &self,
+        client: &deadpool_postgres::Object,
+        mut spec: TenantSpec,
+    ) -> Result<TenantSpec> {
         if spec.component != BUILTIN && !spec.component.starts_with("sha256:") {
             let wasm = std::fs::read(&spec.component)
                 .with_context(|| format!("tenant {}: read component {}", spec.id, spec.component))?;
-            spec.component = format!("sha256:{}", self.store_component(&wasm)?);
+            let digest = hex(&Sha256::digest(&wasm));
+            store::put_component(client, &digest, &wasm).await?;
+            spec.component = format!("sha256:{digest}");
         }
         Ok(spec)
     }
 
-    fn store_component(&self, wasm: &[u8]) -> Result<String> {
-        let digest = hex(&Sha256::digest(wasm));
-        let path = self.components_dir.join(format!("{digest}.wasm"));
-        if !path.exists() {
-            write_atomically(&path, wasm)?;
-        }
-        Ok(digest)
+    /// Follows the registry in the database: applies each change another
+    /// host notifies, reloads whenever the notifications may have been
+    /// missed (the listening connection dropped), and checks the version
+    /// every [`RESYNC_EVERY`] besides. Runs until the process ends.
+    pub fn watch(self: &Arc<Self>) {
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let Some(this) = registry.upgrade() else { return };
+                let settings = match this.service_database.pg_config() {
+                    Ok(settings) => settings,
+                    Err(e) => {
+                        tracing::error!("the tenant registry cannot be followed: {e:#}");
+                        return;
+                    }
+                };
+                let (client, mut notifications) = match db::listen(&settings, store::CHANNEL).await {
+                    Ok(listening) => listening,
+                    Err(e) => {
+                        tracing::debug!("listen for registry changes: {e:#}");
+                        drop(this);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(100);
+                // Listening now: whatever changed before is read here.
+                this.sync_logged().await;
+                drop(this);
+                let mut tick = tokio::time::interval(RESYNC_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        notified = notifications.recv() => {
+                            let Some(payload) = notified else { break };
+                            let Some(this) = registry.upgrade() else { return };
+                            let newer = payload.parse::<i64>().map_or(true, |v| Some(v) > this.snapshot().version);
+                            if newer {
+                                this.sync_logged().await;
+                            }
+                        }
+                        _ = tick.tick() => {
+                            let Some(this) = registry.upgrade() else { return };
+                            match store::version(&client).await {
+                                Ok((version, _)) if Some(version) == this.snapshot().version => {}
+                                Ok(_) => this.sync_logged().await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                tracing::warn!("lost the connection that follows registry changes; reconnecting");
+            }
+        });
     }
 
-    /// The loaded component a spec names.
-    async fn normalizer(&self, spec: &TenantSpec) -> Result<Arc<Normalizer>> {
+    async fn sync_logged(&self) {
+        if let Err(e) = self.sync().await {
+            tracing::warn!("reload the tenant registry from the service database: {e:#}");
+        }
+    }
+
+    /// Reloads the registry from the database and serves it: tenants whose
+    /// spec is unchanged stay as they are; changed ones are rebuilt (a new
+    /// component compiled, or read from the compile cache); a tenant that
+    /// cannot be built keeps its old form and the error is logged.
+    pub async fn sync(&self) -> Result<()> {
+        let _change = self.changes.lock().await;
+        self.sync_locked().await
+    }
+
+    async fn sync_locked(&self) -> Result<()> {
+        let mut client = self.store().await?;
+        self.set_up(&mut client).await?;
+        let stored = store::load(&mut client).await?;
+        let current = self.snapshot.load_full();
+        if current.version == Some(stored.version) {
+            return Ok(());
+        }
+        let mut next = Snapshot { version: Some(stored.version), ..Snapshot::default() };
+        for StoredTenant { spec, version } in stored.tenants {
+            let old = current.tenants.get(&spec.id);
+            let tenant = match old {
+                Some(old) if old.spec == spec => old.clone(),
+                _ => match self.build(&client, spec.clone(), old.map(|t| &**t)).await {
+                    Ok(tenant) => tenant,
+                    Err(e) => {
+                        tracing::error!(tenant = %spec.id, "the registry's change of this tenant cannot be served: {e:#}");
+                        match old {
+                            Some(old) => old.clone(),
+                            None => continue,
+                        }
+                    }
+                },
+            };
+            if let Err(e) = next.insert(tenant, version) {
+                tracing::error!(tenant = %spec.id, "{e}");
+            }
+        }
+        let (added, removed) = (
+            next.tenants.keys().filter(|id| !current.tenants.contains_key(*id)).count(),
+            current.tenants.keys().filter(|id| !next.tenants.contains_key(*id)).count(),
+        );
+        tracing::debug!(version = stored.version, added, removed, "registry loaded");
+        if stored.version > 0 {
+            self.had_tenants.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.publish(next);
+        Ok(())
+    }
+
+    /// The loaded component a spec names: compiled once per host from the
+    /// bytes in the database (the compile cache on disk spares even that).
+    async fn normalizer(&self, client: &deadpool_postgres::Object, spec: &TenantSpec) -> Result<Arc<Normalizer>> {
         if spec.component == BUILTIN {
             return Ok(self.builtin.clone());
         }
-        // Only a digest names a file in the components folder: never a path.
         let digest = component_digest(&spec.component)
             .context("a component is builtin:standard or sha256: and 64 lower-case hex digits")?;
         if let Some(loaded) = self.loaded.lock().unwrap().get(digest) {
             return Ok(loaded.clone());
         }
-        let path = self.components_dir.join(format!("{digest}.wasm"));
-        let wasm =
-            std::fs::read(&path).with_context(|| format!("tenant {}: component {digest} is not stored", spec.id))?;
+        let wasm = store::component(client, digest)
+            .await?
+            .with_context(|| format!("tenant {}: component {digest} is not stored", spec.id))?;
         self.load(&spec.id, wasm).await
     }
 
@@ -245,13 +441,17 @@ impl Registry {
         Ok(destination)
     }
 
-    /// A live tenant for `spec`: its component loaded and its tables
-    /// migrated. `keep` carries the component slot and counters of the
-    /// tenant it replaces, so in-flight and later requests see one tenant.
-    async fn build(&self, spec: TenantSpec, keep: Option<&Tenant>) -> Result<Arc<Tenant>> {
+    /// Everything a live tenant for `spec` needs, made without touching the
+    /// tenant it replaces: its component loaded and its tables migrated.
+    async fn prepare(
+        &self,
+        client: &deadpool_postgres::Object,
+        spec: TenantSpec,
+        old: Option<&Tenant>,
+    ) -> Result<Prepared> {
         let database = self.database_of(&spec);
         let destination = self.destination(&database, spec.batch.as_ref().unwrap_or(&self.batch))?;
-        let (normalizer, migrated) = match keep {
+        let (normalizer, migrated) = match old {
             // The kept component slot keeps its own record of migration.
             Some(old)
                 if old.spec.component == spec.component
@@ -261,7 +461,7 @@ impl Registry {
                 (old.normalizer(), true)
             }
             _ => {
-                let normalizer = self.normalizer(&spec).await?;
+                let normalizer = self.normalizer(client, &spec).await?;
                 let migrated = match self.migrate(&destination, &database.schema, &normalizer, &spec.write_modes).await
                 {
                     Ok(()) => true,
@@ -278,7 +478,19 @@ impl Registry {
             }
         };
         let limits = spec.limits.resolve(&self.service_limits);
-        Ok(Arc::new(Tenant::new(spec, database.schema, destination, limits, normalizer, migrated, keep)))
+        Ok(Prepared { spec, schema: database.schema, destination, limits, normalizer, migrated })
+    }
+
+    /// A live tenant for `spec`. `keep` is the tenant it replaces: its
+    /// component slot and counters carry over, so in-flight and later
+    /// requests see one tenant.
+    async fn build(
+        &self,
+        client: &deadpool_postgres::Object,
+        spec: TenantSpec,
+        keep: Option<&Tenant>,
+    ) -> Result<Arc<Tenant>> {
+        Ok(self.prepare(client, spec, keep).await?.into_tenant(keep))
     }
 
     /// Creates `normalizer`'s tables in `schema`, as `modes` shape them.
@@ -293,19 +505,42 @@ impl Registry {
         db::migrate::migrate(&mut client, schema, &modes.tables(&normalizer.tables)).await
     }
 
-    fn publish(&self, next: Snapshot) -> Result<()> {
-        let specs: Vec<&TenantSpec> = {
-            let mut specs: Vec<_> = next.tenants.values().map(|t| &t.spec).collect();
-            specs.sort_by(|a, b| a.id.cmp(&b.id));
-            specs
-        };
-        // It may hold a tenant's database password: written owner-only.
-        write_atomically(&self.state_file, &serde_json::to_vec_pretty(&specs)?)?;
+    fn publish(&self, next: Snapshot) {
         if !next.tenants.is_empty() {
             self.had_tenants.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        let version = next.version;
         self.snapshot.store(Arc::new(next));
-        Ok(())
+        self.applied.send_if_modified(|applied| std::mem::replace(applied, version) != version);
+    }
+
+    /// The registry version this host serves, as it changes.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.applied.subscribe()
+    }
+
+    /// Serves a change this host committed as registry `version`. When
+    /// another host's change came in between, the whole registry is
+    /// reloaded after (this change is already in it).
+    async fn publish_committed(&self, version: i64, apply: impl FnOnce(&mut Snapshot)) {
+        let current = self.snapshot.load();
+        let follows = current.version.is_some_and(|v| v + 1 == version);
+        let mut next = Snapshot {
+            tenants: current.tenants.clone(),
+            keys: current.keys.clone(),
+            query_tokens: current.query_tokens.clone(),
+            versions: current.versions.clone(),
+            version: current.version,
+        };
+        drop(current);
+        apply(&mut next);
+        if follows {
+            next.version = Some(version);
+        }
+        self.publish(next);
+        if !follows {
+            self.sync_locked().await.unwrap_or_else(|e| tracing::warn!("reload the tenant registry: {e:#}"));
+        }
     }
 
     /// Whether a tenant has been registered at any time since the start.
@@ -313,20 +548,16 @@ impl Registry {
         self.had_tenants.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A copy of the current snapshot, with the tenants shared.
-    fn next(&self) -> Snapshot {
-        let current = self.snapshot.load();
-        Snapshot {
-            tenants: current.tenants.clone(),
-            keys: current.keys.clone(),
-            query_tokens: current.query_tokens.clone(),
-        }
+    /// The registry must be loaded before it is changed.
+    fn loaded_or_unavailable(&self) -> Result<(), RegistryError> {
+        self.loaded().map(drop).map_err(|reason| RegistryError::Unavailable(reason.into()))
     }
 
     /// Adds a tenant. Returns it and the plain keys it was given (a new one
     /// when the spec had none), which are shown this once.
     pub async fn create(&self, mut spec: TenantSpec) -> Result<(Arc<Tenant>, Vec<String>), RegistryError> {
         let _change = self.changes.lock().await;
+        self.loaded_or_unavailable()?;
         if self.snapshot.load().tenants.contains_key(&spec.id) {
             return Err(RegistryError::Conflict(format!("tenant {} exists", spec.id)));
         }
@@ -346,78 +577,189 @@ impl Registry {
             plain.extend(spec.keys.iter().filter(|k| !k.starts_with("sha256:")).cloned());
         }
         let spec = spec.normalize().map_err(RegistryError::Invalid)?;
-        let tenant = self.build(spec, None).await.map_err(RegistryError::Invalid)?;
-        let mut next = self.next();
-        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
-        self.publish(next).map_err(RegistryError::Internal)?;
+        let mut client = self.store().await.map_err(failed)?;
+        let prepared = self.prepare(&client, spec.clone(), None).await.map_err(RegistryError::Invalid)?;
+        let version = store::commit(&mut client, vec![Change::Create(spec)]).await.map_err(refused)?;
+        let tenant = prepared.into_tenant(None);
+        let published = tenant.clone();
+        self.publish_committed(version, |next| next.replace(published, version)).await;
         Ok((tenant, plain))
     }
 
-    /// Replaces a tenant's spec with `change(spec)`.
+    /// Replaces a tenant's spec with `change(spec)`. Made on the spec as
+    /// the database has it: when another host changed the tenant since this
+    /// one read it, the change is made again on the newer spec.
     pub async fn update(
         &self,
         id: &str,
-        change: impl FnOnce(&mut TenantSpec) -> Result<(), RegistryError>,
+        change: impl Fn(&mut TenantSpec) -> Result<(), RegistryError>,
     ) -> Result<Arc<Tenant>, RegistryError> {
         let _change = self.changes.lock().await;
-        let old = self.get(id)?;
-        let mut spec = old.spec.clone();
-        change(&mut spec)?;
-        let spec = spec.normalize().map_err(RegistryError::Invalid)?;
-        let tenant = self.build(spec, Some(&old)).await.map_err(RegistryError::Invalid)?;
-        let mut next = self.next();
-        next.remove(id);
-        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
-        self.publish(next).map_err(RegistryError::Internal)?;
-        Ok(tenant)
+        self.loaded_or_unavailable()?;
+        let mut client = self.store().await.map_err(failed)?;
+        for _ in 0..STALE_RETRIES {
+            let (old, was) = self.get_versioned(id)?;
+            let mut spec = old.spec.clone();
+            change(&mut spec)?;
+            let spec = spec.normalize().map_err(RegistryError::Invalid)?;
+            let prepared = self.prepare(&client, spec.clone(), Some(&old)).await.map_err(RegistryError::Invalid)?;
+            let commit = store::commit(&mut client, vec![Change::Replace { spec, was }]).await;
+            if let Some(version) = self.unless_stale(commit).await? {
+                let tenant = prepared.into_tenant(Some(&old));
+                let published = tenant.clone();
+                self.publish_committed(version, |next| next.replace(published, version)).await;
+                return Ok(tenant);
+            }
+        }
+        Err(kept_changing(id))
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), RegistryError> {
         let _change = self.changes.lock().await;
-        self.get(id)?;
-        let mut next = self.next();
-        next.remove(id);
-        self.publish(next).map_err(RegistryError::Internal)
+        self.loaded_or_unavailable()?;
+        let mut client = self.store().await.map_err(failed)?;
+        for _ in 0..STALE_RETRIES {
+            let (_, was) = self.get_versioned(id)?;
+            let commit = store::commit(&mut client, vec![Change::Delete { id: id.to_owned(), was }]).await;
+            if let Some(version) = self.unless_stale(commit).await? {
+                self.publish_committed(version, |next| next.remove(id)).await;
+                return Ok(());
+            }
+        }
+        Err(kept_changing(id))
     }
 
     /// Validates `wasm` (it compiles, implements the contract, its tables
-    /// migrate in the tenant's database), stores it, then switches the
-    /// tenant to it at once. Requests in flight finish on the old one.
+    /// migrate in the tenant's database), stores it in the service
+    /// database, then switches the tenant to it on every host. Requests in
+    /// flight finish on the old one.
     pub async fn swap_component(&self, id: &str, wasm: Vec<u8>) -> Result<Arc<Tenant>, RegistryError> {
         let _change = self.changes.lock().await;
-        let old = self.get(id)?;
+        self.loaded_or_unavailable()?;
         let normalizer = self.load(id, wasm.clone()).await.map_err(RegistryError::Invalid)?;
-        self.migrate(&old.destination, &old.schema, &normalizer, &old.spec.write_modes)
-            .await
-            .map_err(RegistryError::Invalid)?;
-        let digest = self.store_component(&wasm).map_err(RegistryError::Internal)?;
-        let mut spec = old.spec.clone();
-        spec.component = format!("sha256:{digest}");
-        // The same tenant object keeps serving; only its component changes.
-        old.swap(normalizer, true);
-        let tenant = Arc::new(Tenant::new(
-            spec,
-            old.schema.clone(),
-            old.destination.clone(),
-            old.limits.clone(),
-            old.normalizer(),
-            true,
-            Some(&old),
-        ));
-        let mut next = self.next();
-        next.remove(id);
-        next.insert(tenant.clone()).map_err(RegistryError::Conflict)?;
-        self.publish(next).map_err(RegistryError::Internal)?;
-        Ok(tenant)
+        let mut client = self.store().await.map_err(failed)?;
+        store::put_component(&client, &normalizer.digest, &wasm).await.map_err(failed)?;
+        for _ in 0..STALE_RETRIES {
+            let (old, was) = self.get_versioned(id)?;
+            self.migrate(&old.destination, &old.schema, &normalizer, &old.spec.write_modes)
+                .await
+                .map_err(RegistryError::Invalid)?;
+            let mut spec = old.spec.clone();
+            spec.component = format!("sha256:{}", normalizer.digest);
+            let commit = store::commit(&mut client, vec![Change::Replace { spec: spec.clone(), was }]).await;
+            let Some(version) = self.unless_stale(commit).await? else { continue };
+            // The same tenant object keeps serving; only its component changes.
+            old.swap(normalizer.clone(), true);
+            let tenant = Arc::new(Tenant::new(
+                spec,
+                old.schema.clone(),
+                old.destination.clone(),
+                old.limits.clone(),
+                old.normalizer(),
+                true,
+                Some(&old),
+            ));
+            let published = tenant.clone();
+            self.publish_committed(version, |next| next.replace(published, version)).await;
+            return Ok(tenant);
+        }
+        Err(kept_changing(id))
+    }
+
+    /// The version a change committed as; none when the database refused
+    /// it as stale (another host changed the tenant since this host read
+    /// it), after reloading the registry, so the caller can make the change
+    /// again on the newer tenant.
+    async fn unless_stale(&self, commit: Result<i64, CommitError>) -> Result<Option<i64>, RegistryError> {
+        match commit {
+            Ok(version) => Ok(Some(version)),
+            Err(CommitError::Refused(Refused::Stale)) => {
+                self.sync_locked().await.map_err(failed)?;
+                Ok(None)
+            }
+            Err(e) => Err(refused(e)),
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Tenant>, RegistryError> {
         self.snapshot.load().tenants.get(id).cloned().ok_or_else(|| RegistryError::NotFound(format!("no tenant {id}")))
     }
+
+    fn get_versioned(&self, id: &str) -> Result<(Arc<Tenant>, i64), RegistryError> {
+        let snapshot = self.snapshot.load();
+        match (snapshot.tenants.get(id), snapshot.versions.get(id)) {
+            (Some(tenant), Some(version)) => Ok((tenant.clone(), *version)),
+            _ => Err(RegistryError::NotFound(format!("no tenant {id}"))),
+        }
+    }
+}
+
+/// A tenant ready to serve once its change is committed.
+struct Prepared {
+    spec: TenantSpec,
+    schema: String,
+    destination: Arc<Destination>,
+    limits: Limits,
+    normalizer: Arc<Normalizer>,
+    migrated: bool,
+}
+
+impl Prepared {
+    fn into_tenant(self, keep: Option<&Tenant>) -> Arc<Tenant> {
+        Arc::new(Tenant::new(
+            self.spec,
+            self.schema,
+            self.destination,
+            self.limits,
+            self.normalizer,
+            self.migrated,
+            keep,
+        ))
+    }
+}
+
+fn refused(e: CommitError) -> RegistryError {
+    match e {
+        CommitError::Refused(Refused::Conflict(m)) => RegistryError::Conflict(m),
+        CommitError::Refused(Refused::NotFound(m)) => RegistryError::NotFound(m),
+        CommitError::Refused(Refused::Invalid(m)) => RegistryError::Invalid(anyhow::anyhow!(m)),
+        CommitError::Refused(Refused::Stale) => {
+            RegistryError::Conflict("the tenant changed meanwhile; try again".into())
+        }
+        CommitError::Failed(e) => failed(e),
+    }
+}
+
+/// A failure of the service database: unavailable when it cannot be
+/// reached (the client may retry), else internal.
+fn failed(e: anyhow::Error) -> RegistryError {
+    if db::is_unreachable(&e) { RegistryError::Unavailable(format!("{e:#}")) } else { RegistryError::Internal(e) }
+}
+
+fn kept_changing(id: &str) -> RegistryError {
+    RegistryError::Conflict(format!("tenant {id} kept changing under this change; try again"))
+}
+
+fn commit_error(e: CommitError) -> anyhow::Error {
+    match e {
+        CommitError::Failed(e) => e,
+        CommitError::Refused(Refused::Conflict(m) | Refused::NotFound(m) | Refused::Invalid(m)) => anyhow::anyhow!(m),
+        CommitError::Refused(Refused::Stale) => anyhow::anyhow!("the registry changed meanwhile"),
+    }
 }
 
 impl Snapshot {
-    fn insert(&mut self, tenant: Arc<Tenant>) -> Result<(), String> {
+    /// Puts `tenant` in place of any tenant with its id.
+    fn replace(&mut self, tenant: Arc<Tenant>, version: i64) {
+        let id = tenant.spec.id.clone();
+        self.remove(&id);
+        if let Err(e) = self.insert(tenant, version) {
+            // The database refused the same clash when the change was made.
+            tracing::error!(tenant = %id, "{e}");
+        }
+    }
+
+    fn insert(&mut self, tenant: Arc<Tenant>, version: i64) -> Result<(), String> {
         for key in &tenant.spec.keys {
             if let Some(other) = self.keys.get(key)
                 && other != &tenant.spec.id
@@ -438,12 +780,14 @@ impl Snapshot {
         for token in &tenant.spec.query_tokens {
             self.query_tokens.insert(token.clone(), tenant.spec.id.clone());
         }
+        self.versions.insert(tenant.spec.id.clone(), version);
         self.tenants.insert(tenant.spec.id.clone(), tenant);
         Ok(())
     }
 
     fn remove(&mut self, id: &str) {
         self.tenants.remove(id);
+        self.versions.remove(id);
         self.keys.retain(|_, owner| owner != id);
         self.query_tokens.retain(|_, owner| owner != id);
     }
@@ -453,6 +797,8 @@ impl Snapshot {
 pub enum RegistryError {
     NotFound(String),
     Conflict(String),
+    /// The service database cannot be reached (or has not been yet).
+    Unavailable(String),
     /// The request or the component is not acceptable; the reason says why.
     Invalid(anyhow::Error),
     Internal(anyhow::Error),
@@ -461,7 +807,7 @@ pub enum RegistryError {
 impl std::fmt::Display for RegistryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RegistryError::NotFound(m) | RegistryError::Conflict(m) => f.write_str(m),
+            RegistryError::NotFound(m) | RegistryError::Conflict(m) | RegistryError::Unavailable(m) => f.write_str(m),
             RegistryError::Invalid(e) | RegistryError::Internal(e) => write!(f, "{e:#}"),
         }
     }

@@ -404,7 +404,10 @@ async fn migrate_as_admin_then_serve_as_a_writer_that_cannot_create() {
              GRANT CONNECT ON DATABASE {db} TO {writer}; \
              GRANT USAGE ON SCHEMA ingest TO {writer}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ingest TO {writer}; \
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA ingest TO {writer};",
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA ingest TO {writer}; \
+             GRANT USAGE ON SCHEMA _sluice TO {writer}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON _sluice.registry, _sluice.tenants, _sluice.components, \
+               _sluice.hosts TO {writer};",
             db = db.name
         ))
         .await

@@ -511,7 +511,9 @@ async fn migrate_as_admin_makes_the_roles_a_writer_without_createrole_uses() {
              GRANT USAGE ON SCHEMA acme, globex, public TO {writer}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA acme, globex, public TO {writer}; \
              GRANT USAGE ON ALL SEQUENCES IN SCHEMA acme, globex, public TO {writer}; \
-             GRANT USAGE ON SCHEMA _sluice TO {writer}; GRANT SELECT ON _sluice.query_roles TO {writer}"
+             GRANT USAGE ON SCHEMA _sluice TO {writer}; GRANT SELECT ON _sluice.query_roles TO {writer}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON _sluice.registry, _sluice.tenants, _sluice.components, \
+               _sluice.hosts TO {writer}"
         ))
         .await
         .unwrap();

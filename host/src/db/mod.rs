@@ -158,6 +158,11 @@ fn lifetime_of(created: std::time::Instant) -> Duration {
     MAX_CONNECTION_LIFETIME - spread.mul_f64(f64::from(seed % 1000) / 1000.0)
 }
 
+/// Sluice's own schema in the service database: the tenant registry, the
+/// fleet's hosts, the query roles' passwords. Created by Sluice's login, so
+/// PUBLIC (and every tenant's reader role) has no USAGE on it.
+pub const INTERNAL_SCHEMA: &str = "_sluice";
+
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// Closes a pooled connection instead of returning it to its pool: after a
@@ -204,6 +209,56 @@ pub async fn connect(settings: &PgSettings) -> Result<tokio_postgres::Client> {
     let tls = tls::connector(&settings.tls)?;
     let (client, _task) = spawn_connection(&settings.for_connect(), tls).await.context("connect to the database")?;
     Ok(client)
+}
+
+/// One connection that `LISTEN`s on `channel`, and the payloads of the
+/// notifications it receives. The receiver ends when the connection does
+/// (the caller reconnects, and must assume it missed notifications).
+pub async fn listen(
+    settings: &PgSettings,
+    channel: &str,
+) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+    let pg = settings.for_connect();
+    let tls = tls::connector(&settings.tls)?.filter(|_| pg.get_ssl_mode() != tokio_postgres::config::SslMode::Disable);
+    let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await.context("connect to the database")?;
+            tokio::spawn(forward_notifications(connection, sender));
+            client
+        }
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.context("connect to the database")?;
+            tokio::spawn(forward_notifications(connection, sender));
+            client
+        }
+    };
+    client.batch_execute(&format!("LISTEN {}", sluice_sdk::sql::quote_ident(channel))).await?;
+    Ok((client, notifications))
+}
+
+/// Drives a connection, passing on its notifications until it closes.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if sender.send(n.payload().to_owned()).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("database connection closed: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Cancels what the connection of `token` is running, through a

@@ -132,7 +132,7 @@ pub(crate) async fn post_query(
 /// ingests.
 #[allow(clippy::result_large_err)] // as http::resolve: the refusal is the answer
 fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Arc<Tenant>, Response> {
-    let snapshot = app.registry.snapshot();
+    let snapshot = app.registry.loaded().map_err(|reason| error(StatusCode::SERVICE_UNAVAILABLE, reason))?;
     let tenant = if snapshot.tenants.is_empty() {
         app.keyless(peer).map_err(|reason| error(StatusCode::UNAUTHORIZED, reason))?
     } else {

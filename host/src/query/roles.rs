@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sluice_sdk::sql::{quote_ident, quote_literal};
 
 /// Sluice's own schema in a tenant's database, for what it must keep there.
-pub const INTERNAL_SCHEMA: &str = "_sluice";
+pub use crate::db::INTERNAL_SCHEMA;
 
 /// Predefined roles whose membership lets a login reach past its tables:
 /// a reader must have none of them.

@@ -19,6 +19,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
+use std::time::Duration;
 
 const PAGE: &str = include_str!("index.html");
 
@@ -71,7 +72,14 @@ pub(crate) struct Since {
     (status = 401, description = "With `require_admin_token`: no admin token, or a wrong one.", body = crate::schema::ErrorBody),
 ))]
 pub(crate) async fn status(State(app): State<Arc<App>>, headers: HeaderMap, Query(query): Query<Since>) -> Response {
-    let body = app.metrics.status(&app, query.since, show_tenants(&app, &headers));
+    let mut body = app.metrics.status(&app, query.since, show_tenants(&app, &headers));
+    // The fleet as the service database has it; this host alone when that
+    // cannot be read at once.
+    let hosts = match tokio::time::timeout(Duration::from_secs(1), app.fleet.hosts()).await {
+        Ok(Ok(hosts)) => serde_json::to_value(hosts).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    };
+    body["fleet"] = serde_json::json!({ "this": app.fleet.id, "hosts": hosts });
     (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 

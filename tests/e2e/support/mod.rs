@@ -137,7 +137,9 @@ impl Sluice {
         let config = tempfile_path::TempPath::new("toml");
         let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| config.path().with_extension("data"));
         let cache = format!("[components]\ncache_dir = {:?}\n", cache_dir());
-        let extra = if extra_toml.contains("[components]") {
+        let extra = if extra_toml.contains("cache_dir") {
+            extra_toml.to_owned()
+        } else if extra_toml.contains("[components]") {
             extra_toml.replace("[components]\n", &cache)
         } else {
             format!("{extra_toml}\n{cache}")
@@ -153,7 +155,9 @@ impl Sluice {
         } else {
             format!("{extra}\n[metrics]\nshow_tenants = true\n")
         };
-        let toml = format!("listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n{keyless}{extra}");
+        // A test that restarts a host at the same address names its own.
+        let listen = if extra.contains("listen = ") { "" } else { "listen = \"127.0.0.1:0\"\n" };
+        let toml = format!("{listen}data_dir = {data_dir:?}\n{keyless}{extra}");
         std::fs::write(config.path(), toml).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
