@@ -60,6 +60,8 @@ pub struct Fleet {
     pub id: String,
     pub address: String,
     pool: Pool,
+    /// How many hosts are live, as the last heartbeat found.
+    live: tokio::sync::watch::Sender<usize>,
 }
 
 fn hosts_table() -> String {
@@ -77,7 +79,7 @@ impl Fleet {
         // An unspecified address is reached by the host's name.
         let address =
             if address.ip().is_unspecified() { format!("{hostname}:{}", address.port()) } else { address.to_string() };
-        Fleet { id, address, pool }
+        Fleet { id, address, pool, live: tokio::sync::watch::Sender::new(1) }
     }
 
     /// Writes this host's row.
@@ -109,6 +111,18 @@ impl Fleet {
             )
             .await
             .context("write this host's heartbeat")?;
+        Ok(())
+    }
+
+    /// How many hosts are live (this one at least), as it changes.
+    pub fn live_hosts(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.live.subscribe()
+    }
+
+    /// Counts the live hosts again.
+    pub async fn count(&self) -> Result<()> {
+        let live = self.hosts().await?.len().max(1);
+        self.live.send_if_modified(|n| std::mem::replace(n, live) != live);
         Ok(())
     }
 

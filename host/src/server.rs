@@ -98,7 +98,7 @@ pub async fn serve(config: Config) -> Result<()> {
     crate::spool::Spool::start(&app);
     crate::metrics::render::start_sampling(&app);
     drop(destination);
-    let cdc = crate::cdc::start(&config, app.runtime.clone(), &database).await?;
+    let cdc = crate::cdc::start(&config, app.runtime.clone(), &database, app.fleet.live_hosts()).await?;
     for (name, stats) in cdc.stats() {
         app.metrics.add_cdc_source(name, stats.clone());
     }

@@ -524,3 +524,120 @@ async fn status_of_url(base: &str, key: &str, id: &str) -> u16 {
     let body = json!([{"eventType": "fleet", "occurredAt": "2026-01-01T00:00:00Z", "idempotencyKey": id}]);
     send(&format!("{base}/v1/events"), Some(key), &body.to_string()).await.0
 }
+
+/// The sources a host streams now, by its `/status.json`.
+async fn owned_sources(host: &Sluice) -> Vec<String> {
+    let status: Value =
+        http().get(host.url("/status.json")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    status["cdc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "owner")
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the hosts stream `expected` sources each (in any order).
+async fn until_spread(hosts: &[&Sluice], expected: &[usize], within: Duration) -> Vec<Vec<String>> {
+    let started = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        for host in hosts {
+            owned.push(owned_sources(host).await);
+        }
+        let mut counts: Vec<usize> = owned.iter().map(Vec::len).collect();
+        counts.sort();
+        if counts == expected {
+            return owned;
+        }
+        assert!(started.elapsed() < within, "the sources are not spread as {expected:?} after {within:?}: {owned:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every source's audit holds each of `rows` changes once.
+async fn until_audited(client: &tokio_postgres::Client, rows: i64, hosts: &[&Sluice]) {
+    let started = Instant::now();
+    for schema in ["one", "two", "three"] {
+        loop {
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*), count(DISTINCT (commit_lsn, change_index)) FROM {schema}.cdc_audit"),
+                    &[],
+                )
+                .await;
+            let (all, distinct): (i64, i64) = row.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
+            assert_eq!(all, distinct, "{schema}: a change applied twice");
+            assert!(all <= rows, "{schema}: {all} audit rows for {rows} changes");
+            if all == rows {
+                break;
+            }
+            // Decoding reads the whole server's WAL: other tests' load slows it.
+            if started.elapsed() > Duration::from_secs(180) {
+                let logs: Vec<String> = hosts.iter().map(|h| h.log()).collect();
+                panic!("{schema}: {all} of {rows} changes audited; the hosts' logs:\n{}", logs.join("\n-----\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Three change streams and three hosts started one after another: the
+/// first host takes all three, and as the others join it hands them over
+/// until each streams one. The source of a host killed outright moves to
+/// another within seconds. Every change is applied once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_streams_spread_over_the_fleet() {
+    use crate::support::source_toml;
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)").await.unwrap();
+    let sources: String = ["one", "two", "three"]
+        .iter()
+        .map(|name| source_toml(&db, name, name, &["items"], &format!("schema = \"{name}\"")))
+        .collect();
+    let toml = format!("{}\n{sources}", config());
+    let mut rows = 0;
+    let insert = async |n: i64, rows: &mut i64| {
+        for _ in 0..n {
+            *rows += 1;
+            client.execute("INSERT INTO items VALUES ($1, 0)", &[&(*rows as i32)]).await.unwrap();
+        }
+    };
+
+    let first = Sluice::start(Some(&db), &toml);
+    until_spread(&[&first], &[3], Duration::from_secs(30)).await;
+    // Changes are streamed from the slots' creation on: the three exist
+    // before the first change.
+    let started = Instant::now();
+    loop {
+        let slots: i64 = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if slots == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{slots} of 3 slots made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    insert(20, &mut rows).await;
+    let second = Sluice::start(Some(&db), &toml);
+    insert(20, &mut rows).await;
+    let mut third = Sluice::start(Some(&db), &toml);
+    insert(20, &mut rows).await;
+    let spread = until_spread(&[&first, &second, &third], &[1, 1, 1], Duration::from_secs(45)).await;
+    println!("spread over three hosts: {spread:?}");
+    until_audited(&client, rows, &[&first, &second, &third]).await;
+
+    // One host killed: its source moves to one of the two left.
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    let killed = Instant::now();
+    insert(20, &mut rows).await;
+    until_spread(&[&first, &second], &[1, 2], Duration::from_secs(20)).await;
+    println!("a killed host's source moved in {:?}", killed.elapsed());
+    until_audited(&client, rows, &[&first, &second]).await;
+}

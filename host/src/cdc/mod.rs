@@ -37,16 +37,27 @@ pub struct Cdc {
 }
 
 /// Loads each source's component and starts its runner.
-pub async fn start(config: &Config, runtime: Arc<Runtime>, database: &DatabaseConfig) -> Result<Cdc> {
+///
+/// `hosts` follows how many hosts of the fleet are live: the sources spread
+/// over them, each host streaming about its share (every host is to have
+/// the same `[[cdc]]` sources).
+pub async fn start(
+    config: &Config,
+    runtime: Arc<Runtime>,
+    database: &DatabaseConfig,
+    hosts: watch::Receiver<usize>,
+) -> Result<Cdc> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut stats = Vec::new();
     let mut names = std::collections::HashSet::new();
+    let fleet = runner::FleetShare { owned: Arc::default(), hosts, sources: config.cdc.len() };
     for source in &config.cdc {
         if !names.insert(source.name().to_owned()) {
             bail!("two [[cdc]] sources are named {:?}", source.name());
         }
-        let runner = load(config, &runtime, database, source).await?;
+        let mut runner = load(config, &runtime, database, source).await?;
+        runner.join_fleet(fleet.clone());
         stats.push((source.name().to_owned(), runner.stats.clone()));
         tasks.push(tokio::spawn(runner.run(stopped.clone())));
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -46,6 +46,13 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// over. A takeover thus comes at most this long plus `STANDBY_POLL` after
 /// the owner stopped.
 const FROZEN_AFTER: Duration = Duration::from_secs(5);
+/// How often an owner checks whether it streams more than its share of the
+/// fleet's sources (then it hands one over).
+const REBALANCE_EVERY: Duration = Duration::from_secs(3);
+/// A standby at its share still tries a slot's lock after this many polls,
+/// so a slot nobody else takes (its owner died and the fleet's list does
+/// not show it yet) moves within seconds.
+const POLLS_AT_SHARE: u32 = 4;
 
 /// Beats on the session that holds the lock every [`HEARTBEAT`], until a
 /// beat fails.
@@ -91,6 +98,72 @@ pub struct Runner {
     limits: CallLimits,
     tables: HashMap<String, Table>,
     pub stats: Arc<Stats>,
+    /// This host's part in spreading sources over the fleet.
+    fleet: FleetShare,
+}
+
+/// What a runner needs to spread the sources over the hosts of a fleet:
+/// each host streams about `sources / hosts` of them.
+#[derive(Clone)]
+pub struct FleetShare {
+    /// How many sources this host streams now, shared by its runners.
+    pub owned: Arc<AtomicUsize>,
+    /// How many hosts are live (from the fleet's heartbeats).
+    pub hosts: watch::Receiver<usize>,
+    /// How many sources every host of the fleet is configured with.
+    pub sources: usize,
+}
+
+impl FleetShare {
+    /// One host alone with one source.
+    fn alone() -> FleetShare {
+        FleetShare { owned: Arc::default(), hosts: watch::channel(1).1, sources: 1 }
+    }
+
+    /// The most sources one host should stream.
+    fn share(&self) -> usize {
+        self.sources.div_ceil((*self.hosts.borrow()).max(1))
+    }
+}
+
+/// Counts a source this host streams, until it is dropped or handed over.
+struct Owning<'a> {
+    owned: &'a AtomicUsize,
+    handed_over: AtomicBool,
+}
+
+impl<'a> Owning<'a> {
+    fn new(owned: &'a AtomicUsize) -> Owning<'a> {
+        owned.fetch_add(1, Ordering::SeqCst);
+        Owning { owned, handed_over: AtomicBool::new(false) }
+    }
+
+    /// Stops counting this source if the host streams more than `share`:
+    /// one runner at a time, so the host hands over only the excess.
+    fn hand_over_past(&self, share: usize) -> bool {
+        let handed =
+            self.owned.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > share).then(|| n - 1)).is_ok();
+        if handed {
+            self.handed_over.store(true, Ordering::SeqCst);
+        }
+        handed
+    }
+}
+
+impl Drop for Owning<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over.load(Ordering::SeqCst) {
+            self.owned.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How a connection's life ended without a failure.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// Handed the slot over to a host that streams fewer sources.
+    HandedOver,
 }
 
 /// A transaction being gathered.
@@ -241,7 +314,13 @@ impl Runner {
             limits,
             tables,
             stats: Default::default(),
+            fleet: FleetShare::alone(),
         }
+    }
+
+    /// Spreads this source over the fleet with the host's other runners.
+    pub fn join_fleet(&mut self, fleet: FleetShare) {
+        self.fleet = fleet;
     }
 
     /// Streams until `stop` turns true, reconnecting with backoff.
@@ -255,10 +334,18 @@ impl Runner {
             let started = tokio::time::Instant::now();
             self.stats.set_state(State::Starting);
             let wait = match self.run_once(&mut stop).await {
-                Ok(()) => {
+                Ok(Ended::Stopped) => {
                     self.stats.set_state(State::Stopped);
                     tracing::info!(source = %self.name, "change stream stopped");
                     return;
+                }
+                Ok(Ended::HandedOver) => {
+                    tracing::info!(
+                        source = %self.name,
+                        "handed the slot over: this host streams more than its share of the fleet's sources"
+                    );
+                    backoff = FIRST_BACKOFF;
+                    STANDBY_POLL
                 }
                 Err(e) => match failure_kind(&e).filter(|kind| kind.action() == Action::Stop) {
                     Some(kind) => {
@@ -296,8 +383,9 @@ impl Runner {
         }
     }
 
-    /// One connection's life. `Ok` only when asked to stop.
-    async fn run_once(&self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+    /// One connection's life. `Ok` when asked to stop, or when it handed
+    /// the slot over.
+    async fn run_once(&self, stop: &mut watch::Receiver<bool>) -> Result<Ended> {
         let source = &self.config.source;
         let checkpoint = self.prepare_destination().await.context("prepare the destination")?;
 
@@ -312,7 +400,25 @@ impl Runner {
             crate::db::tls::connect_spawned(pg, &source.tls()).await.context("connect to the source")?;
         let lock_key = format!("sluice:cdc:{}", source.slot_name);
         let mut said_standby = false;
+        let mut polls_at_share = 0;
         loop {
+            // Sources spread over the fleet: a host streaming its share
+            // leaves a free slot to hosts streaming fewer, and takes it only
+            // when none has for a few polls.
+            let at_share = self.fleet.owned.load(Ordering::SeqCst) >= self.fleet.share();
+            if at_share && polls_at_share < POLLS_AT_SHARE {
+                polls_at_share += 1;
+                if !said_standby {
+                    self.stats.set_state(State::Standby);
+                    said_standby = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = stopped(stop) => return Ok(Ended::Stopped),
+                }
+                continue;
+            }
+            polls_at_share = 0;
             let row = lock.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&lock_key]).await?;
             if row.get::<_, bool>(0) {
                 break;
@@ -331,15 +437,35 @@ impl Runner {
             }
             tokio::select! {
                 _ = tokio::time::sleep(STANDBY_POLL) => {}
-                _ = stopped(stop) => return Ok(()),
+                _ = stopped(stop) => return Ok(Ended::Stopped),
             }
         }
+        let owning = Owning::new(&self.fleet.owned);
         self.stats.set_state(State::Owner);
         tracing::info!(source = %self.name, slot = %source.slot_name, %checkpoint, "owns the slot");
+        // The stream stops (after the transaction it is applying) when the
+        // service stops, or when this host streams more than its share.
+        let (ending, mut end) = watch::channel(false);
+        let mut global = stop.clone();
+        let until_ended = async {
+            let mut check = tokio::time::interval(REBALANCE_EVERY);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut global) => break,
+                    _ = check.tick() => if owning.hand_over_past(self.fleet.share()) { break },
+                }
+            }
+            let _ = ending.send(true);
+            std::future::pending::<()>().await
+        };
         tokio::select! {
-            owned = self.own(stop, checkpoint, &mut lock_connection) => owned,
-            failed = beat(&lock) => Err(failed),
+            owned = self.own(&mut end, checkpoint, &mut lock_connection) => owned?,
+            failed = beat(&lock) => return Err(failed),
+            () = until_ended => unreachable!("it never completes"),
         }
+        Ok(if owning.handed_over.load(Ordering::SeqCst) { Ended::HandedOver } else { Ended::Stopped })
     }
 
     /// Ends the sessions of an owner that stopped beating: the session holding

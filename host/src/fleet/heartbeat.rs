@@ -18,6 +18,9 @@ pub fn start(app: &Arc<App>) {
                 if let Err(e) = app.fleet.beat(&beat(&app)).await {
                     tracing::debug!("heartbeat: {e:#}");
                 }
+                if let Err(e) = app.fleet.count().await {
+                    tracing::debug!("count the fleet's hosts: {e:#}");
+                }
                 // Now and then, forget the hosts gone for good.
                 if beats.is_multiple_of(3600) {
                     let _ = app.fleet.forget_gone().await;
