@@ -171,6 +171,7 @@ where
 /// what it was before the attack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_do_not_hold_the_service() {
+    let _exclusive = crate::support::timing_exclusive();
     let db = TestDb::new().await;
     let sluice =
         Sluice::start(Some(&db), &victim("[http]\nheader_read_timeout_ms = 1000\nmax_connections_per_address = 0\n"));
@@ -195,6 +196,7 @@ async fn slow_headers_do_not_hold_the_service() {
 /// others are served meanwhile, their p99 within 5× of before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alives_do_not_hold_the_service() {
+    let _exclusive = crate::support::timing_exclusive();
     let db = TestDb::new().await;
     let sluice = Sluice::start(
         Some(&db),

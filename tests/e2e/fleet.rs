@@ -149,6 +149,7 @@ async fn admin_changes_through_any_host_reach_every_host() {
 /// so the time is the propagation's, not the probes'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_stays_within_its_bound() {
+    let _exclusive = crate::support::timing_exclusive();
     let db = TestDb::new().await;
     let hosts: Vec<Sluice> = (0..3).map(|_| Sluice::start(Some(&db), &config())).collect();
     let (status, created) =
@@ -352,6 +353,7 @@ struct Seen {
 /// client sends again, with the same keys).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_behind_haproxy_loses_nothing() {
+    let _exclusive = crate::support::timing_exclusive();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let db = TestDb::new().await;
@@ -589,6 +591,7 @@ async fn until_audited(client: &tokio_postgres::Client, rows: i64, hosts: &[&Slu
 /// another within seconds. Every change is applied once throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_streams_spread_over_the_fleet() {
+    let _exclusive = crate::support::timing_exclusive();
     use crate::support::source_toml;
     let db = TestDb::new().await;
     let client = db.client().await;

@@ -53,6 +53,14 @@ pub fn own_cluster(name: &str) -> (ClusterOptions, PathBuf) {
     (options, dir)
 }
 
+/// Held by the tests that time latencies and by the tests that load the
+/// machine most (several hosts under load), so those never overlap: on 2
+/// cores one would measure the other.
+pub fn timing_exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    EXCLUSIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A fresh, empty database on the test server.
 pub struct TestDb {
     pub url: String,
